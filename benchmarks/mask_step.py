@@ -1,0 +1,104 @@
+"""Cost of one mask-training step against one plain training step of the same network.
+
+    python benchmarks/mask_step.py [--models mlp-800x4,lstm] [--steps 20] [--compiled]
+
+Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=..`, both measured in
+the same run (K=4, batch 128). A plain step is forward, backward and an Adam update of all weights;
+a mask step is modmask's MaskTrainer.step (K samples, straight-through, Adam on the logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modmask import MaskTrainer
+from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier, SimpleCNN
+
+
+class SequenceClassifier(nn.Module):
+    """A recurrent or attention body over [B, T, d] inputs, then Linear on the last step."""
+
+    def __init__(self, body: nn.Module, d: int, classes: int = 10):
+        super().__init__()
+        self.body, self.output = body, nn.Linear(d, classes)
+
+    def forward(self, x):
+        hidden = self.body(x)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return self.output(hidden[:, -1])
+
+
+def make(name: str, batch: int):
+    """(model, inputs, targets, loss_fn) for one benchmark model."""
+    g = torch.Generator().manual_seed(0)
+    if name.startswith("mlp"):
+        hidden = [800] * 4 if name == "mlp-800x4" else [400, 400, 200]
+        model = MLP(42, hidden, 20)
+        x = torch.rand(batch, 42, generator=g)
+        y = torch.randint(0, 10, (batch, 2), generator=g)
+        loss = lambda out, t: F.cross_entropy(out.view(-1, 2, 10).flatten(0, 1), t.flatten())  # noqa: E731
+        return model, x, y, loss
+    if name == "lstm":
+        from modmask.models import LSTM
+        model, x = SequenceClassifier(LSTM(32, 256, 2), 256), torch.randn(batch, 20, 32, generator=g)
+    elif name == "transformer":
+        model, x = SequenceClassifier(EncoderLayer(256, 4, 1024), 256), torch.randn(batch, 20, 256, generator=g)
+    elif name == "cnn":
+        model, x = SimpleCNN(), torch.randn(batch, 3, 32, 32, generator=g)
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    return model, x, torch.randint(0, 10, (batch,), generator=g), F.cross_entropy
+
+
+def time_steps(step, steps: int, warmup: int = 3) -> float:
+    """Median ms per call."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bench(name: str, steps: int, k: int, batch: int, compiled: bool) -> str:
+    model, x, y, loss_fn = make(name, batch)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def plain_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    model.eval()  # mask training runs the model in eval mode; use the same for the plain step
+    trainer = MaskTrainer(model, loss_fn, k=k, compiled=compiled)
+    plain_ms = time_steps(plain_step, steps)
+    mask_ms = time_steps(lambda: trainer.step((x, y)), steps)
+    return (f"model={name} plain_ms={plain_ms:.1f} mask_ms={mask_ms:.1f} ratio={mask_ms / plain_ms:.2f}"
+            + (f" path={trainer.path}" if trainer.path != "vmap" else ""))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="mlp-800x4,mlp-400-400-200,lstm,transformer,cnn")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--compiled", action="store_true", help="fuse the mask kernels with torch.compile")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, k={args.k}, batch={args.batch}, "
+          f"compiled={args.compiled}", flush=True)
+    for name in args.models.split(","):
+        print(bench(name, args.steps, args.k, args.batch, args.compiled), flush=True)
+
+
+if __name__ == "__main__":
+    main()

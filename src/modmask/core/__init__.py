@@ -1,0 +1,1 @@
+"""The masking library: imports torch (and safetensors, numpy, tqdm) only, never the layers above."""

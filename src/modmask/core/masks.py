@@ -1,0 +1,149 @@
+"""`Masks`: a binary mask per parameter tensor, with set algebra and safe save/load (paper §1.6).
+
+A `Masks` maps parameter names to bool tensors of the parameters' shapes. A parameter without an
+entry is not masked (it keeps its full weights), so `~m` inverts only the listed tensors, which is
+the paper's inverse mask. Files are safetensors (no pickle) whose metadata records every masked
+name and shape, so loading against a different model is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+FORMAT = "modmask.masks/1"
+
+
+class Masks(Mapping):
+    """Immutable mapping: parameter name -> bool tensor."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        self._tensors = {}
+        for name, value in tensors.items():
+            if value.dtype != torch.bool:
+                raise TypeError(f"mask {name!r} has dtype {value.dtype}; masks are bool tensors "
+                                f"(use Masks.from_logits for real-valued logits)")
+            self._tensors[name] = value
+
+    @classmethod
+    def from_logits(cls, logits: Mapping[str, torch.Tensor]) -> "Masks":
+        """The final binary mask: logit > 0 (strict, as the paper's analysis)."""
+        return cls({n: l.detach() > 0 for n, l in logits.items()})
+
+    @classmethod
+    def ones_like(cls, model: torch.nn.Module, names: Iterable[str]) -> "Masks":
+        params = dict(model.named_parameters())
+        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
+
+    # mapping protocol
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        return f"Masks({len(self)} tensors, {self.count()}/{self.size()} kept, density {self.density():.4f})"
+
+    # set algebra over masks of the same tensors
+    def _combine(self, other: "Masks", op) -> "Masks":
+        if set(self) != set(other):
+            raise ValueError(f"masks cover different tensors: {sorted(set(self) ^ set(other))}")
+        return Masks({n: op(self[n], other[n]) for n in self})
+
+    def __or__(self, other: "Masks") -> "Masks":
+        return self._combine(other, torch.logical_or)
+
+    def __and__(self, other: "Masks") -> "Masks":
+        return self._combine(other, torch.logical_and)
+
+    def __sub__(self, other: "Masks") -> "Masks":
+        return self._combine(other, lambda a, b: a & ~b)
+
+    def __invert__(self) -> "Masks":
+        return Masks({n: ~m for n, m in self.items()})
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Masks) and set(self) == set(other)
+                and all(torch.equal(self[n], other[n]) for n in self))
+
+    # restriction and replacement (half masks, inverse with full I/O layers)
+    def only(self, names: Iterable[str]) -> "Masks":
+        """The same masks on `names` only; other tensors become unmasked."""
+        names = set(names)
+        missing = names - set(self)
+        if missing:
+            raise KeyError(f"no mask for {sorted(missing)}; masked tensors: {list(self)}")
+        return Masks({n: m for n, m in self.items() if n in names})
+
+    def replace(self, other: "Masks", names: Iterable[str]) -> "Masks":
+        """These masks with the tensors `names` taken from `other` (e.g. the Full mask)."""
+        names = set(names)
+        return Masks({n: (other[n] if n in names else m) for n, m in self.items()})
+
+    # counts
+    def counts(self) -> dict[str, int]:
+        return {n: int(m.sum()) for n, m in self.items()}
+
+    def sizes(self) -> dict[str, int]:
+        return {n: m.numel() for n, m in self.items()}
+
+    def densities(self) -> dict[str, float]:
+        return {n: int(m.sum()) / m.numel() for n, m in self.items()}
+
+    def count(self) -> int:
+        return sum(self.counts().values())
+
+    def size(self) -> int:
+        return sum(self.sizes().values())
+
+    def density(self) -> float:
+        return self.count() / max(self.size(), 1)
+
+    # files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically as safetensors, with every name and shape in the metadata."""
+        path = Path(path)
+        shapes = {n: list(m.shape) for n, m in self.items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({n: m.contiguous().cpu() for n, m in self.items()}, str(tmp),
+                  metadata={"format": FORMAT, "shapes": json.dumps(shapes)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: torch.nn.Module | None = None) -> "Masks":
+        """Read a mask file; with `model`, refuse one made for another model."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"mask file {path} does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a modmask mask file (format {meta.get('format')!r}, "
+                             f"expected {FORMAT!r})")
+        masks = cls(load_file(str(path)))
+        if model is not None:
+            check_fits(masks, model, source=str(path))
+        return masks
+
+
+def check_fits(masks: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str = "masks") -> None:
+    """Raise ValueError naming the first parameter that does not exist or has another shape."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise ValueError(f"{source} was made for another model: it masks {name!r}, which this "
+                             f"model ({type(model).__name__}) does not have")
+        if tuple(mask.shape) != tuple(params[name].shape):
+            raise ValueError(f"{source} was made for another model: {name!r} has shape "
+                             f"{tuple(mask.shape)} in the masks but {tuple(params[name].shape)} in the model")

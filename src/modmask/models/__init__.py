@@ -1,0 +1,8 @@
+"""Plain nn.Modules used by the case studies; they know nothing about masks."""
+
+from .cnn import SimpleCNN
+from .lstm import LSTM, RepeatLSTMClassifier
+from .mlp import MLP
+from .transformer import Attention, EncoderLayer
+
+__all__ = ["MLP", "LSTM", "RepeatLSTMClassifier", "SimpleCNN", "Attention", "EncoderLayer"]
