@@ -12,10 +12,12 @@ from .core.masks import Masks
 from .core.selection import select_parameters
 from .core.training import MaskTrainer, TrainedMask, train_mask
 
+from .study import Function, run_study
+
 __version__ = "0.1.0"
 
 __all__ = [
     "Masks", "TrainedMask", "MaskTrainer", "train_mask", "select_parameters", "masked_call", "evaluate", "collect",
     "inverse", "half_masks", "split_layers", "iou", "iomin", "shared_fraction", "exclusive", "union",
-    "stability", "overlap_table", "probability_histogram",
+    "stability", "overlap_table", "probability_histogram", "Function", "run_study",
 ]

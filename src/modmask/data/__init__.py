@@ -1,0 +1,1 @@
+"""Datasets in their standard formats; they know nothing about masks or experiments."""

@@ -1,0 +1,33 @@
+"""Batches from a dataset that has `len()` and `encode(index) -> (inputs, targets)`."""
+
+from __future__ import annotations
+
+import torch
+
+
+class RandomBatches:
+    """Endless batches drawn with replacement (as the original sampler), seeded and resumable
+    (`state()` / `load_state()` carry the generator state into a checkpoint)."""
+
+    def __init__(self, data, batch_size: int, seed: int):
+        if len(data) == 0:
+            raise ValueError("cannot draw batches from an empty dataset")
+        self.data, self.batch_size = data, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.data.encode(torch.randint(0, len(self.data), (self.batch_size,), generator=self.generator))
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+def fixed_batches(data, batch_size: int) -> list:
+    """The whole set, in order, as a list of batches (for evaluation)."""
+    return [data.encode(slice(i, i + batch_size)) for i in range(0, len(data), batch_size)]

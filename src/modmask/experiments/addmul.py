@@ -1,0 +1,125 @@
+"""Addition / multiplication: do networks use different weights for different functions?
+(paper §2.1, §2.8; the poster's P_specialize: "there is some separation, but it is not perfect").
+
+Pretrain an FNN or LSTM on a mix of a+b and a*b (mod 100), then train masks on all data (Full),
+on additions only (+) and on multiplications only (*), biases unmasked. Measured: accuracy on
+the add and mul validation sets under Full, +, not +, *, not *; the operation confusion under
+each mask; per-layer weights, IoU and IoMin of the + and * masks; the half-mask test on Full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..core.evaluation import collect, evaluate, half_masks, inverse, split_layers
+from ..data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
+from ..data.sampling import RandomBatches, fixed_batches
+from ..models import MLP, RepeatLSTMClassifier
+from .pretrain import pretrain
+from .rundir import RunDir
+from .study import Function, MaskOptions, mask_statistics, removal_matrix, train_masks
+
+DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "fnn"  # fnn | lstm
+    hidden: tuple[int, ...] = (2000, 2000, 2000, 2000)  # FNN sizes; the paper's "big"
+    lstm_hidden: int = 256
+    train_size: int = 1_000_000
+    valid_size: int = 10_000
+    batch_size: int = 128
+    pretrain_steps: int = 20_000
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    mask_steps: int = 20_000
+    mask_lr: float = 1e-2
+    beta: float = 1e-4
+    k: int = 4
+    compiled: bool = False
+    original_clipping: bool = False
+    checkpoint_every: int = 2000
+
+
+PRESETS = {
+    "smoke": dict(hidden=(32, 32), lstm_hidden=16, train_size=20_000, valid_size=1_000,
+                  pretrain_steps=150, mask_steps=40, checkpoint_every=100),
+    "small": dict(hidden=(400, 400, 200), lstm_hidden=256, mask_steps=10_000),
+    "paper": dict(),
+}
+
+STAGES = (("full", "Full", None), ("add", "+", ADD), ("mul", "*", MUL))
+OPS = ("+", "*")
+PREDICTIONS = ("+ result", "* result", "neither")
+
+
+def build_model(config: Config, seed: int) -> nn.Module:
+    """The network, initialised from `seed` without touching the global RNG."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if config.model == "fnn":
+            return MLP(42, config.hidden, 20)
+        if config.model == "lstm":
+            return RepeatLSTMClassifier(42, 20, hidden_size=config.lstm_hidden)
+    raise ValueError(f"model must be 'fnn' or 'lstm', not {config.model!r}")
+
+
+def op_confusion(model: nn.Module, masks, valid: AddMulData) -> list[list[float]]:
+    """[true op][+ result, * result, neither] in % of that op's examples. A prediction equal to
+    both results counts in both columns (as in the original)."""
+    def columns(outputs, abo):
+        a, b, op = abo.unbind(-1)
+        predicted = outputs.view(-1, 2, 10).argmax(-1)
+        number = predicted[:, 0] + 10 * predicted[:, 1]
+        as_add = number == AddMulData.results(a, b, torch.full_like(op, ADD))
+        as_mul = number == AddMulData.results(a, b, torch.full_like(op, MUL))
+        return torch.stack([op, as_add, as_mul, ~(as_add | as_mul)], -1)
+
+    batches = [(valid.encode(slice(i, i + 1000))[0], torch.stack([valid.a, valid.b, valid.op], -1)[i:i + 1000])
+               for i in range(0, len(valid), 1000)]
+    rows = collect(model, masks, batches, columns)
+    return [(rows[rows[:, 0] == op, 1:].float().mean(0) * 100).tolist() for op in (ADD, MUL)]
+
+
+def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+    train = AddMulData.generate("train", config.train_size)
+    valid = AddMulData.generate("valid", config.valid_size)
+    model = build_model(config, seed)
+    with run_dir.timed("pretrain"):
+        pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
+                 steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
+                 checkpoint_every=config.checkpoint_every, progress=progress)
+
+    functions = [Function(name, RandomBatches(train.subset(op), config.batch_size, 1234 + seed),
+                          fixed_batches(valid.subset(op), 1000), digit_loss, digits_correct, label)
+                 for name, label, op in STAGES]
+    options = MaskOptions(steps=config.mask_steps, k=config.k, beta=config.beta, lr=config.mask_lr,
+                          grad_clip=config.grad_clip, compiled=config.compiled,
+                          original_clipping=config.original_clipping)
+    trained = train_masks(model, functions, run_dir, options, seed, progress)
+    masks = {name: t.masks for name, t in trained.items()}
+
+    metric = removal_matrix(model, functions, trained)
+    labels = {"none": "No mask", "full": "Full", "add": "+", "not add": "¬+", "mul": "*", "not mul": "¬*",
+              "not full": "¬Full"}
+    accuracy = {labels[c]: {"+": metric[c]["add"] * 100, "*": metric[c]["mul"] * 100} for c in metric}
+
+    confusion = {}
+    for name, label, _ in STAGES:
+        confusion[label] = op_confusion(model, masks[name], valid)
+        confusion["¬" + label] = op_confusion(model, inverse(masks[name]), valid)
+
+    iid = fixed_batches(valid, 1000)
+    early, late = split_layers(list(masks["full"]), "ceil")
+    early_mask, late_mask = half_masks(masks["full"], early)
+    with_full = evaluate(model, masks["full"], iid, digits_correct)
+    half = {"layers_early": early, "layers_late": late, "full_mask_accuracy": with_full * 100,
+            "early_masked_drop": (with_full - evaluate(model, early_mask, iid, digits_correct)) * 100,
+            "late_masked_drop": (with_full - evaluate(model, late_mask, iid, digits_correct)) * 100}
+
+    return {"accuracy": accuracy, "confusion": confusion, "half_mask": half,
+            "masks": mask_statistics(trained, compare=["add", "mul"]), "timings": run_dir.timings()}

@@ -1,0 +1,67 @@
+"""Ordinary supervised pretraining of the network that the masks will analyse, resumable.
+
+Adam with constant learning rate and global-norm gradient clipping, as the paper's defaults.
+A checkpoint (model, optimiser, sampler state) is written every `checkpoint_every` steps; the
+finished model is `checkpoints/pretrained.safetensors`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.sampling import RandomBatches
+from .rundir import RunDir
+
+
+def _save_partial(path, model, optimizer, batches, step) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "sampler": batches.state(), "step": step}, tmp)
+    os.replace(tmp, path)
+
+
+def pretrain(model: nn.Module, batches: RandomBatches, loss_fn: Callable, run: RunDir, *, steps: int,
+             lr: float = 1e-3, grad_clip: float | None = 1.0, checkpoint_every: int = 2000,
+             progress: bool = True) -> nn.Module:
+    """Train `model` in place (or load the finished checkpoint); returns it in eval mode."""
+    final = run.path / "checkpoints" / "pretrained.safetensors"
+    if final.exists():
+        model.load_state_dict(load_file(str(final)))
+        return model.eval()
+    partial = run.file("checkpoints", "pretrain-partial.pt")
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    start = 0
+    if partial.exists():
+        state = torch.load(partial, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state(state["sampler"])
+        start = state["step"]
+    model.train()
+    bar = tqdm(range(start, steps), desc="pretrain", disable=not progress, leave=False)
+    for step in bar:
+        inputs, targets = next(batches)
+        loss = loss_fn(model(inputs), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if step % 200 == 0 or step == steps - 1:
+            run.log({"phase": "pretrain", "step": step, "loss": loss.item()})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            _save_partial(partial, model, optimizer, batches, step + 1)
+    tmp = final.with_name(final.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, final)
+    partial.unlink(missing_ok=True)
+    return model.eval()

@@ -1,0 +1,13 @@
+"""The experiments the command line knows, by name."""
+
+from __future__ import annotations
+
+import importlib
+
+EXPERIMENTS = {"addmul": "modmask.experiments.addmul"}
+
+
+def get(name: str):
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[name])

@@ -1,0 +1,87 @@
+"""A run directory: config, metrics, checkpoints, masks, results, figures, report.
+
+Every file is written atomically (a temporary file, then a rename), so a run killed at any point
+leaves complete files only, and the same command resumes from what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value):
+    """JSON-safe: NaN/inf become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(_clean(value), indent=1) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+class RunDir:
+    """Paths and bookkeeping of one run (one seed)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def file(self, *parts: str) -> Path:
+        path = self.path.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def check_config(self, config: dict) -> None:
+        """Write config.json, or refuse to resume a run made with other settings."""
+        path = self.path / "config.json"
+        if path.exists():
+            saved = read_json(path)
+            if saved != config:
+                changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+                raise ValueError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
+                                 f"use another --out directory or the same settings to resume it")
+        else:
+            write_json(path, config)
+
+    def log(self, record: dict) -> None:
+        """Append one line to metrics.jsonl (a torn last line is skipped when read)."""
+        with open(self.file("metrics.jsonl"), "a") as f:
+            f.write(json.dumps(_clean(record)) + "\n")
+
+    @contextmanager
+    def timed(self, phase: str):
+        """Record the wall time of a phase in timings.json. A phase already timed (finished before
+        a resume) keeps its first time; a phase resumed mid-way adds the two parts."""
+        start = time.perf_counter()
+        done_before = phase in self.timings()
+        yield
+        if not done_before or self.timings()[phase] is None:
+            timings = self.timings()
+            timings[phase] = round(time.perf_counter() - start, 2)
+            write_json(self.path / "timings.json", timings)
+
+    def timings(self) -> dict:
+        path = self.path / "timings.json"
+        return read_json(path) if path.exists() else {}

@@ -1,0 +1,140 @@
+"""A modularity study of one trained model: one mask per function, then what they share and
+what removing them costs (paper §1.7). The built-in experiments and users' own studies both go
+through `run_study`.
+
+    results = run_study(model, [Function("add", add_batches, add_eval, loss, correct), ...],
+                        out="runs/mine", steps=2000)
+
+writes masks/<function>.safetensors (logits) and results.json; `modmask.run_study` adds the
+report (figures/*.png, report.md), since reports sit in the layer above the experiments.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from torch import nn
+
+from ..core.analysis import iou, overlap_table, probability_histogram, shared_fraction
+from ..core.evaluation import evaluate, inverse
+from ..core.training import TrainedMask, train_mask
+from .rundir import RunDir, write_json
+
+
+@dataclass(frozen=True)
+class Function:
+    """One function of interest: data that needs only it, and how to score it.
+
+    train: batches for mask training (an endless iterator, or a re-iterable collection);
+    eval: evaluation batches; loss(outputs, targets) -> scalar mean; metric(outputs, targets) ->
+    [B] per-example score (e.g. correct or not). name must be usable as a file name.
+    """
+
+    name: str
+    train: Iterable
+    eval: Iterable
+    loss: Callable
+    metric: Callable
+    label: str | None = None
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Mask-training settings shared by every function of a study (see train_mask)."""
+
+    steps: int = 20_000
+    k: int = 4
+    beta: float = 1e-4
+    lr: float = 1e-2
+    reg_batch_size: int | None = None
+    grad_clip: float | None = 1.0
+    biases: bool = False
+    norms: bool = True
+    parameters: Any = None
+    path: str = "auto"
+    compiled: bool = False
+    original_clipping: bool = False
+    mode: str = "eval"
+
+    def train_kwargs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "steps"}
+
+
+def train_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, options: MaskOptions,
+                seed: int = 0, progress: bool = True) -> dict[str, TrainedMask]:
+    """One mask per function; a mask whose file exists is loaded, not retrained (resume)."""
+    trained = {}
+    for index, function in enumerate(functions):
+        path = run.file("masks", f"{function.name}.safetensors")
+        if path.exists():
+            trained[function.name] = TrainedMask.load(path, model)
+            continue
+        with run.timed(f"mask:{function.name}"):
+            mask = train_mask(model, function.train, function.loss, steps=options.steps,
+                              seed=seed * 1000 + index, progress=f"mask {function.title}" if progress else False,
+                              on_log=lambda r, n=function.name: run.log({"phase": f"mask:{n}", **r}),
+                              **options.train_kwargs())
+        mask.save(path)
+        trained[function.name] = mask
+    return trained
+
+
+def removal_matrix(model: nn.Module, functions: Sequence[Function], trained: dict[str, TrainedMask],
+                   mode: str = "eval") -> dict[str, dict[str, float]]:
+    """condition -> function -> metric, for conditions 'none' (no mask), each mask and each
+    inverse mask ('not <name>')."""
+    conditions = {"none": {}}
+    for name, mask in trained.items():
+        conditions[name] = mask.masks
+        conditions[f"not {name}"] = inverse(mask.masks)
+    return {label: {f.name: evaluate(model, masks, f.eval, f.metric, mode) for f in functions}
+            for label, masks in conditions.items()}
+
+
+def mask_statistics(trained: dict[str, TrainedMask], compare: Sequence[str] | None = None,
+                    bins: int = 100) -> dict:
+    """Weights per mask and layer, overlap of every pair, shared fractions and histograms."""
+    masks = {name: t.masks for name, t in trained.items()}
+    compare = list(compare or masks)
+    compared = {n: masks[n] for n in compare}
+    return {
+        "counts": {n: {**m.counts(), "total": m.count()} for n, m in masks.items()},
+        "sizes": {**next(iter(masks.values())).sizes(), "total": next(iter(masks.values())).size()},
+        "overlap": {f"{a}|{b}": overlap_table(masks[a], masks[b], (a, b))
+                    for a, b in itertools.combinations(compare, 2)},
+        "shared_fraction": {n: {**shared_fraction(compared, n, per_layer=True),
+                                "total": shared_fraction(compared, n)} for n in compare}
+        if len(compare) > 1 else {},
+        "iou_total": {f"{a}|{b}": iou(masks[a], masks[b]) for a, b in itertools.combinations(compare, 2)},
+        "histogram": {n: dict(zip(("counts", "edges"), probability_histogram(t.probs(), bins)))
+                      for n, t in trained.items()},
+    }
+
+
+def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int = 0,
+              compare: Sequence[str] | None = None, progress: bool = True, **mask_options) -> dict:
+    """Train a mask per function on the frozen `model` and analyse them; see the module docstring.
+
+    mask_options: MaskOptions fields (steps, k, beta, lr, ...). compare: the functions whose
+    masks are compared with each other (default: all). Returns the results (also in results.json).
+    """
+    run = RunDir(out)
+    options = MaskOptions(**mask_options)
+    names = [f.name for f in functions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"function names must be unique, got {names}")
+    trained = train_masks(model, functions, run, options, seed, progress)
+    results = {
+        "functions": {f.name: f.title for f in functions},
+        "metric": removal_matrix(model, functions, trained, options.mode),
+        "masks": mask_statistics(trained, compare),
+        "timings": run.timings(),
+    }
+    write_json(run.file("results.json"), results)
+    return results

@@ -1,0 +1,24 @@
+"""Reports and figures built from finished run directories: reads results, never trains."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..experiments.rundir import read_json
+
+REPORTS = {"addmul": "modmask.reporting.addmul"}
+
+
+def write_report(out: str | Path) -> Path:
+    """(Re)build report.md and figures/ of an experiment run directory from its results.json."""
+    out = Path(out)
+    path = out / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {out} a finished run directory? "
+                                f"(`modmask run ... --out {out}` writes it)")
+    summary = read_json(path)
+    name = summary.get("experiment")
+    if name not in REPORTS:
+        raise ValueError(f"{path} is not the result of a known experiment ({name!r})")
+    return importlib.import_module(REPORTS[name]).write_report(out, summary)

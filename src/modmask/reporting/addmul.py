@@ -1,0 +1,92 @@
+"""Report of the addition/multiplication study (paper §2.1, figures 1-4, 10, 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .study import histogram_figure, overlap_section
+from .tables import fmt, mean, std, table, timings_table
+
+CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]
+PAPER_FINDING = ("The paper (poster, P_specialize): \"there is some separation, but it is not perfect\": "
+                 "removing the weights of the + mask (¬+) destroys addition while multiplication stays "
+                 "largely intact, and vice versa; the + and * masks still share part of their weights.")
+
+
+def _drop(acc: dict, condition: str, op: str) -> float:
+    return mean(acc["Full"][op]) - mean(acc[condition][op])
+
+
+def finding(acc: dict) -> str:
+    """The measured counterpart of the paper's finding, in words, from the accuracy table."""
+    own_add, other_add = _drop(acc, "¬+", "+"), _drop(acc, "¬+", "*")
+    own_mul, other_mul = _drop(acc, "¬*", "*"), _drop(acc, "¬*", "+")
+    specialised = own_add > 2 * max(other_add, 1.0) and own_mul > 2 * max(other_mul, 1.0)
+    return (f"Measured: removing the + mask costs addition {own_add:.1f} points and multiplication "
+            f"{other_add:.1f}; removing the * mask costs multiplication {own_mul:.1f} points and addition "
+            f"{other_mul:.1f}. " + ("Each inverse mask hurts its own operation much more than the other: "
+                                     "the network specialises." if specialised else
+                                     "The inverse masks do not separate the operations clearly here."))
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    figures = out / "figures"
+    agg = summary["aggregate"]
+    acc = agg["accuracy"]
+    config = summary["config"]
+
+    plots.bar_groups(figures / "accuracy.png", CONDITIONS,
+                     {op: [mean(acc[c][op]) for c in CONDITIONS] for op in ("+", "*")},
+                     {op: [std(acc[c][op]) for c in CONDITIONS] for op in ("+", "*")},
+                     ylabel="accuracy [%]", title="Accuracy on the add and mul validation sets", ylim=(0, 100))
+    accuracy_rows = [[op] + [fmt(acc[c][op]) for c in CONDITIONS] for op in ("+", "*")]
+
+    confusion = agg["confusion"]
+    labels = ["Full", "+", "*", "¬Full", "¬+", "¬*"]
+    plots.confusion_grid(figures / "confusion.png",
+                         {k: np.array([[mean(v) for v in row] for row in confusion[k]]) for k in labels},
+                         ["+", "*"], ["+ result", "* result", "neither"],
+                         {k: np.array([[std(v) for v in row] for row in confusion[k]]) for k in labels},
+                         title="Which operation the prediction matches [%]")
+
+    half = agg["half_mask"]
+    plots.bar_groups(figures / "half_mask.png", ["early masked", "late masked"],
+                     {"drop": [mean(half["early_masked_drop"]), mean(half["late_masked_drop"])]},
+                     {"drop": [std(half["early_masked_drop"]), std(half["late_masked_drop"])]},
+                     ylabel="accuracy drop [%]", title="Full mask on half of the layers", ylim=(0, 100))
+
+    model = (f"FNN {'x'.join(str(h) for h in config['hidden'])}" if config["model"] == "fnn"
+             else f"LSTM 2x{config['lstm_hidden']}")
+    text = [
+        f"# Addition / multiplication: {model}", "",
+        f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
+        f"{config['pretrain_steps']} steps, {config['mask_steps']} steps per mask, beta {config['beta']}, "
+        f"k {config['k']}.", "",
+        "## Finding", "", PAPER_FINDING, "", finding(acc), "",
+        "## Accuracy under each mask [%]", "",
+        table(["validation set", *CONDITIONS], accuracy_rows), "",
+        "![accuracy](figures/accuracy.png)", "",
+        f"Without any mask: + {fmt(acc['No mask']['+'])}, * {fmt(acc['No mask']['*'])}.", "",
+        "## Weights of the + and * masks per layer", "",
+        overlap_section({**agg["masks"], "shared_fraction": agg["masks"]["shared_fraction"]}, figures), "",
+        "## Operation confusion", "",
+        "Rows: the true operation; columns: the prediction equals the + result, the * result, or neither "
+        "(an example whose results coincide counts in both). Under ¬+ additions should turn into "
+        "'neither' while multiplications stay.", "",
+        "![confusion](figures/confusion.png)", "",
+        "## Half-mask test (Full mask)", "",
+        f"Full-mask accuracy {fmt(half['full_mask_accuracy'])}%. Early masked = the Full mask on "
+        f"{', '.join(half['layers_early'])} only; late masked = on {', '.join(half['layers_late'])} only. "
+        f"Drops: early {fmt(half['early_masked_drop'])}, late {fmt(half['late_masked_drop'])} points.", "",
+        "![half mask](figures/half_mask.png)", "",
+        "## Mask probabilities", "", histogram_figure(agg["masks"], figures / "histogram.png"), "",
+        "## Timings (seconds per seed)", "", timings_table(agg["timings"]), "",
+    ]
+    path = out / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text("\n".join(text))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,272 @@
+"""Figures for the reports: grouped bars, confusion grids, histograms, mask images, sweep lines.
+
+Each function draws one of the figure kinds of the paper (PAPER_SPEC.md section 4) from plain
+Python data (lists, dicts, numpy arrays; tensors are accepted and converted), writes a PNG
+atomically and returns its path. Figures are built on `matplotlib.figure.Figure` directly, never
+through pyplot, so no global figure state leaks between calls and no display is needed (Agg).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+DPI = 120
+# Pixel colours of the paper's mask visualisation (figure 7 in the spec), RGB in [0, 1].
+MASK_COLORS = {"first": (1.0, 0.0, 0.0), "second": (0.0, 1.0, 0.0), "both": (0.0, 0.0, 1.0),
+               "neither": (0.0, 0.0, 0.0), "full": (0.3, 0.3, 0.3)}
+
+
+def _as_numpy(x) -> np.ndarray:
+    """Array from lists, numpy or torch tensors (detached and moved to the CPU without importing torch)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    # Constrained layout is the tight layout that also makes room for colour bars and outside legends.
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path) -> Path:
+    """Write `fig` as PNG to `path` via a temporary file, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        fig.clear()  # a Figure outside pyplot is freed with its last reference; clear drops artists now
+    return path
+
+
+def _check_lengths(what: str, values: dict | None, n: int, against: str) -> None:
+    for name, v in (values or {}).items():
+        if len(v) != n:
+            raise ValueError(f"{what} {name!r} has {len(v)} values but there are {n} {against}")
+
+
+def bar_groups(path, groups: list[str], series: dict[str, list[float]],
+               errors: dict[str, list[float]] | None = None, ylabel: str = "", title: str = "",
+               ylim: tuple | None = None, log: bool = False) -> Path:
+    """Grouped bar chart: one group per entry of `groups`, one bar per series in each group.
+
+    `series[name]` and `errors[name]` (std, drawn as error bars) have one value per group.
+    """
+    _check_lengths("series", series, len(groups), "groups")
+    _check_lengths("errors for", errors, len(groups), "groups")
+    fig = _new_figure(max(5.0, 1.0 + 0.35 * len(groups) * max(len(series), 1)), 3.8)
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        err = None if errors is None or name not in errors else _as_numpy(errors[name])
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar(x + offset, _as_numpy(values), width, yerr=err, capsize=3 if err is not None else 0,
+               label=name)
+    ax.set_xticks(x, groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if log:
+        ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if series:
+        # Outside the axes: accuracy bars fill every corner, so any inside spot hides some bar.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(fig, path)
+
+
+def _color_limits(matrices, center_zero: bool) -> tuple[float, float]:
+    """Shared (vmin, vmax) for all panels; symmetric around 0 when `center_zero` (differences)."""
+    values = np.concatenate([_as_numpy(m).ravel().astype(float) for m in matrices])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (-1.0, 1.0) if center_zero else (0.0, 1.0)
+    if center_zero:
+        m = float(np.abs(values).max()) or 1.0  # all zeros would give an empty colour range
+        return -m, m
+    lo, hi = float(values.min()), float(values.max())
+    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+
+
+def _cell_texts(mean: np.ndarray, std, fmt: str) -> np.ndarray:
+    """Annotation per cell: "mean" or "mean ± std"."""
+    std = None if std is None else _as_numpy(std)
+    if std is not None and std.shape != mean.shape:
+        raise ValueError(f"std has shape {std.shape} but the matrix has shape {mean.shape}")
+    return np.array([[fmt.format(v) + ("" if std is None else " ± " + fmt.format(std[r, c]))
+                      for c, v in enumerate(row)] for r, row in enumerate(mean)], dtype=object)
+
+
+def confusion_grid(path, matrices: dict[str, np.ndarray], row_labels: list[str], col_labels: list[str],
+                   stds: dict[str, np.ndarray] | None = None, title: str = "", fmt: str = "{:.1f}",
+                   cmap: str = "viridis", center_zero: bool = False) -> Path:
+    """One annotated heat map per entry of `matrices` (each [len(row_labels), len(col_labels)]).
+
+    Cells show "mean ± std" when `stds` has the key. All panels share one colour scale so they can be
+    compared; with `center_zero` it is symmetric around 0 and the default colormap becomes the
+    diverging "RdBu_r" (for confusion differences, where the sign matters).
+    """
+    shape = (len(row_labels), len(col_labels))
+    arrays = {k: _as_numpy(m).astype(float) for k, m in matrices.items()}
+    for k, m in arrays.items():
+        if m.shape != shape:
+            raise ValueError(f"matrix {k!r} has shape {m.shape}, labels give {shape}")
+    if center_zero and cmap == "viridis":
+        cmap = "RdBu_r"
+    vmin, vmax = _color_limits(arrays.values(), center_zero)
+    norm = Normalize(vmin, vmax)
+    texts = {k: _cell_texts(m, None if stds is None else stds.get(k), fmt) for k, m in arrays.items()}
+    ncols = min(len(arrays), 3) or 1
+    nrows = -(-len(arrays) // ncols) or 1
+    fontsize, cell_h = (9, 0.45) if max(shape) <= 4 else (6, 0.4)
+    # Cells are as wide as their longest annotation (about 0.6 em per character) so text never overlaps.
+    longest = max((len(t) for ts in texts.values() for t in ts.ravel()), default=1)
+    cell_w = max(cell_h, longest * 0.6 * fontsize / 72 + 0.1)
+    panel_w, panel_h = 1.2 + cell_w * shape[1], 1.0 + cell_h * shape[0]
+    fig = _new_figure(panel_w * ncols + 1.0, panel_h * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    image = None
+    for ax, (name, m) in zip(axes, arrays.items()):
+        image = ax.imshow(m, cmap=cmap, norm=norm, aspect="auto")
+        for (r, c), v in np.ndenumerate(m):
+            text = texts[name][r, c]
+            # Dark cells get white text; luminance of the cell's own colour decides.
+            red, green, blue, _ = image.cmap(norm(v))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+            ax.text(c, r, text, ha="center", va="center", fontsize=fontsize,
+                    color="white" if dark else "black")
+        ax.set_xticks(range(shape[1]), col_labels, rotation=45 if shape[1] > 4 else 0, ha="right"
+                      if shape[1] > 4 else "center")
+        ax.set_yticks(range(shape[0]), row_labels)
+        ax.set_title(name)
+    for ax in axes[len(arrays):]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[:len(arrays)]), shrink=0.8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def histogram(path, curves: dict[str, tuple[list[float], list[float]]], xlabel: str = "mask probability",
+              log: bool = True, title: str = "") -> Path:
+    """Step lines of densities from precomputed histograms: `curves[name] = (counts, bin_edges)`.
+
+    len(bin_edges) must be len(counts) + 1. Density is counts / (total * bin width), so curves with
+    different weight counts (FNN vs LSTM) are comparable.
+    """
+    fig = _new_figure(6.0, 3.8)
+    ax = fig.add_subplot()
+    for name, (counts, edges) in curves.items():
+        counts, edges = _as_numpy(counts).astype(float), _as_numpy(edges).astype(float)
+        if len(edges) != len(counts) + 1:
+            raise ValueError(f"curve {name!r}: {len(edges)} bin edges for {len(counts)} counts")
+        total = counts.sum()
+        density = counts / (total * np.diff(edges)) if total > 0 else np.zeros_like(counts)
+        ax.stairs(density, edges, label=name)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density (log scale)" if log else "density")
+    ax.set_title(title)
+    if curves:
+        ax.legend()
+    return _save(fig, path)
+
+
+def mask_colors(masks: dict[str, np.ndarray], full: np.ndarray | None = None) -> np.ndarray:
+    """RGB image [H, W, 3] in [0, 1] comparing two boolean masks of one weight matrix [H, W].
+
+    Red: only the first mask; green: only the second; blue: both; dim grey: neither but in `full`;
+    black: otherwise (dict order decides which mask is "first").
+    """
+    if len(masks) != 2:
+        raise ValueError(f"mask_colors needs exactly two masks, got {len(masks)}: {list(masks)}")
+    arrays = {k: _as_numpy(m) for k, m in masks.items()}
+    if full is not None:
+        arrays["full"] = _as_numpy(full)
+    for k, m in arrays.items():
+        if m.dtype != bool or m.ndim != 2:
+            raise ValueError(f"mask {k!r} must be a 2-D boolean array, got {m.dtype} with shape {m.shape}")
+    shapes = {k: m.shape for k, m in arrays.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"masks must have the same shape, got {shapes}")
+    first, second = (arrays[k] for k in masks)
+    out = np.zeros(first.shape + (3,))
+    if full is not None:
+        out[arrays["full"]] = MASK_COLORS["full"]
+    # Later assignments win, so a weight in a mask is never shown as "full only".
+    out[first & ~second] = MASK_COLORS["first"]
+    out[second & ~first] = MASK_COLORS["second"]
+    out[first & second] = MASK_COLORS["both"]
+    return out
+
+
+def mask_image(path, masks: dict[str, np.ndarray], full: np.ndarray | None = None, title: str = "") -> Path:
+    """The paper's mask visualisation of one weight matrix [out, in]; colours as in `mask_colors`."""
+    image = mask_colors(masks, full)
+    height, width = image.shape[:2]
+    aspect = float(np.clip(height / max(width, 1), 0.25, 4.0))
+    fig = _new_figure(4.0 / min(aspect, 1.0) * 0.9 + 1.8, 4.0 * min(aspect, 1.0) + 0.6)
+    ax = fig.add_subplot()
+    ax.imshow(image, aspect="auto")
+    # Axes count rows and columns of the weight matrix, so only whole-number ticks make sense.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("input")
+    ax.set_ylabel("output")
+    ax.set_title(title)
+    a, b = list(masks)
+    labels = [("first", f"only {a}"), ("second", f"only {b}"), ("both", "both"), ("neither", "neither")]
+    if full is not None:
+        labels.append(("full", "full mask only"))
+    handles = [Patch(facecolor=MASK_COLORS[key], edgecolor="0.5", label=text) for key, text in labels]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def line_plot(path, x: list, series: dict[str, list[float]], errors: dict[str, list[float]] | None = None,
+              xlabel: str = "", ylabel: str = "", title: str = "", logx: bool = False,
+              marker: str = "o") -> Path:
+    """Lines over a sweep (network size, β) with optional shaded ±std bands.
+
+    Non-numeric `x` (e.g. "small", "big") is placed at equal spacing with the values as tick labels.
+    """
+    _check_lengths("series", series, len(x), "x values")
+    _check_lengths("errors for", errors, len(x), "x values")
+    categorical = not all(isinstance(v, (int, float, np.number)) for v in x)
+    xs = np.arange(len(x)) if categorical else _as_numpy(x).astype(float)
+    fig = _new_figure(6.0, 3.8)
+    ax = fig.add_subplot()
+    for name, values in series.items():
+        y = _as_numpy(values).astype(float)
+        (line,) = ax.plot(xs, y, marker=marker, label=name)
+        if errors is not None and name in errors:
+            err = _as_numpy(errors[name]).astype(float)
+            ax.fill_between(xs, y - err, y + err, color=line.get_color(), alpha=0.2, linewidth=0)
+    if categorical:
+        ax.set_xticks(xs, [str(v) for v in x])
+    elif logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,77 @@
+"""Report of a study (a model, one mask per function): removal matrix, overlaps, figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import plots
+from .tables import fmt, mean, std, table, timings_table
+
+
+def removal_section(metric: dict, titles: dict, figure: Path | None = None) -> str:
+    """Each function's metric under no mask, each mask and each inverse mask."""
+    names = list(titles)
+    rows = [[condition] + [fmt(metric[condition][n], 3) for n in names] for condition in metric]
+    text = table(["condition"] + [titles[n] for n in names], rows)
+    if figure:
+        plots.bar_groups(figure, list(metric), {titles[n]: [mean(metric[c][n]) for c in metric] for n in names},
+                         {titles[n]: [std(metric[c][n]) for c in metric] for n in names},
+                         ylabel="metric", title="Each function under each mask and its inverse")
+        text += f"\n\n![removal]({figure.parent.name}/{figure.name})"
+    return text
+
+
+def overlap_section(masks: dict, figures: Path | None = None) -> str:
+    """Per-layer weights, IoU and IoMin of every compared pair; shared fractions."""
+    parts = []
+    for pair, rows in masks["overlap"].items():
+        a, b = pair.split("|")
+        header = ["tensor", "size", f"weights {a}", f"weights {b}", "IoU", "IoMin", f"shared {a}", f"shared {b}"]
+        body = [[r["tensor"], fmt(r["size"], 0), fmt(r[f"count_{a}"], 0), fmt(r[f"count_{b}"], 0),
+                 fmt(r["iou"], 3), fmt(r["iomin"], 3), fmt(r[f"shared_{a}"], 3), fmt(r[f"shared_{b}"], 3)]
+                for r in rows]
+        parts.append(f"**{a} vs {b}**\n\n" + table(header, body))
+        if figures:
+            layers = [r["tensor"] for r in rows]
+            path = figures / f"iou_{a}_{b}.png"
+            plots.bar_groups(path, layers, {"IoU": [mean(r["iou"]) for r in rows],
+                                            "IoMin": [mean(r["iomin"]) for r in rows]},
+                             {"IoU": [std(r["iou"]) for r in rows], "IoMin": [std(r["iomin"]) for r in rows]},
+                             ylabel="proportion", title=f"Overlap of the {a} and {b} masks", ylim=(0, 1))
+            counts = figures / f"weights_{a}_{b}.png"
+            plots.bar_groups(counts, layers[:-1], {a: [mean(r[f"count_{a}"]) for r in rows[:-1]],
+                                                   b: [mean(r[f"count_{b}"]) for r in rows[:-1]]},
+                             {a: [std(r[f"count_{a}"]) for r in rows[:-1]], b: [std(r[f"count_{b}"]) for r in rows[:-1]]},
+                             ylabel="weights in mask", title="Weights per layer")
+            parts.append(f"![iou]({figures.name}/{path.name}) ![weights]({figures.name}/{counts.name})")
+    if masks.get("shared_fraction"):
+        rows = [[n, fmt(v["total"], 3)] for n, v in masks["shared_fraction"].items()]
+        parts.append("Fraction of each mask's weights also used by another compared mask "
+                     "(|M_i ∧ ∪ M_j| / |M_i|):\n\n" + table(["mask", "shared"], rows))
+    return "\n\n".join(parts)
+
+
+def histogram_figure(masks: dict, path: Path) -> str:
+    curves = {n: (h["counts"] if not isinstance(h["counts"][0], dict) else [mean(c) for c in h["counts"]],
+                  h["edges"] if not isinstance(h["edges"][0], dict) else [mean(e) for e in h["edges"]])
+              for n, h in masks["histogram"].items()}
+    plots.histogram(path, curves, title="Keep probabilities sigmoid(logit) of the masks")
+    return f"![histogram]({path.parent.name}/{path.name})"
+
+
+def write_study_report(run_dir: str | Path, results: dict) -> Path:
+    run_dir = Path(run_dir)
+    figures = run_dir / "figures"
+    text = ["# Modularity study", "",
+            "One mask per function was trained on the frozen model. A function that needs its own "
+            "weights loses its metric under its inverse mask (`not <name>`), while other functions keep theirs.",
+            "", "## Removal matrix", "", removal_section(results["metric"], results["functions"],
+                                                      figures / "removal.png"),
+            "", "## Masks", "", overlap_section(results["masks"], figures), "",
+            histogram_figure(results["masks"], figures / "histogram.png"), "",
+            "## Timings", "", timings_table(results["timings"]), ""]
+    path = run_dir / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text("\n".join(text))
+    tmp.replace(path)
+    return path
