@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from modmask import MaskTrainer
+from modmask.allocator import keep_freed_memory
 from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier, SimpleCNN
 
 
@@ -93,7 +94,10 @@ def main():
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--compiled", action="store_true", help="fuse the mask kernels with torch.compile")
+    parser.add_argument("--default-malloc", action="store_true", help="keep glibc's default allocator settings")
     args = parser.parse_args()
+    if not args.default_malloc:
+        keep_freed_memory()  # as the command line does; applies to the plain and the mask step alike
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, k={args.k}, batch={args.batch}, "
           f"compiled={args.compiled}", flush=True)
     for name in args.models.split(","):

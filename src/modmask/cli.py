@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+from .allocator import keep_freed_memory
 from .experiments import registry
 from .experiments.config import ConfigError, field_types, parse_overrides
 from .experiments.runner import run_experiment
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     report.set_defaults(func=_report)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    keep_freed_memory()
     try:
         return args.func(args)
     except (ConfigError, KeyError, FileNotFoundError, ValueError) as error:

@@ -106,24 +106,31 @@ class MaskTrainer:
         names = select_parameters(model, parameters, biases=biases, norms=norms)
         params = frozen_parameters(model)
         self.device = params[names[0]].device
-        self.weights = {n: params[n] for n in names}
+        # Matrices are kept transposed ([in, out] in memory): the gradient of a matrix used as
+        # `x @ W.t()` arrives in that layout, so the backward reads it without a copy.
+        self.transposed = {n for n in names if params[n].dim() == 2}
+        self.weights = {n: params[n].t().contiguous() if n in self.transposed else params[n] for n in names}
         self.others = {n: p for n, p in params.items() if n not in self.weights}
-        self.logits = {n: torch.full_like(p, float(init_logit), requires_grad=True)
-                       for n, p in self.weights.items()}
+        self.logits = {n: torch.full_like(w, float(init_logit), requires_grad=True)
+                       for n, w in self.weights.items()}
         self.optimizer = torch.optim.Adam(list(self.logits.values()), lr=lr)
         self.clipped = list(self.logits.values())
         if original_clipping:  # the original code: weight gradients accumulate and are clipped too
-            for tensor in params.values():
-                tensor.requires_grad_(True)  # detached leaves: the model's own tensors get nothing
-            self.clipped += list(params.values())
+            frozen = [*self.weights.values(), *self.others.values()]
+            for tensor in frozen:
+                tensor.requires_grad_(True)  # detached leaves or copies: the model's tensors get nothing
+            self.clipped += frozen
         self.source = UniformSource(seed, self.device)
 
     def step(self, batch) -> dict:
         """One update on (inputs, targets); returns the task loss and regulariser as tensors."""
         inputs, targets = _to(batch, self.device)
         chunks, batch_size = split_batch(inputs if isinstance(inputs, tuple) else (inputs,), self.k)
-        masked = {n: sample_masked_weights(self.logits[n], w, self.source.draw(self.k, w.shape), self.compiled)
-                  for n, w in self.weights.items()}
+        masked = {}
+        for name, weights in self.weights.items():
+            sample = sample_masked_weights(self.logits[name], weights, self.source.draw(self.k, weights.shape),
+                                           self.compiled)
+            masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
         if self.path is None:
             self.path = choose_path(self.model, masked, self.others, chunks, self.requested_path)
         run = call_vmap if self.path == "vmap" else call_sequential
@@ -145,7 +152,8 @@ class MaskTrainer:
         return kept / sum(l.numel() for l in self.logits.values())
 
     def result(self, history: list[dict] | None = None) -> TrainedMask:
-        return TrainedMask({n: l.detach().clone() for n, l in self.logits.items()}, history or [])
+        return TrainedMask({n: (l.detach().t() if n in self.transposed else l.detach()).contiguous().clone()
+                            for n, l in self.logits.items()}, history or [])
 
 
 def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, *, steps: int,

@@ -1,0 +1,95 @@
+"""The add/mul smoke preset end to end through the command line, resume, and reports."""
+
+import json
+
+import pytest
+
+from modmask import cli
+from modmask.experiments import study
+
+
+def _run(out, *extra):
+    return cli.main(["run", "addmul", "--preset", "smoke", "--out", str(out), "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("addmul")
+    assert _run(out) == 0
+    return out
+
+
+def test_smoke_run_writes_every_artifact(finished):
+    seed = finished / "seed-0"
+    for path in ["config.json", "results.json", "report.md", "figures/accuracy.png", "figures/confusion.png",
+                 "figures/half_mask.png", "figures/histogram.png", "figures/iou_add_mul.png",
+                 "seed-0/metrics.jsonl", "seed-0/timings.json", "seed-0/checkpoints/pretrained.safetensors",
+                 "seed-0/masks/full.safetensors", "seed-0/masks/add.safetensors", "seed-0/masks/mul.safetensors"]:
+        assert (finished / path).exists(), path
+    results = json.loads((finished / "results.json").read_text())
+    accuracy = results["aggregate"]["accuracy"]
+    assert set(accuracy) >= {"Full", "+", "¬+", "*", "¬*", "No mask"}
+    assert 0 <= accuracy["Full"]["+"]["mean"] <= 100
+    confusion = results["aggregate"]["confusion"]["Full"]
+    assert len(confusion) == 2 and len(confusion[0]) == 3
+    timings = json.loads((seed / "timings.json").read_text())
+    assert set(timings) == {"pretrain", "mask:full", "mask:add", "mask:mul"}
+    report = (finished / "report.md").read_text()
+    assert "| + |" in report and "![accuracy](figures/accuracy.png)" in report
+    assert not list(finished.rglob("*.tmp"))
+
+
+def test_report_rebuilds_without_training(finished, capsys):
+    (finished / "report.md").unlink()
+    assert cli.main(["report", str(finished)]) == 0
+    assert (finished / "report.md").exists()
+
+
+def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    real = study.train_mask
+    calls = []
+
+    def dies_on_the_second_mask(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study, "train_mask", dies_on_the_second_mask)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out)
+    assert (out / "seed-0/masks/full.safetensors").exists()
+    assert not (out / "seed-0/masks/add.safetensors").exists()
+    monkeypatch.setattr(study, "train_mask", real)
+    before = {phase: _phase_lines(out, phase) for phase in ("pretrain", "mask:full", "mask:add")}
+    assert before["pretrain"] > 0 and before["mask:full"] > 0 and before["mask:add"] == 0
+    assert _run(out) == 0
+    assert _phase_lines(out, "pretrain") == before["pretrain"]  # pretraining was not redone
+    assert _phase_lines(out, "mask:full") == before["mask:full"]  # nor the finished mask
+    assert _phase_lines(out, "mask:add") > 0
+    resumed = json.loads((out / "results.json").read_text())["aggregate"]
+    fresh = json.loads((finished / "results.json").read_text())["aggregate"]
+    for key in ("accuracy", "confusion", "half_mask"):
+        assert resumed[key] == fresh[key], key
+    assert resumed["masks"]["counts"] == fresh["masks"]["counts"]
+
+
+def _phase_lines(out, phase):
+    lines = (out / "seed-0/metrics.jsonl").read_text().splitlines()
+    return sum(json.loads(line)["phase"] == phase for line in lines)
+
+
+def test_resuming_with_other_settings_is_refused(finished, capsys):
+    assert _run(finished, "--set", "beta=0.5") == 2
+    assert "holds a run with other settings (beta)" in capsys.readouterr().err
+
+
+def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
+    assert _run(tmp_path / "x", "--set", "nope=1") == 2
+    assert "unknown config key 'nope'; valid keys:" in capsys.readouterr().err
+
+
+def test_list_shows_experiments_and_presets(capsys):
+    assert cli.main(["list"]) == 0
+    assert "addmul" in capsys.readouterr().out
