@@ -70,9 +70,50 @@ class AddMulData:
 
 def digit_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy per output digit, averaged. outputs [B, D * 10], targets [B, D]."""
-    return F.cross_entropy(outputs.view(-1, 10), targets.flatten())
+    return F.cross_entropy(outputs.reshape(-1, 10), targets.flatten())
 
 
 def digits_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """[B] bool: every digit correct."""
-    return (outputs.view(*targets.shape, 10).argmax(-1) == targets).all(-1)
+    return (outputs.reshape(*targets.shape, 10).argmax(-1) == targets).all(-1)
+
+
+@dataclass(frozen=True)
+class DoubleAddData:
+    """Two independent pairs of operands; the target of pair t is (x_t + y_t) mod 100 (§2.2).
+
+    numbers: [N, 4] = (x1, y1, x2, y2). Inputs [N, 80] = one-hot digits of x1 y1 | x2 y2 (pair 1's
+    40 input units, then pair 2's); targets [N, 4] = the two digits of each pair's sum.
+    """
+
+    numbers: torch.Tensor
+
+    @classmethod
+    def generate(cls, split: str, size: int | None = None) -> "DoubleAddData":
+        size = size or (1_000_000 if split == "train" else 10_000)
+        rng = np.random.RandomState(SEED_BASE + SPLIT_OFFSETS[split])
+        return cls(torch.from_numpy(rng.randint(0, 100, (size, 4))))
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def encode(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        numbers = self.numbers[index]
+        sums = (numbers[:, 0::2] + numbers[:, 1::2]) % 100  # [n, 2]: pair 1, pair 2
+        return one_hot_digits(numbers), digits(sums).flatten(1)
+
+
+PAIR_INPUTS = 40  # one-hot input units per pair
+PAIR_OUTPUTS = 20  # output logits per pair
+
+
+def only_pair(inputs: torch.Tensor, pair: int) -> torch.Tensor:
+    """[B, 80] -> the same with the other pair's input units zeroed."""
+    keep = torch.zeros_like(inputs)
+    keep[:, pair * PAIR_INPUTS:(pair + 1) * PAIR_INPUTS] = 1
+    return inputs * keep
+
+
+def pair_outputs(outputs: torch.Tensor, targets: torch.Tensor, pair: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output logits [B, 20] and target digits [B, 2] of one pair."""
+    return outputs[:, pair * PAIR_OUTPUTS:(pair + 1) * PAIR_OUTPUTS], targets[:, 2 * pair:2 * pair + 2]

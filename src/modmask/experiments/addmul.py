@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.evaluation import collect, evaluate, half_masks, inverse, split_layers
+from ..core.evaluation import collect, inverse
 from ..data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from .rundir import RunDir
-from .study import Function, MaskOptions, mask_statistics, removal_matrix, train_masks
+from .study import Function, MaskOptions, half_mask_test, mask_statistics, removal_matrix, train_masks
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 
@@ -106,20 +106,15 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     metric = removal_matrix(model, functions, trained)
     labels = {"none": "No mask", "full": "Full", "add": "+", "not add": "¬+", "mul": "*", "not mul": "¬*",
               "not full": "¬Full"}
-    accuracy = {labels[c]: {"+": metric[c]["add"] * 100, "*": metric[c]["mul"] * 100} for c in metric}
+    accuracy = {labels[c]: {"+": metric[c]["add"] * 100, "*": metric[c]["mul"] * 100, "iid": metric[c]["full"] * 100}
+                for c in metric}
 
     confusion = {}
     for name, label, _ in STAGES:
         confusion[label] = op_confusion(model, masks[name], valid)
         confusion["¬" + label] = op_confusion(model, inverse(masks[name]), valid)
 
-    iid = fixed_batches(valid, 1000)
-    early, late = split_layers(list(masks["full"]), "ceil")
-    early_mask, late_mask = half_masks(masks["full"], early)
-    with_full = evaluate(model, masks["full"], iid, digits_correct)
-    half = {"layers_early": early, "layers_late": late, "full_mask_accuracy": with_full * 100,
-            "early_masked_drop": (with_full - evaluate(model, early_mask, iid, digits_correct)) * 100,
-            "late_masked_drop": (with_full - evaluate(model, late_mask, iid, digits_correct)) * 100}
+    half = half_mask_test(model, masks["full"], fixed_batches(valid, 1000), digits_correct, "ceil")
 
     return {"accuracy": accuracy, "confusion": confusion, "half_mask": half,
             "masks": mask_statistics(trained, compare=["add", "mul"]), "timings": run_dir.timings()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from typing import Any, Mapping
 
@@ -16,6 +17,10 @@ class ConfigError(ValueError):
 
 def _convert(name: str, text: str, kind) -> Any:
     origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: "none" or an X
+        if text.lower() == "none":
+            return None
+        return _convert(name, text, next(a for a in typing.get_args(kind) if a is not type(None)))
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
             return True

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-EXPERIMENTS = {"addmul": "modmask.experiments.addmul"}
+EXPERIMENTS = {
+    "addmul": "modmask.experiments.addmul",
+    "doubleadd": "modmask.experiments.doubleadd",
+    "sharing": "modmask.experiments.sharing",
+}
 
 
 def get(name: str):

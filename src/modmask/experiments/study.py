@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 from torch import nn
 
 from ..core.analysis import iou, overlap_table, probability_histogram, shared_fraction
-from ..core.evaluation import evaluate, inverse
+from ..core.evaluation import evaluate, half_masks, inverse, split_layers
+from ..core.masks import Masks
 from ..core.training import TrainedMask, train_mask
 from .rundir import RunDir, write_json
 
@@ -115,6 +116,18 @@ def mask_statistics(trained: dict[str, TrainedMask], compare: Sequence[str] | No
         "histogram": {n: dict(zip(("counts", "edges"), probability_histogram(t.probs(), bins)))
                       for n, t in trained.items()},
     }
+
+
+def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Callable,
+                   rounding: str = "ceil") -> dict:
+    """The paper's half-mask test (§2.8) on the Full mask: the mask on the early tensors only and
+    on the late tensors only; drops in percentage points from the whole mask's metric."""
+    early, late = split_layers(list(full), rounding)
+    early_mask, late_mask = half_masks(full, early)
+    whole = evaluate(model, full, batches, metric)
+    return {"layers_early": early, "layers_late": late, "full_mask_accuracy": whole * 100,
+            "early_masked_drop": (whole - evaluate(model, early_mask, batches, metric)) * 100,
+            "late_masked_drop": (whole - evaluate(model, late_mask, batches, metric)) * 100}
 
 
 def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int = 0,

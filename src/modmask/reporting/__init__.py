@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..experiments.rundir import read_json
 
-REPORTS = {"addmul": "modmask.reporting.addmul"}
+REPORTS = {"addmul": "modmask.reporting.addmul", "doubleadd": "modmask.reporting.doubleadd",
+           "sharing": "modmask.reporting.sharing"}
 
 
 def write_report(out: str | Path) -> Path:

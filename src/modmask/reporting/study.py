@@ -21,8 +21,9 @@ def removal_section(metric: dict, titles: dict, figure: Path | None = None) -> s
     return text
 
 
-def overlap_section(masks: dict, figures: Path | None = None) -> str:
-    """Per-layer weights, IoU and IoMin of every compared pair; shared fractions."""
+def overlap_section(masks: dict, figures: Path | None = None, report_dir: Path | None = None) -> str:
+    """Per-layer weights, IoU and IoMin of every compared pair; shared fractions. Figures go to
+    `figures`, linked relative to `report_dir` (default: its parent)."""
     parts = []
     for pair, rows in masks["overlap"].items():
         a, b = pair.split("|")
@@ -43,7 +44,8 @@ def overlap_section(masks: dict, figures: Path | None = None) -> str:
                                                    b: [mean(r[f"count_{b}"]) for r in rows[:-1]]},
                              {a: [std(r[f"count_{a}"]) for r in rows[:-1]], b: [std(r[f"count_{b}"]) for r in rows[:-1]]},
                              ylabel="weights in mask", title="Weights per layer")
-            parts.append(f"![iou]({figures.name}/{path.name}) ![weights]({figures.name}/{counts.name})")
+            base = report_dir or figures.parent
+            parts.append(f"![iou]({path.relative_to(base)}) ![weights]({counts.relative_to(base)})")
     if masks.get("shared_fraction"):
         rows = [[n, fmt(v["total"], 3)] for n, v in masks["shared_fraction"].items()]
         parts.append("Fraction of each mask's weights also used by another compared mask "

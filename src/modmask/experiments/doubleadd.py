@@ -1,0 +1,159 @@
+"""Double addition: does a network use the same weights for the same function on different inputs?
+(paper §2.2, §2.8; the poster's P_reuse: "there is no reuse").
+
+Two independent pairs of numbers are added (mod 100). After pretraining, masks are trained for
+Full (both pairs), Pair 1 (pair 2's inputs zeroed, loss on pair 1) and Pair 2. If the network
+reused one adder, the Pair 1 and Pair 2 masks would overlap much; the paper finds they do not. The
+copy-weight control makes pair 1's input and output weights copies of pair 2's, so perfect reuse
+is possible: there the overlap should rise, showing the method can detect reuse when it exists.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ..core.evaluation import evaluate, inverse
+from ..data.arithmetic import DoubleAddData, digit_loss, digits_correct, only_pair, pair_outputs
+from ..data.sampling import RandomBatches, fixed_batches
+from ..models import PairLSTM, PairwiseFNN
+from .pretrain import pretrain
+from .rundir import RunDir
+from .study import Function, MaskOptions, half_mask_test, mask_statistics, train_masks
+
+DESCRIPTION = "double addition: do networks reuse weights for the same function? (FNN or LSTM)"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "fnn"  # fnn | lstm
+    hidden: tuple[int, ...] = (2000, 2000, 2000, 2000)  # FNN sizes; the paper's "big"
+    lstm_hidden: int = 256
+    lstm_mode: str = "together"  # together | only_one_io
+    train_size: int = 1_000_000
+    valid_size: int = 10_000
+    batch_size: int = 128
+    pretrain_steps: int = 20_000
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    mask_steps: int = 20_000
+    mask_lr: float = 1e-2
+    beta: float | None = None  # None: the paper's value, 4e-4 for the FNN and 1e-4 for the LSTM
+    k: int = 4
+    control: bool = True  # also run the copy-weight control
+    compiled: bool = False
+    original_clipping: bool = False
+    checkpoint_every: int = 2000
+
+
+PRESETS = {
+    "smoke": dict(hidden=(32, 32), lstm_hidden=16, train_size=20_000, valid_size=1_000,
+                  pretrain_steps=150, mask_steps=40, checkpoint_every=100),
+    "small": dict(hidden=(400, 400, 200), mask_steps=6_000),
+    "paper": dict(),
+}
+
+CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]
+PAIRS = ("pair 1", "pair 2")
+
+
+def build_model(config: Config, seed: int) -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if config.model == "fnn":
+            return PairwiseFNN(config.hidden)
+        if config.model == "lstm":
+            return PairLSTM(config.lstm_hidden, config.lstm_mode)
+    raise ValueError(f"model must be 'fnn' or 'lstm', not {config.model!r}")
+
+
+def io_layers(model: nn.Module, names: list[str]) -> list[str]:
+    """The masked tensors of the input and output layers (kept from Full in the variant inverse)."""
+    if isinstance(model, PairwiseFNN):
+        last = len(model.net.layers) - 1
+        return [n for n in names if n.startswith(("net.layers.0.", f"net.layers.{last}."))]
+    return [n for n in names if n == "lstm.cells.0.weight_ih" or n.startswith("output.")]
+
+
+def copy_pair_weights(model: nn.Module) -> nn.Module:
+    """The copy-weight control: pair 1's input columns and output rows become copies of pair 2's."""
+    control = copy.deepcopy(model)
+    if isinstance(control, PairwiseFNN):
+        first, last = control.net.layers[0], control.net.layers[-1]
+    else:
+        first, last = control.lstm.cells[0], control.output
+    weight_in = first.weight if isinstance(control, PairwiseFNN) else first.weight_ih
+    with torch.no_grad():
+        weight_in[:, :40] = weight_in[:, 40:]
+        last.weight[:20] = last.weight[20:]
+        last.bias[:20] = last.bias[20:]
+    return control
+
+
+def _pair_loss(pair):
+    return lambda outputs, targets: digit_loss(*pair_outputs(outputs, targets, pair))
+
+
+def _pair_correct(pair):
+    return lambda outputs, targets: digits_correct(*pair_outputs(outputs, targets, pair))
+
+
+def _functions(train: DoubleAddData, valid_batches, config: Config, seed: int) -> list[Function]:
+    functions = [Function("full", RandomBatches(train, config.batch_size, 1234 + seed), valid_batches,
+                          digit_loss, digits_correct, "Full")]
+    for pair in (0, 1):
+        batches = ((only_pair(x, pair), y) for x, y in RandomBatches(train, config.batch_size, 1234 + seed + pair + 1))
+        functions.append(Function(f"pair{pair + 1}", batches, valid_batches, _pair_loss(pair),
+                                  _pair_correct(pair), f"Pair {pair + 1}"))
+    return functions
+
+
+def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str]) -> dict:
+    """condition -> pair -> accuracy [%] on the validation set (inputs of both pairs shown)."""
+    conditions = {"No mask": {}, "Full": masks["full"], "Pair 1": masks["pair1"], "Pair 2": masks["pair2"],
+                  "¬Pair 1": inverse(masks["pair1"], masks["full"], keep_full_on),
+                  "¬Pair 2": inverse(masks["pair2"], masks["full"], keep_full_on)}
+    return {label: {PAIRS[p]: evaluate(model, m, valid_batches, _pair_correct(p)) * 100 for p in (0, 1)}
+            for label, m in conditions.items()}
+
+
+def _study(model, run_dir: RunDir, prefix: str, config: Config, seed: int, train, valid_batches, progress):
+    functions = [replace(f, name=prefix + f.name) for f in _functions(train, valid_batches, config, seed)]
+    beta = config.beta if config.beta is not None else (4e-4 if config.model == "fnn" else 1e-4)
+    options = MaskOptions(steps=config.mask_steps, k=config.k, beta=beta, lr=config.mask_lr,
+                          grad_clip=config.grad_clip, compiled=config.compiled,
+                          original_clipping=config.original_clipping)
+    trained = train_masks(model, functions, run_dir, options, seed, progress)
+    return {name[len(prefix):]: t for name, t in trained.items()}
+
+
+def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+    train = DoubleAddData.generate("train", config.train_size)
+    valid = fixed_batches(DoubleAddData.generate("valid", config.valid_size), 1000)
+    model = build_model(config, seed)
+    with run_dir.timed("pretrain"):
+        pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
+                 steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
+                 checkpoint_every=config.checkpoint_every, progress=progress)
+
+    trained = _study(model, run_dir, "", config, seed, train, valid, progress)
+    masks = {name: t.masks for name, t in trained.items()}
+    io = io_layers(model, list(masks["full"]))
+    results = {"accuracy": _accuracies(model, masks, valid, []),
+               "accuracy_io_from_full": _accuracies(model, masks, valid, io),
+               "io_layers": io,
+               "masks": mask_statistics(trained, compare=["pair1", "pair2"])}
+
+    results["half_mask"] = half_mask_test(model, masks["full"], valid, digits_correct, "floor")
+
+    if config.control:
+        control = copy_pair_weights(model)
+        control_trained = _study(control, run_dir, "control_", config, seed, train, valid, progress)
+        control_masks = {name: t.masks for name, t in control_trained.items()}
+        results["control"] = {"accuracy": _accuracies(control, control_masks, valid, []),
+                              "masks": mask_statistics(control_trained, compare=["pair1", "pair2"])}
+    results["timings"] = run_dir.timings()
+    return results

@@ -1,0 +1,91 @@
+"""How much do the + and * masks share, against network size and against beta? (paper §2.9)
+
+Each point of the sweep is a full add/mul FNN study (addmul.run) in its own folder; points of the
+beta sweep with the same network reuse one pretrained model. Recorded per point: the total
+fraction of the + mask shared with the * mask (|M+ ∧ M*| / |M+|, and the same for *), the pooled
+IoU (the original code's "shared" total) and the Full mask's accuracy on the mixed validation set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from . import addmul
+from .rundir import RunDir
+
+DESCRIPTION = "add/mul FNN: weight sharing against network size or beta (sweep)"
+
+NAMED_SIZES = {"small": "400-400-200", "medium": "800-800-800-800", "big": "2000-2000-2000-2000",
+               "huge": "4000-4000-4000-4000"}
+PAPER_BETAS = (1e-5, 1.5e-5, 2e-5, 3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 8e-5, 9e-5, 1e-4, 1e-4, 1.1e-4, 1.25e-4,
+               1.5e-4, 1.75e-4, 2e-4, 2.5e-4, 3e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 9e-4, 1e-3)
+
+
+@dataclass(frozen=True)
+class Config:
+    sweep: str = "size"  # size | beta
+    sizes: tuple[str, ...] = ("small", "medium", "big", "huge")  # names or "400-400-200"
+    beta_sizes: tuple[str, ...] = ("medium", "big")  # networks of the beta sweep
+    betas: tuple[float, ...] = PAPER_BETAS
+    beta: float = 1e-4  # beta of the size sweep
+    train_size: int = 1_000_000
+    pretrain_steps: int = 20_000
+    mask_steps: int = 20_000
+    checkpoint_every: int = 2000
+
+
+PRESETS = {
+    "smoke": dict(sizes=("16-16", "32-32"), beta_sizes=("16-16",), betas=(1e-4, 1e-3), train_size=20_000,
+                  pretrain_steps=100, mask_steps=30, checkpoint_every=100),
+    "small": dict(sizes=("100-100-50", "200-200-100", "400-400-200"), beta_sizes=("200-200-100",),
+                  betas=(3e-5, 1e-4, 3e-4, 1e-3), pretrain_steps=10_000, mask_steps=3_000),
+    "paper": dict(),
+}
+
+
+def hidden(size: str) -> tuple[int, ...]:
+    text = NAMED_SIZES.get(size, size)
+    try:
+        return tuple(int(part) for part in text.split("-"))
+    except ValueError:
+        raise ValueError(f"size {size!r} is neither a name ({', '.join(NAMED_SIZES)}) nor widths like "
+                         f"400-400-200") from None
+
+
+def points(config: Config) -> list[dict]:
+    if config.sweep == "size":
+        return [{"size": s, "beta": config.beta} for s in config.sizes]
+    if config.sweep == "beta":
+        return [{"size": s, "beta": b} for s in config.beta_sizes for b in config.betas]
+    raise ValueError(f"sweep must be 'size' or 'beta', not {config.sweep!r}")
+
+
+def _share_pretrained(source: RunDir, target: RunDir) -> None:
+    """Hard-link a finished pretrained model into another point's folder (same network and seed)."""
+    done = source.path / "checkpoints" / "pretrained.safetensors"
+    link = target.file("checkpoints", "pretrained.safetensors")
+    if done.exists() and not link.exists():
+        os.link(done, link)
+
+
+def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+    base = addmul.Config(**{**dataclasses.asdict(addmul.Config()), **addmul.PRESETS["small"]})
+    results, first_of_size, timings = [], {}, {}
+    for index, point in enumerate(points(config)):
+        point_dir = RunDir(run_dir.path / f"point-{index}-{point['size']}-beta{point['beta']:g}")
+        if point["size"] in first_of_size:
+            _share_pretrained(first_of_size[point["size"]], point_dir)
+        first_of_size.setdefault(point["size"], point_dir)
+        study = dataclasses.replace(base, hidden=hidden(point["size"]), beta=point["beta"],
+                                    train_size=config.train_size, pretrain_steps=config.pretrain_steps,
+                                    mask_steps=config.mask_steps, checkpoint_every=config.checkpoint_every)
+        outcome = addmul.run(study, point_dir, seed, progress)
+        total = outcome["masks"]["overlap"]["add|mul"][-1]
+        results.append({**point, "shared_add": total["shared_add"], "shared_mul": total["shared_mul"],
+                        "iou": total["iou"], "full_accuracy": outcome["accuracy"]["Full"]["iid"],
+                        "weights_add": total["count_add"], "weights_mul": total["count_mul"]})
+        for phase, seconds in outcome["timings"].items():  # summed over the points
+            timings[phase] = timings.get(phase, 0.0) + seconds
+    return {"sweep": config.sweep, "points": results, "timings": timings}

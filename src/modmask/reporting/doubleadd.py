@@ -1,0 +1,86 @@
+"""Report of the double-addition study (paper §2.2, figures 5, 6, 11) with the copy-weight control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import plots
+from .study import histogram_figure, overlap_section
+from .tables import fmt, mean, std, table, timings_table
+
+CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]
+PAIRS = ("pair 1", "pair 2")
+PAPER_FINDING = ("The paper (poster, P_reuse): \"there is no reuse\": the Pair 1 and Pair 2 masks overlap "
+                 "little in most layers, and removing the Pair 1 mask leaves pair 2 mostly intact. When "
+                 "pair 1's input and output weights are copies of pair 2's (the control), perfect reuse "
+                 "is possible and the masks may overlap much more.")
+
+
+def _accuracy_section(acc: dict, figure: Path, title: str) -> str:
+    plots.bar_groups(figure, CONDITIONS, {p: [mean(acc[c][p]) for c in CONDITIONS] for p in PAIRS},
+                     {p: [std(acc[c][p]) for c in CONDITIONS] for p in PAIRS},
+                     ylabel="accuracy [%]", title=title, ylim=(0, 100))
+    rows = [[p] + [fmt(acc[c][p]) for c in CONDITIONS] for p in PAIRS]
+    return table(["pair", *CONDITIONS], rows) + f"\n\n![{figure.stem}]({figure.parent.name}/{figure.name})"
+
+
+def _iou_total(masks: dict) -> dict:
+    return masks["overlap"]["pair1|pair2"][-1]["iou"]
+
+
+def finding(agg: dict) -> str:
+    acc = agg["accuracy"]
+    iou = mean(_iou_total(agg["masks"]))
+    own = mean(acc["Full"]["pair 1"]) - mean(acc["¬Pair 1"]["pair 1"])
+    other = mean(acc["Full"]["pair 2"]) - mean(acc["¬Pair 1"]["pair 2"])
+    text = (f"Measured: the Pair 1 and Pair 2 masks have a total IoU of {iou:.3f}. Removing the Pair 1 "
+            f"mask costs pair 1 {own:.1f} points and pair 2 {other:.1f} points.")
+    if "control" in agg:
+        control_iou = mean(_iou_total(agg["control"]["masks"]))
+        text += (f" In the copy-weight control the IoU is {control_iou:.3f} "
+                 f"({'higher' if control_iou > iou else 'not higher'} than without the copies).")
+    return text
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    figures = out / "figures"
+    agg = summary["aggregate"]
+    config = summary["config"]
+    half = agg["half_mask"]
+    plots.bar_groups(figures / "half_mask.png", ["early masked", "late masked"],
+                     {"drop": [mean(half["early_masked_drop"]), mean(half["late_masked_drop"])]},
+                     {"drop": [std(half["early_masked_drop"]), std(half["late_masked_drop"])]},
+                     ylabel="accuracy drop [%]", title="Full mask on half of the layers", ylim=(0, 100))
+    model = (f"FNN {'x'.join(str(h) for h in config['hidden'])}" if config["model"] == "fnn"
+             else f"LSTM 2x{config['lstm_hidden']} ({config['lstm_mode']})")
+    text = [
+        f"# Double addition: {model}", "",
+        f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
+        f"{config['pretrain_steps']} steps, {config['mask_steps']} steps per mask, k {config['k']}.", "",
+        "## Finding", "", PAPER_FINDING, "", finding(agg), "",
+        "## Per-pair accuracy under each mask [%]", "",
+        _accuracy_section(agg["accuracy"], figures / "accuracy.png", "Per-pair accuracy"), "",
+        f"With the input and output layers ({', '.join(agg['io_layers'])}) kept from the Full mask in the "
+        "inverse masks (the paper's second variant):", "",
+        _accuracy_section(agg["accuracy_io_from_full"], figures / "accuracy_io_from_full.png",
+                          "Per-pair accuracy, I/O layers from the Full mask"), "",
+        "## Overlap of the Pair 1 and Pair 2 masks", "", overlap_section(agg["masks"], figures), "",
+    ]
+    if "control" in agg:
+        control_dir = figures / "control"
+        text += ["## Copy-weight control", "",
+                 "Pair 1's input columns and output rows were overwritten with pair 2's before masking.", "",
+                 _accuracy_section(agg["control"]["accuracy"], figures / "control_accuracy.png",
+                                   "Per-pair accuracy, copy-weight control"), "",
+                 overlap_section(agg["control"]["masks"], control_dir, out), ""]
+    text += ["## Half-mask test (Full mask)", "",
+             f"Early masked = the Full mask on {', '.join(half['layers_early'])} only; late masked = on "
+             f"{', '.join(half['layers_late'])} only. Drops: early {fmt(half['early_masked_drop'])}, "
+             f"late {fmt(half['late_masked_drop'])} points.", "", "![half mask](figures/half_mask.png)", "",
+             "## Mask probabilities", "", histogram_figure(agg["masks"], figures / "histogram.png"), "",
+             "## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
+    path = out / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text("\n".join(text))
+    tmp.replace(path)
+    return path

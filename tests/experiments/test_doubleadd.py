@@ -1,0 +1,62 @@
+import json
+
+import torch
+
+from modmask import cli
+from modmask.experiments.doubleadd import copy_pair_weights, io_layers
+from modmask.models import PairLSTM, PairwiseFNN
+
+
+def test_pairwise_fnn_reads_each_pair_only_from_its_own_run():
+    model = PairwiseFNN([8])
+    x = torch.rand(3, 80)
+    out = model(x)
+    other = x.clone()
+    other[:, 40:] = torch.rand(3, 40)  # change pair 2's inputs: pair 1's output must not move
+    assert torch.equal(model(other)[:, :20], out[:, :20])
+    assert not torch.equal(model(other)[:, 20:], out[:, 20:])
+
+
+def test_only_one_io_lstm_reads_pair_1_before_it_sees_pair_2():
+    model = PairLSTM(8, "only_one_io")
+    x = torch.rand(2, 80)
+    changed = x.clone()
+    changed[:, 40:] = 0
+    assert torch.allclose(model(changed)[:, :20], model(x)[:, :20])
+
+
+def test_copy_weight_control_makes_the_pairs_compute_the_same_function():
+    model = PairwiseFNN([16, 16])
+    control = copy_pair_weights(model)
+    x = torch.rand(4, 40)
+    as_pair1 = control(torch.cat([x, torch.zeros(4, 40)], 1))[:, :20]
+    as_pair2 = control(torch.cat([torch.zeros(4, 40), x], 1))[:, 20:]
+    assert torch.allclose(as_pair1, as_pair2)
+    assert not torch.equal(model.net.layers[0].weight, control.net.layers[0].weight)  # original untouched
+
+
+def test_io_layers():
+    names = [n for n, p in PairwiseFNN([4, 4]).named_parameters() if p.dim() == 2]
+    assert io_layers(PairwiseFNN([4, 4]), names) == ["net.layers.0.weight", "net.layers.2.weight"]
+    lstm = PairLSTM(4)
+    names = [n for n, p in lstm.named_parameters() if p.dim() == 2]
+    assert io_layers(lstm, names) == ["lstm.cells.0.weight_ih", "output.weight"]
+
+
+def test_doubleadd_smoke_end_to_end(tmp_path):
+    assert cli.main(["run", "doubleadd", "--preset", "smoke", "--out", str(tmp_path), "--quiet"]) == 0
+    agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
+    assert set(agg["accuracy"]) >= {"Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"}
+    assert set(agg["accuracy"]["Full"]) == {"pair 1", "pair 2"}
+    assert "control" in agg and agg["control"]["masks"]["overlap"]["pair1|pair2"]
+    for name in ["report.md", "figures/accuracy.png", "figures/accuracy_io_from_full.png",
+                 "figures/control_accuracy.png", "figures/control/iou_pair1_pair2.png", "figures/half_mask.png",
+                 "seed-0/masks/control_pair2.safetensors"]:
+        assert (tmp_path / name).exists(), name
+
+
+def test_doubleadd_lstm_smoke(tmp_path):
+    args = ["run", "doubleadd", "--preset", "smoke", "--out", str(tmp_path), "--quiet",
+            "--set", "model=lstm", "--set", "lstm_mode=only_one_io", "--set", "control=false"]
+    assert cli.main(args) == 0
+    assert "LSTM 2x16 (only_one_io)" in (tmp_path / "report.md").read_text()
