@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.training import TrainedMask
 from . import plots
 from .study import histogram_figure, overlap_section
 from .tables import fmt, mean, std, table, timings_table
@@ -30,6 +31,24 @@ def finding(acc: dict) -> str:
             f"{other_mul:.1f}. " + ("Each inverse mask hurts its own operation much more than the other: "
                                      "the network specialises." if specialised else
                                      "The inverse masks do not separate the operations clearly here."))
+
+
+def mask_pictures(out: Path, figures: Path) -> list[str]:
+    """The paper's mask visualisation (figure 7) of seed 0's masks, one picture per weight matrix:
+    red = only +, green = only *, blue = both, black = neither, grey = in the Full mask only."""
+    masks = out / "seed-0" / "masks"
+    if not all((masks / f"{n}.safetensors").exists() for n in ("full", "add", "mul")):
+        return []
+    full, add, mul = (TrainedMask.load(masks / f"{n}.safetensors").masks for n in ("full", "add", "mul"))
+    lines = []
+    for name in add:
+        if add[name].dim() != 2:
+            continue
+        path = figures / f"masks_{name.replace('.', '_')}.png"
+        plots.mask_image(path, {"+": add[name].numpy(), "*": mul[name].numpy()}, full[name].numpy(),
+                         title=f"{name} (seed 0)")
+        lines.append(f"![{name}](figures/{path.name})")
+    return lines
 
 
 def write_report(out: Path, summary: dict) -> Path:
@@ -72,6 +91,9 @@ def write_report(out: Path, summary: dict) -> Path:
         f"Without any mask: + {fmt(acc['No mask']['+'])}, * {fmt(acc['No mask']['*'])}.", "",
         "## Weights of the + and * masks per layer", "",
         overlap_section({**agg["masks"], "shared_fraction": agg["masks"]["shared_fraction"]}, figures), "",
+        "### The masks as pictures", "",
+        "Red: only +, green: only *, blue: both, black: neither, grey: only in the Full mask.", "",
+        *mask_pictures(out, figures), "",
         "## Operation confusion", "",
         "Rows: the true operation; columns: the prediction equals the + result, the * result, or neither "
         "(an example whose results coincide counts in both). Under ¬+ additions should turn into "
