@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from safetensors import safe_open
@@ -96,9 +96,13 @@ class MaskTrainer:
                  biases: bool = False, norms: bool = True, k: int = 4, beta: float = 1e-4,
                  reg_batch_size: int | None = None, lr: float = 1e-2, init_logit: float = 2.0,
                  grad_clip: float | None = 1.0, seed: int = 0, path: str = "auto",
-                 compiled: bool = False, original_clipping: bool = False):
+                 compiled: bool = False, original_clipping: bool = False,
+                 init_logits: Mapping[str, torch.Tensor] | None = None,
+                 trainable: Mapping[str, torch.Tensor] | None = None):
         if k < 1:
             raise ValueError(f"k must be positive (got k={k})")
+        if trainable is not None and original_clipping:
+            raise ValueError("trainable weights and original_clipping cannot be combined")
         self.model, self.loss_fn, self.k, self.beta = model, loss_fn, k, beta
         self.reg_batch_size, self.grad_clip, self.compiled = reg_batch_size, grad_clip, compiled
         self.requested_path = path
@@ -109,18 +113,36 @@ class MaskTrainer:
         # Matrices are kept transposed ([in, out] in memory): the gradient of a matrix used as
         # `x @ W.t()` arrives in that layout, so the backward reads it without a copy.
         self.transposed = {n for n in names if params[n].dim() == 2}
-        self.weights = {n: params[n].t().contiguous() if n in self.transposed else params[n] for n in names}
+        self.weights = {n: self._physical(n, params[n]) for n in names}
         self.others = {n: p for n, p in params.items() if n not in self.weights}
-        self.logits = {n: torch.full_like(w, float(init_logit), requires_grad=True)
+        self.logits = {n: (self._physical(n, init_logits[n]).float() if init_logits and n in init_logits
+                           else torch.full_like(w, float(init_logit))).requires_grad_(True)
                        for n, w in self.weights.items()}
-        self.optimizer = torch.optim.Adam(list(self.logits.values()), lr=lr)
-        self.clipped = list(self.logits.values())
+        trained = list(self.logits.values())
+        # Joint training (the permuted-MNIST protocol): chosen weights train with the mask; the
+        # others keep a zero gradient. The weights are copies, so the model itself is not changed.
+        self.frozen_entries = {}
+        for name, where in (trainable or {}).items():
+            self.weights[name] = self._physical(name, params[name]).clone().requires_grad_(True)
+            self.frozen_entries[name] = ~self._physical(name, where.to(torch.bool))
+            trained.append(self.weights[name])
+        self.optimizer = torch.optim.Adam(trained, lr=lr)
+        self.clipped = list(trained)
         if original_clipping:  # the original code: weight gradients accumulate and are clipped too
             frozen = [*self.weights.values(), *self.others.values()]
             for tensor in frozen:
                 tensor.requires_grad_(True)  # detached leaves or copies: the model's tensors get nothing
             self.clipped += frozen
         self.source = UniformSource(seed, self.device)
+
+    def _physical(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor in the memory layout used for `name` (matrices transposed)."""
+        return tensor.t().contiguous() if name in self.transposed else tensor
+
+    def weights_by_name(self) -> dict[str, torch.Tensor]:
+        """The masked tensors' current weights, in the model's layout (changed only if trainable)."""
+        return {n: (w.detach().t() if n in self.transposed else w.detach()).contiguous()
+                for n, w in self.weights.items()}
 
     def step(self, batch) -> dict:
         """One update on (inputs, targets); returns the task loss and regulariser as tensors."""
@@ -141,6 +163,8 @@ class MaskTrainer:
         regulariser = self.beta / (self.reg_batch_size or batch_size) * sum(l.sum() for l in self.logits.values())
         self.optimizer.zero_grad(set_to_none=True)
         (task_loss + regulariser).backward()
+        for name, frozen in self.frozen_entries.items():
+            self.weights[name].grad[frozen] = 0.0
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
         self.optimizer.step()

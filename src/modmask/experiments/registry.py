@@ -8,6 +8,7 @@ EXPERIMENTS = {
     "addmul": "modmask.experiments.addmul",
     "doubleadd": "modmask.experiments.doubleadd",
     "sharing": "modmask.experiments.sharing",
+    "permuted_mnist": "modmask.experiments.permuted_mnist",
 }
 
 

@@ -71,7 +71,7 @@ def _share_pretrained(source: RunDir, target: RunDir) -> None:
 
 
 def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
-    base = addmul.Config(**{**dataclasses.asdict(addmul.Config()), **addmul.PRESETS["small"]})
+    base = addmul.Config(**addmul.PRESETS["small"])
     results, first_of_size, timings = [], {}, {}
     for index, point in enumerate(points(config)):
         point_dir = RunDir(run_dir.path / f"point-{index}-{point['size']}-beta{point['beta']:g}")

@@ -1,0 +1,169 @@
+"""Continual learning on permuted MNIST: when do new tasks share old weights? (paper §2.7; the
+poster: "no weight sharing up until there are enough free weights").
+
+An FNN learns the tasks one after the other. Before task p, the weights used by the masks of
+tasks 0..p-1 are frozen; every other weight is re-initialised and trains together with task p's
+mask; the first layer is always re-initialised. New mask logits start at `mask_new_init` where a
+weight is free and at `mask_used_init` where it is used (init 0 or -1 prefers old weights).
+
+Each task keeps its own copy of the re-initialised first layer: the poster's expectation is that
+only the first layer is re-learned, and a task evaluated later needs its own input layer (the
+original code does not say how it evaluates old tasks after the reset; see docs/deviations.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..core.analysis import union
+from ..core.evaluation import evaluate
+from ..core.masks import Masks
+from ..core.training import MaskTrainer, TrainedMask
+from ..data.mnist import PermutedMNIST, load_mnist, normalise, permuted_mnist_tasks, train_valid_split
+from ..data.sampling import RandomBatches, fixed_batches
+from ..models import MLP
+from .rundir import RunDir
+
+DESCRIPTION = "permuted MNIST continual learning: sharing of frozen weights across tasks (FNN)"
+
+
+@dataclass(frozen=True)
+class Config:
+    hidden: tuple[int, ...] = (800, 800, 64)
+    tasks: int = 11
+    steps: int = 30_000  # per task
+    batch_size: int = 128
+    k: int = 8
+    beta: float = 0.00128  # beta / b = 1e-5
+    lr: float = 0.01
+    grad_clip: float = 1.0
+    mask_used_init: float = 2.0
+    mask_new_init: float = 2.0  # 0: "prefer old", -1: "prefer old even more"
+    reset_first_layer: bool = True
+    train_images: int = 60_000  # fewer for a quick run (taken before the train/valid split)
+    data: str | None = None  # data root; default MODMASK_DATA, then the user cache
+    verify_data: bool = True  # check the canonical MNIST checksums (off for other IDX data)
+
+
+PRESETS = {
+    "smoke": dict(hidden=(32, 32, 16), tasks=3, steps=30, train_images=2_000),
+    "small": dict(hidden=(100, 100, 32), tasks=6, steps=1_500),
+    "paper": dict(),
+    "paper_prefer_old": dict(mask_new_init=0.0),
+    "paper_prefer_old_even_more": dict(mask_new_init=-1.0),
+}
+
+
+def reinitialise(model: MLP, fresh: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    """Xavier-normal (ReLU gain; gain 1 on the last layer), bias 0, on the entries where fresh is True."""
+    last = len(model.layers) - 1
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            gain = 1.0 if i == last else nn.init.calculate_gain("relu")
+            std = gain * math.sqrt(2.0 / sum(layer.weight.shape))
+            new = torch.randn(layer.weight.shape, generator=generator) * std
+            where = fresh[f"layers.{i}.weight"]
+            layer.weight[where] = new[where]
+            layer.bias[fresh[f"layers.{i}.bias"]] = 0.0
+
+
+def _first_layer(name: str) -> bool:
+    return name.startswith("layers.0.")
+
+
+def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+    mnist = load_mnist(config.data, verify=config.verify_data)
+    images, labels = mnist["train"]
+    images, labels = images[:config.train_images], labels[:config.train_images]
+    train_idx, valid_idx = train_valid_split(len(labels))
+    train_x, mean, std = normalise(images[train_idx])
+    valid_x, _, _ = normalise(images[valid_idx], mean, std)
+    orders = permuted_mnist_tasks(config.tasks)
+    with torch.random.fork_rng():  # the initial values are replaced by task 0's initialisation
+        torch.manual_seed(seed)
+        model = MLP(784, config.hidden, 10)
+    names = [n for n, _ in model.named_parameters()]
+
+    masks: list[Masks] = []
+    first_layers: list[dict[str, torch.Tensor]] = []
+    free: list[dict[str, float]] = []
+    for task in range(config.tasks):
+        logits_path = run_dir.file("masks", f"task-{task}.safetensors")
+        weights_path = run_dir.file("checkpoints", f"after-task-{task}.safetensors")
+        if logits_path.exists() and weights_path.exists():  # resume: this task is done
+            model.load_state_dict(load_file(str(weights_path)))
+            mask = TrainedMask.load(logits_path, model).masks
+        else:
+            mask = _learn_task(model, masks, task, config, run_dir, seed,
+                               PermutedMNIST(train_x, labels[train_idx], orders[task]), progress)
+            tmp = weights_path.with_name(weights_path.name + ".tmp")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            tmp.replace(weights_path)
+        masks.append(mask)
+        first_layers.append({n: p.detach().clone() for n, p in model.named_parameters() if _first_layer(n)})
+        used = union(masks)
+        free.append({n: 1 - used.densities()[n] for n in names if n.endswith("weight")})
+
+    accuracy = []
+    for task in range(config.tasks):  # every task with its own mask and first layer, at the end
+        with torch.no_grad():
+            final = {n: p.detach().clone() for n, p in model.named_parameters() if _first_layer(n)}
+            for n, p in model.named_parameters():
+                if _first_layer(n):
+                    p.copy_(first_layers[task][n])
+            valid = fixed_batches(PermutedMNIST(valid_x, labels[valid_idx], orders[task]), 2000)
+            accuracy.append(evaluate(model, masks[task], valid, lambda out, y: out.argmax(-1) == y) * 100)
+            for n, p in model.named_parameters():
+                if _first_layer(n):
+                    p.copy_(final[n])
+
+    sharing = []
+    for task in range(1, config.tasks):
+        earlier = union(masks[:task])
+        mine = masks[task]
+        sharing.append({n: int((mine[n] & earlier[n]).sum()) / max(int(mine[n].sum()), 1)
+                        for n in names if n.endswith("weight")})
+    return {"accuracy": accuracy, "sharing": sharing, "free": free,
+            "density": [m.densities() for m in masks], "timings": run_dir.timings()}
+
+
+def _learn_task(model, masks, task, config, run_dir, seed, data, progress) -> Masks:
+    """Re-initialise the free weights, then train them jointly with the task's mask. Seeded per
+    task, so a resumed run draws what an uninterrupted one draws."""
+    generator = torch.Generator().manual_seed(seed * 1000 + task)
+    params = dict(model.named_parameters())
+    if masks:
+        used = {n: m.clone() for n, m in union(masks).items()}
+        if config.reset_first_layer:
+            for n in used:
+                if _first_layer(n):
+                    used[n][:] = False
+    else:
+        used = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
+    reinitialise(model, {n: ~u for n, u in used.items()}, generator)
+    new_init = config.mask_new_init if masks else config.mask_used_init  # task 0: 2 everywhere
+    init_logits = {n: torch.where(u, config.mask_used_init, new_init) for n, u in used.items()}
+    trainer = MaskTrainer(model, F.cross_entropy, biases=True, k=config.k, beta=config.beta, lr=config.lr,
+                          grad_clip=config.grad_clip, seed=seed * 1000 + task, init_logits=init_logits,
+                          trainable={n: ~u for n, u in used.items()})
+    batches = RandomBatches(data, config.batch_size, 1234 + seed * 1000 + task)
+    with run_dir.timed(f"task:{task}"):
+        model.eval()
+        for step in tqdm(range(config.steps), desc=f"task {task}", disable=not progress, leave=False):
+            losses = trainer.step(next(batches))
+            if step % 200 == 0 or step == config.steps - 1:
+                run_dir.log({"phase": f"task:{task}", "step": step, "loss": losses["loss"].item(),
+                             "density": trainer.density()})
+    with torch.no_grad():
+        for name, weights in trainer.weights_by_name().items():
+            params[name].copy_(weights)
+    mask = trainer.result()
+    mask.save(run_dir.file("masks", f"task-{task}.safetensors"))
+    return mask.masks

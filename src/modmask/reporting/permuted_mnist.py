@@ -1,0 +1,50 @@
+"""Report of the permuted-MNIST continual-learning study (paper §2.7, figure 19)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import plots
+from .tables import fmt, mean, std, table, timings_table
+
+PAPER_FINDING = ("The poster: \"no weight sharing up until there are enough free weights\": each new task's "
+                 "mask uses few of the earlier tasks' (frozen) weights while free weights remain, and shares "
+                 "more once they run out; initialising new logits lower (prefer old) raises sharing.")
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    figures = out / "figures"
+    agg = summary["aggregate"]
+    config = summary["config"]
+    layers = [n for n in agg["free"][0] if not n.startswith("layers.0.")]  # the reset layer is left out
+    tasks = range(1, len(agg["sharing"]) + 1)
+    shown = [p for p in tasks if p % 2 == 1] or list(tasks)
+    labels = [f"Layer {int(n.split('.')[1]) + 1}" for n in layers]
+    plots.bar_groups(figures / "sharing.png", labels,
+                     {f"T{p + 1}": [mean(agg["sharing"][p - 1][n]) for n in layers] for p in shown},
+                     {f"T{p + 1}": [std(agg["sharing"][p - 1][n]) for n in layers] for p in shown},
+                     ylabel="shared with earlier tasks", title="Fraction of each new task's mask that earlier tasks use",
+                     ylim=(0, 1))
+    plots.line_plot(figures / "free.png", [f"T{p + 1}" for p in range(len(agg["free"]))],
+                    {n: [mean(f[n]) * 100 for f in agg["free"]] for n in agg["free"][0]},
+                    {n: [std(f[n]) * 100 for f in agg["free"]] for n in agg["free"][0]},
+                    xlabel="after task", ylabel="free weights [%]", title="Weights no task uses yet")
+    sharing_rows = [[f"T{p + 1}"] + [fmt(agg["sharing"][p - 1][n], 3) for n in layers]
+                    + [fmt(agg["free"][p - 1][layers[0]], 3)] for p in tasks]
+    accuracy_rows = [[f"T{q + 1}", fmt(a)] for q, a in enumerate(agg["accuracy"])]
+    text = [f"# Permuted MNIST: FNN 784-{'-'.join(str(h) for h in config['hidden'])}-10", "",
+            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); {config['tasks']} tasks, "
+            f"{config['steps']} steps each, k {config['k']}, beta {config['beta']}, new-weight logits "
+            f"{config['mask_new_init']}.", "",
+            "## Finding", "", PAPER_FINDING, "",
+            "## Sharing with earlier tasks", "",
+            table(["task", *labels, f"free in {layers[0]} before it"], sharing_rows), "",
+            "![sharing](figures/sharing.png)", "", "![free](figures/free.png)", "",
+            "## Accuracy of every task with its own mask, after all tasks [%]", "",
+            table(["task", "accuracy"], accuracy_rows), "",
+            "## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
+    path = out / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text("\n".join(text))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,83 @@
+"""The permuted-MNIST protocol on tiny generated IDX data: freezing, re-initialisation, resume."""
+
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modmask import cli
+from modmask.core.training import TrainedMask
+
+
+def _write_idx(path, array, magic):
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+    """400 'images' whose label is written into the brightness of a pixel block: learnable."""
+    root = tmp_path_factory.mktemp("mnist")
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 400), ("t10k", 50)):
+        labels = rng.randint(0, 10, n)
+        images = rng.randint(0, 60, (n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label:2 * label + 3, :] = 255
+        _write_idx(root / f"{split}-images-idx3-ubyte.gz", images, 0x803)
+        _write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels, 0x801)
+    return root
+
+
+def _run(out, data, *extra):
+    return cli.main(["run", "permuted_mnist", "--preset", "smoke", "--out", str(out), "--quiet",
+                     "--set", f"data={data}", "--set", "verify_data=false", "--set", "steps=200", "--set", "lr=0.05",
+                     "--set", "beta=0.05", *extra])
+
+
+def test_protocol_freezes_used_weights_and_relearns_the_rest(tiny_mnist, tmp_path):
+    assert _run(tmp_path, tiny_mnist) == 0
+    seed = tmp_path / "seed-0"
+    after = [load_file(str(seed / f"checkpoints/after-task-{t}.safetensors")) for t in range(3)]
+    mask0 = TrainedMask.load(seed / "masks/task-0.safetensors").masks
+    assert 0.0 < mask0.density() < 0.9  # the regulariser removed weights
+    changed_free = 0
+    for name, used in mask0.items():
+        if name.startswith("layers.0."):
+            continue  # the first layer is always re-initialised
+        for later in after[1:]:  # task 0's weights stay bit-identical in every later task
+            assert torch.equal(later[name][used], after[0][name][used]), name
+        changed_free += int((after[1][name][~used] != after[0][name][~used]).sum())
+    assert changed_free > 0  # free weights were re-initialised and trained
+    results = json.loads((tmp_path / "results.json").read_text())["aggregate"]
+    assert len(results["accuracy"]) == 3 and len(results["sharing"]) == 2
+    assert set(results["sharing"][0]) == {"layers.0.weight", "layers.1.weight", "layers.2.weight",
+                                          "layers.3.weight"}
+    assert (tmp_path / "figures/sharing.png").exists() and (tmp_path / "report.md").exists()
+
+
+def test_resume_after_a_finished_task_gives_the_same_result(tiny_mnist, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert _run(first, tiny_mnist) == 0
+    assert _run(second, tiny_mnist) == 0
+    for name in ("results.json", "seed-0/timings.json"):
+        (second / name).unlink()
+    for task in (1, 2):  # as if killed after task 0
+        (second / f"seed-0/masks/task-{task}.safetensors").unlink()
+        (second / f"seed-0/checkpoints/after-task-{task}.safetensors").unlink()
+    assert _run(second, tiny_mnist) == 0
+    a = json.loads((first / "results.json").read_text())["aggregate"]
+    b = json.loads((second / "results.json").read_text())["aggregate"]
+    assert a["accuracy"] == b["accuracy"] and a["sharing"] == b["sharing"]
+
+
+def test_permutations_are_the_papers():
+    from modmask.data.mnist import permuted_mnist_tasks
+    orders = permuted_mnist_tasks(3)
+    assert torch.equal(orders[0], torch.arange(784))
+    assert torch.equal(orders[1], torch.from_numpy(np.random.RandomState(1).permutation(784)))
