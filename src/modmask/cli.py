@@ -12,6 +12,7 @@ from .experiments import registry
 from .experiments.config import ConfigError, field_types, parse_overrides
 from .experiments.runner import run_experiment
 from .reporting import write_report
+from .reporting.half_mask import write_half_mask_figure
 
 
 def _list(_args) -> int:
@@ -41,6 +42,11 @@ def _report(args) -> int:
     return 0
 
 
+def _half_mask(args) -> int:
+    print(write_half_mask_figure(args.run_dirs, args.out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modmask", description="Which weights implement which function: "
                                      "differentiable weight masks (Csordás et al., ICLR 2021).")
@@ -57,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="rebuild the report of a run directory, without training")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
+    half = commands.add_parser("half-mask", help="the half-mask figure across finished runs (paper figure 11)")
+    half.add_argument("run_dirs", nargs="+")
+    half.add_argument("--out", default="runs/half_mask.png", help="PNG path; a Markdown table is written beside it")
+    half.set_defaults(func=_half_mask)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     keep_freed_memory()

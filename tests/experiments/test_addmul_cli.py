@@ -93,3 +93,10 @@ def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
 def test_list_shows_experiments_and_presets(capsys):
     assert cli.main(["list"]) == 0
     assert "addmul" in capsys.readouterr().out
+
+
+def test_half_mask_figure_across_runs(finished, tmp_path):
+    out = tmp_path / "half.png"
+    assert cli.main(["half-mask", str(finished), str(finished), "--out", str(out)]) == 0
+    assert out.exists() and "+/* FNN 32x32" in out.with_suffix(".md").read_text()
+    assert cli.main(["half-mask", str(tmp_path / "nothing"), "--out", str(out)]) == 2
