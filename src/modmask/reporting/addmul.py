@@ -8,7 +8,7 @@ import numpy as np
 
 from ..core.training import TrainedMask
 from . import plots
-from .study import histogram_figure, overlap_section
+from .study import half_mask_section, histogram_figure, overlap_section, save_report
 from .tables import fmt, mean, std, table, timings_table
 
 CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]
@@ -71,12 +71,6 @@ def write_report(out: Path, summary: dict) -> Path:
                          {k: np.array([[std(v) for v in row] for row in confusion[k]]) for k in labels},
                          title="Which operation the prediction matches [%]")
 
-    half = agg["half_mask"]
-    plots.bar_groups(figures / "half_mask.png", ["early masked", "late masked"],
-                     {"drop": [mean(half["early_masked_drop"]), mean(half["late_masked_drop"])]},
-                     {"drop": [std(half["early_masked_drop"]), std(half["late_masked_drop"])]},
-                     ylabel="accuracy drop [%]", title="Full mask on half of the layers", ylim=(0, 100))
-
     model = (f"FNN {'x'.join(str(h) for h in config['hidden'])}" if config["model"] == "fnn"
              else f"LSTM 2x{config['lstm_hidden']}")
     text = [
@@ -99,16 +93,8 @@ def write_report(out: Path, summary: dict) -> Path:
         "(an example whose results coincide counts in both). Under ¬+ additions should turn into "
         "'neither' while multiplications stay.", "",
         "![confusion](figures/confusion.png)", "",
-        "## Half-mask test (Full mask)", "",
-        f"Full-mask accuracy {fmt(half['full_mask_accuracy'])}%. Early masked = the Full mask on "
-        f"{', '.join(half['layers_early'])} only; late masked = on {', '.join(half['layers_late'])} only. "
-        f"Drops: early {fmt(half['early_masked_drop'])}, late {fmt(half['late_masked_drop'])} points.", "",
-        "![half mask](figures/half_mask.png)", "",
+        "## Half-mask test (Full mask)", "", half_mask_section(agg["half_mask"], figures), "",
         "## Mask probabilities", "", histogram_figure(agg["masks"], figures / "histogram.png"), "",
         "## Timings (seconds per seed)", "", timings_table(agg["timings"]), "",
     ]
-    path = out / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(text))
-    tmp.replace(path)
-    return path
+    return save_report(out, text)

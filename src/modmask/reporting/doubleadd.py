@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import histogram_figure, overlap_section
+from .study import half_mask_section, histogram_figure, overlap_section, save_report
 from .tables import fmt, mean, std, table, timings_table
 
 CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]
@@ -46,11 +46,6 @@ def write_report(out: Path, summary: dict) -> Path:
     figures = out / "figures"
     agg = summary["aggregate"]
     config = summary["config"]
-    half = agg["half_mask"]
-    plots.bar_groups(figures / "half_mask.png", ["early masked", "late masked"],
-                     {"drop": [mean(half["early_masked_drop"]), mean(half["late_masked_drop"])]},
-                     {"drop": [std(half["early_masked_drop"]), std(half["late_masked_drop"])]},
-                     ylabel="accuracy drop [%]", title="Full mask on half of the layers", ylim=(0, 100))
     model = (f"FNN {'x'.join(str(h) for h in config['hidden'])}" if config["model"] == "fnn"
              else f"LSTM 2x{config['lstm_hidden']} ({config['lstm_mode']})")
     text = [
@@ -73,14 +68,7 @@ def write_report(out: Path, summary: dict) -> Path:
                  _accuracy_section(agg["control"]["accuracy"], figures / "control_accuracy.png",
                                    "Per-pair accuracy, copy-weight control"), "",
                  overlap_section(agg["control"]["masks"], control_dir, out), ""]
-    text += ["## Half-mask test (Full mask)", "",
-             f"Early masked = the Full mask on {', '.join(half['layers_early'])} only; late masked = on "
-             f"{', '.join(half['layers_late'])} only. Drops: early {fmt(half['early_masked_drop'])}, "
-             f"late {fmt(half['late_masked_drop'])} points.", "", "![half mask](figures/half_mask.png)", "",
+    text += ["## Half-mask test (Full mask)", "", half_mask_section(agg["half_mask"], figures), "",
              "## Mask probabilities", "", histogram_figure(agg["masks"], figures / "histogram.png"), "",
              "## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
-    path = out / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(text))
-    tmp.replace(path)
-    return path
+    return save_report(out, text)

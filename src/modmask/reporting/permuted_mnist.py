@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
+from .study import save_report
 from .tables import fmt, mean, std, table, timings_table
 
 PAPER_FINDING = ("The poster: \"no weight sharing up until there are enough free weights\": each new task's "
@@ -43,8 +44,4 @@ def write_report(out: Path, summary: dict) -> Path:
             "## Accuracy of every task with its own mask, after all tasks [%]", "",
             table(["task", "accuracy"], accuracy_rows), "",
             "## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
-    path = out / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(text))
-    tmp.replace(path)
-    return path
+    return save_report(out, text)

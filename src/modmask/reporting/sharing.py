@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
+from .study import save_report
 from .tables import fmt, mean, std, table, timings_table
 
 PAPER_FINDING = {
@@ -51,8 +52,4 @@ def write_report(out: Path, summary: dict) -> Path:
                             xlabel="beta", ylabel="[%]", title=f"Network {size}", logx=True)
             text += [f"![beta {size}](figures/{name})", ""]
     text += ["## Timings (seconds per seed, summed over the points)", "", timings_table(agg["timings"]), ""]
-    path = out / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(text))
-    tmp.replace(path)
-    return path
+    return save_report(out, text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..experiments.rundir import write_text
 from . import plots
 from .tables import fmt, mean, std, table, timings_table
 
@@ -61,6 +62,25 @@ def histogram_figure(masks: dict, path: Path) -> str:
     return f"![histogram]({path.parent.name}/{path.name})"
 
 
+def half_mask_section(half: dict, figures: Path) -> str:
+    """The half-mask test's figure and sentence (§2.8)."""
+    plots.bar_groups(figures / "half_mask.png", ["early masked", "late masked"],
+                     {"drop": [mean(half["early_masked_drop"]), mean(half["late_masked_drop"])]},
+                     {"drop": [std(half["early_masked_drop"]), std(half["late_masked_drop"])]},
+                     ylabel="accuracy drop [%]", title="Full mask on half of the layers", ylim=(0, 100))
+    return (f"Full-mask accuracy {fmt(half['full_mask_accuracy'])}%. Early masked = the Full mask on "
+            f"{', '.join(half['layers_early'])} only; late masked = on {', '.join(half['layers_late'])} only. "
+            f"Drops: early {fmt(half['early_masked_drop'])}, late {fmt(half['late_masked_drop'])} points."
+            "\n\n![half mask](figures/half_mask.png)")
+
+
+def save_report(run_dir: Path, lines: list[str]) -> Path:
+    """Write report.md atomically."""
+    path = Path(run_dir) / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
 def write_study_report(run_dir: str | Path, results: dict) -> Path:
     run_dir = Path(run_dir)
     figures = run_dir / "figures"
@@ -72,8 +92,4 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
             "", "## Masks", "", overlap_section(results["masks"], figures), "",
             histogram_figure(results["masks"], figures / "histogram.png"), "",
             "## Timings", "", timings_table(results["timings"]), ""]
-    path = run_dir / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(text))
-    tmp.replace(path)
-    return path
+    return save_report(run_dir, text)
