@@ -90,7 +90,10 @@ def _to(value, device):
 
 class MaskTrainer:
     """The state of one mask's training: logits, optimiser, noise source. `step(batch)` runs one
-    update; `train_mask` is the loop around it. See `train_mask` for the arguments."""
+    update (the caller chooses the model's mode); `train_mask` is the loop around it. See
+    `train_mask` for the arguments; beyond them: `init_logits` (name -> initial logits),
+    `trainable` (name -> bool, weights that train jointly with the mask) and `fixed_masks`
+    (name -> bool, tensors masked by a constant mask instead of a trained one)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, parameters: ParameterFilter = None,
                  biases: bool = False, norms: bool = True, k: int = 4, beta: float = 1e-4,
@@ -98,7 +101,8 @@ class MaskTrainer:
                  grad_clip: float | None = 1.0, seed: int = 0, path: str = "auto",
                  compiled: bool = False, original_clipping: bool = False,
                  init_logits: Mapping[str, torch.Tensor] | None = None,
-                 trainable: Mapping[str, torch.Tensor] | None = None):
+                 trainable: Mapping[str, torch.Tensor] | None = None,
+                 fixed_masks: Mapping[str, torch.Tensor] | None = None):
         if k < 1:
             raise ValueError(f"k must be positive (got k={k})")
         if trainable is not None and original_clipping:
@@ -107,15 +111,20 @@ class MaskTrainer:
         self.reg_batch_size, self.grad_clip, self.compiled = reg_batch_size, grad_clip, compiled
         self.requested_path = path
         self.path: str | None = None  # 'vmap' or 'sequential', chosen on the first batch
-        names = select_parameters(model, parameters, biases=biases, norms=norms)
+        fixed_masks = fixed_masks or {}
+        names = [n for n in select_parameters(model, parameters, biases=biases, norms=norms) if n not in fixed_masks]
+        if not names:
+            raise ValueError("every selected parameter has a fixed mask: there is nothing to train")
         params = frozen_parameters(model)
+        for name, mask in fixed_masks.items():  # e.g. CIFAR's output layer kept from the reference mask
+            params[name] = params[name] * mask.to(params[name].device)
         self.device = params[names[0]].device
         # Matrices are kept transposed ([in, out] in memory): the gradient of a matrix used as
         # `x @ W.t()` arrives in that layout, so the backward reads it without a copy.
         self.transposed = {n for n in names if params[n].dim() == 2}
         self.weights = {n: self._physical(n, params[n]) for n in names}
         self.others = {n: p for n, p in params.items() if n not in self.weights}
-        self.logits = {n: (self._physical(n, init_logits[n]).float() if init_logits and n in init_logits
+        self.logits = {n: (self._physical(n, init_logits[n]).to(w) if init_logits and n in init_logits
                            else torch.full_like(w, float(init_logit))).requires_grad_(True)
                        for n, w in self.weights.items()}
         trained = list(self.logits.values())

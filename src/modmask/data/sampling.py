@@ -31,3 +31,16 @@ class RandomBatches:
 def fixed_batches(data, batch_size: int) -> list:
     """The whole set, in order, as a list of batches (for evaluation)."""
     return [data.encode(slice(i, i + batch_size)) for i in range(0, len(data), batch_size)]
+
+
+class IndexSubset:
+    """The examples of `data` at `indices` (int64 [n]), without copying them."""
+
+    def __init__(self, data, indices: torch.Tensor):
+        self.data, self.indices = data, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def encode(self, index):
+        return self.data.encode(self.indices[index])

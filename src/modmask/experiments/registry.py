@@ -9,6 +9,7 @@ EXPERIMENTS = {
     "doubleadd": "modmask.experiments.doubleadd",
     "sharing": "modmask.experiments.sharing",
     "permuted_mnist": "modmask.experiments.permuted_mnist",
+    "cifar": "modmask.experiments.cifar",
 }
 
 

@@ -119,10 +119,14 @@ def mask_statistics(trained: dict[str, TrainedMask], compare: Sequence[str] | No
 
 
 def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Callable,
-                   rounding: str = "ceil") -> dict:
+                   rounding: str = "ceil", early: Sequence[str] | None = None) -> dict:
     """The paper's half-mask test (§2.8) on the Full mask: the mask on the early tensors only and
-    on the late tensors only; drops in percentage points from the whole mask's metric."""
-    early, late = split_layers(list(full), rounding)
+    on the late tensors only; drops in percentage points from the whole mask's metric. The early
+    tensors are the first half (rounded as given) unless listed."""
+    if early is None:
+        early, late = split_layers(list(full), rounding)
+    else:
+        late = [n for n in full if n not in set(early)]
     early_mask, late_mask = half_masks(full, early)
     whole = evaluate(model, full, batches, metric)
     return {"layers_early": early, "layers_late": late, "full_mask_accuracy": whole * 100,

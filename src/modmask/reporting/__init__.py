@@ -8,7 +8,8 @@ from pathlib import Path
 from ..experiments.rundir import read_json
 
 REPORTS = {"addmul": "modmask.reporting.addmul", "doubleadd": "modmask.reporting.doubleadd",
-           "sharing": "modmask.reporting.sharing", "permuted_mnist": "modmask.reporting.permuted_mnist"}
+           "sharing": "modmask.reporting.sharing", "permuted_mnist": "modmask.reporting.permuted_mnist",
+           "cifar": "modmask.reporting.cifar"}
 
 
 def write_report(out: str | Path) -> Path:

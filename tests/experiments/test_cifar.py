@@ -1,0 +1,56 @@
+"""The CIFAR-10 class-removal study on a tiny generated image folder, and its metrics by hand."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modmask import cli
+from modmask.experiments.cifar import drops
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_drops_on_a_hand_built_confusion():
+    reference = torch.tensor([[80.0, 20.0, 0.0], [10.0, 90.0, 0.0], [0.0, 0.0, 100.0]])
+    removed = torch.tensor([[40.0, 60.0, 0.0], [10.0, 81.0, 9.0], [0.0, 0.0, 100.0]])
+    result = drops(reference, removed, 0)
+    assert result["target_drop"] == pytest.approx(50.0)  # 80 -> 40: half of class 0 is lost
+    # class 1 lost 9 of 90 (10%), which is 20% of class 0's relative drop
+    assert result["other_over_target"] == pytest.approx(20.0)
+    improved = torch.tensor([[40.0, 60.0, 0.0], [0.0, 100.0, 0.0], [0.0, 0.0, 100.0]])
+    assert drops(reference, improved, 0)["other_over_target"] == 0.0  # others only improved
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """60 train and 10 test 32x32 PNGs per class; each class has its own colour."""
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.RandomState(0)
+    for split, count in (("train", 60), ("test", 10)):
+        for index, name in enumerate(CLASSES):
+            folder = root / "CIFAR-10" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.randint(0, 80, (32, 32, 3))
+                pixels[:, :, index % 3] += 25 * index
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_cifar_smoke_end_to_end(image_folder, tmp_path):
+    assert cli.main(["run", "cifar", "--preset", "smoke", "--out", str(tmp_path), "--quiet",
+                     "--set", f"data={image_folder}"]) == 0
+    agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
+    assert agg["classes"] == CLASSES and len(agg["removal"]) == 10
+    assert len(agg["removal"][3]["difference"]) == 10
+    assert 0 <= agg["stability_iou"]["mean"] <= 1
+    assert agg["half_mask"]["layers_late"] == ["convs.3.weight", "convs.3.bias", "output.weight", "output.bias"]
+    for name in ("relative_drop.png", "other_over_target.png", "confusion_differences.png"):
+        assert (tmp_path / "figures" / name).exists()
+    # the class-removed masks keep the reference mask's output layer
+    from modmask.core.training import TrainedMask
+    masks = TrainedMask.load(tmp_path / "seed-0/masks/without-3.safetensors").logits
+    assert "output.weight" not in masks and "convs.0.weight" in masks
