@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.sampling import RandomBatches
 from .rundir import RunDir
 
 
@@ -26,10 +25,14 @@ def _save_partial(path, model, optimizer, batches, step) -> None:
     os.replace(tmp, path)
 
 
-def pretrain(model: nn.Module, batches: RandomBatches, loss_fn: Callable, run: RunDir, *, steps: int,
+def pretrain(model: nn.Module, batches, loss_fn: Callable, run: RunDir, *, steps: int,
              lr: float = 1e-3, grad_clip: float | None = 1.0, checkpoint_every: int = 2000,
              progress: bool = True) -> nn.Module:
-    """Train `model` in place (or load the finished checkpoint); returns it in eval mode."""
+    """Train `model` in place (or load the finished checkpoint); returns it in eval mode.
+
+    batches: endless (inputs, targets) with `state()` / `load_state()` (e.g. RandomBatches); inputs
+    is a tensor or a tuple of the model's arguments.
+    """
     final = run.path / "checkpoints" / "pretrained.safetensors"
     if final.exists():
         model.load_state_dict(load_file(str(final)))
@@ -47,7 +50,7 @@ def pretrain(model: nn.Module, batches: RandomBatches, loss_fn: Callable, run: R
     bar = tqdm(range(start, steps), desc="pretrain", disable=not progress, leave=False)
     for step in bar:
         inputs, targets = next(batches)
-        loss = loss_fn(model(inputs), targets)
+        loss = loss_fn(model(*inputs) if isinstance(inputs, tuple) else model(inputs), targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)

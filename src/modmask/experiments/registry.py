@@ -10,6 +10,7 @@ EXPERIMENTS = {
     "sharing": "modmask.experiments.sharing",
     "permuted_mnist": "modmask.experiments.permuted_mnist",
     "cifar": "modmask.experiments.cifar",
+    "scan": "modmask.experiments.scan",
 }
 
 

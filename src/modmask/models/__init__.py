@@ -4,7 +4,8 @@ from .cnn import SimpleCNN
 from .lstm import LSTM, RepeatLSTMClassifier
 from .mlp import MLP
 from .pairs import PairLSTM, PairwiseFNN
+from .seq2seq import LSTMEncoderDecoder
 from .transformer import Attention, EncoderLayer
 
 __all__ = ["MLP", "LSTM", "RepeatLSTMClassifier", "SimpleCNN", "Attention", "EncoderLayer", "PairwiseFNN",
-           "PairLSTM"]
+           "PairLSTM", "LSTMEncoderDecoder"]

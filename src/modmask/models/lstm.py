@@ -42,8 +42,13 @@ class LSTM(nn.Module):
         self.cells = nn.ModuleList(LSTMCell(i, hidden_size) for i in sizes)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, state: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
-        """x: [B, T, I] -> (outputs [B, T, H] of the last layer, [(h, c)] final state per layer)."""
+    def forward(self, x: torch.Tensor, state: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                lengths: torch.Tensor | None = None):
+        """x: [B, T, I] -> (outputs [B, T, H] of the last layer, [(h, c)] final state per layer).
+
+        With `lengths` [B], a sequence's state stops changing after its last step, so the final
+        states are those at each sequence's true end (by masking, which vmap can batch).
+        """
         finals = []
         for layer, cell in enumerate(self.cells):
             if layer > 0 and self.dropout:
@@ -61,8 +66,13 @@ class LSTM(nn.Module):
             for t in range(steps):
                 gates = projected[:, t] + h @ cell.weight_hh.t()
                 i, f, g, o = gates.chunk(4, dim=-1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_new = torch.sigmoid(o) * torch.tanh(c_new)
+                if lengths is None:
+                    h, c = h_new, c_new
+                else:
+                    running = (t < lengths).unsqueeze(-1)
+                    h, c = torch.where(running, h_new, h), torch.where(running, c_new, c)
                 outputs.append(h)
             x = torch.stack(outputs, dim=1)
             finals.append((h, c))

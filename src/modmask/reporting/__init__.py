@@ -9,7 +9,7 @@ from ..experiments.rundir import read_json
 
 REPORTS = {"addmul": "modmask.reporting.addmul", "doubleadd": "modmask.reporting.doubleadd",
            "sharing": "modmask.reporting.sharing", "permuted_mnist": "modmask.reporting.permuted_mnist",
-           "cifar": "modmask.reporting.cifar"}
+           "cifar": "modmask.reporting.cifar", "scan": "modmask.reporting.scan"}
 
 
 def write_report(out: str | Path) -> Path:

@@ -1,0 +1,155 @@
+"""SCAN: is the algorithm a network learns general, or split-specific? (paper §2.3, §2.4; the
+poster: "we found split-specific weights, meaning the learned algorithm is not general").
+
+Pretrain on the `simple` split (where the network does well on every split's kind of data), then
+train a mask on each split's training set: simple (the full problem), jump, length, turn_left.
+If the network had learned one general algorithm, the full-problem mask would do as well on a
+split's test set as that split's own mask; the paper finds split-specific weights instead. The
+from-scratch baseline trains the same network on each split directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.evaluation import evaluate
+from ..core.training import TrainedMask, train_mask
+from ..data.sampling import RandomBatches, fixed_batches
+from ..data.scan import ScanData, ScanVocabulary
+from ..models import LSTMEncoderDecoder
+from ..models.seq2seq import sequence_correct, sequence_loss
+from .pretrain import pretrain
+from .rundir import RunDir
+
+DESCRIPTION = "SCAN with an LSTM encoder-decoder: split-specific weights"
+
+SPLITS = ("simple", "jump", "length", "turn_left")
+TOKEN_ORDER = ("I_TURN_LEFT", "I_TURN_RIGHT", "I_JUMP", "I_WALK", "I_RUN", "I_LOOK", "EOS")
+
+
+@dataclass(frozen=True)
+class Config:
+    embedding: int = 16
+    hidden: int = 200
+    dropout: float = 0.5
+    batch_size: int = 256
+    pretrain_steps: int = 25_000
+    lr: float = 1e-3
+    grad_clip: float = 5.0
+    teacher_forcing: float = 0.5  # probability per batch
+    mask_steps: int = 25_000
+    mask_lr: float = 1e-2
+    beta: float = 3e-5
+    k: int = 4
+    baseline: bool = True  # also train from scratch on jump, length and turn_left
+    test_examples: int = 0  # evaluate on at most this many test examples per split (0: all)
+    data: str | None = None
+    checkpoint_every: int = 2000
+
+
+PRESETS = {
+    "smoke": dict(embedding=8, hidden=16, batch_size=32, pretrain_steps=30, mask_steps=8, test_examples=64,
+                  checkpoint_every=20),
+    "small": dict(hidden=100, pretrain_steps=4_000, mask_steps=1_500, test_examples=1_000),
+    "paper": dict(),
+}
+
+
+class ScanBatches:
+    """Endless SCAN training batches as ((src, src_lengths, steps, teacher or None), (targets,
+    lengths)), teacher forcing chosen per batch with probability p; seeded and resumable."""
+
+    def __init__(self, data: ScanData, batch_size: int, seed: int, teacher_forcing: float):
+        self.batches = RandomBatches(data, batch_size, seed)
+        self.coin = torch.Generator().manual_seed(seed + 1)
+        self.teacher_forcing = teacher_forcing
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        (src, src_lengths), (targets, lengths) = next(self.batches)
+        teach = torch.rand((), generator=self.coin).item() < self.teacher_forcing
+        return (src, src_lengths, targets.shape[1], targets if teach else None), (targets, lengths)
+
+    def state(self):
+        return torch.cat([self.batches.state(), self.coin.get_state()])
+
+    def load_state(self, state):
+        size = len(self.batches.state())
+        self.batches.load_state(state[:size])
+        self.coin.set_state(state[size:])
+
+
+def _eval_batches(data: ScanData, limit: int) -> list:
+    """Greedy-decoding batches: ((src, src_lengths, steps, None), (targets, lengths))."""
+    if limit:
+        data = ScanData(data.pairs[:limit], data.vocab)
+    return [((src, src_lengths, targets.shape[1], None), (targets, lengths))
+            for (src, src_lengths), (targets, lengths) in fixed_batches(data, 512)]
+
+
+def loss(outputs, targets):
+    return sequence_loss(outputs, *targets)
+
+
+def correct(outputs, targets):
+    return sequence_correct(outputs, *targets)
+
+
+def _model(config: Config, vocab: ScanVocabulary, seed: int) -> LSTMEncoderDecoder:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LSTMEncoderDecoder(len(vocab.in_words) + 1, len(vocab.out_words) + 1, config.embedding,
+                                  config.hidden, dropout=config.dropout)
+
+
+def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+    vocab = ScanVocabulary.load(config.data)
+    train = {s: ScanData.load(s, "train", vocab, config.data) for s in SPLITS}
+    test = {s: _eval_batches(ScanData.load(s, "test", vocab, config.data), config.test_examples) for s in SPLITS}
+    model = _model(config, vocab, seed)
+    settings = dict(lr=config.lr, grad_clip=config.grad_clip, checkpoint_every=config.checkpoint_every,
+                    progress=progress)
+    with run_dir.timed("pretrain"):
+        pretrain(model, ScanBatches(train["simple"], config.batch_size, seed, config.teacher_forcing), loss,
+                 run_dir, steps=config.pretrain_steps, **settings)
+    model.dropout = 0.0  # as the original: dropout off while masks train, teacher forcing still random
+
+    masks = {}
+    for index, split in enumerate(SPLITS):
+        path = run_dir.file("masks", f"{split}.safetensors")
+        if path.exists():
+            masks[split] = TrainedMask.load(path, model).masks
+            continue
+        with run_dir.timed(f"mask:{split}"):
+            trained = train_mask(model, ScanBatches(train[split], config.batch_size, 1234 + seed * 10 + index,
+                                                    config.teacher_forcing), loss,
+                                 steps=config.mask_steps, k=config.k, beta=config.beta, lr=config.mask_lr,
+                                 grad_clip=config.grad_clip, seed=seed * 10 + index,
+                                 progress=f"mask {split}" if progress else False,
+                                 on_log=lambda r, s=split: run_dir.log({"phase": f"mask:{s}", **r}))
+        trained.save(path)
+        masks[split] = trained.masks
+
+    accuracy = {"no mask": {s: evaluate(model, {}, test[s], correct) * 100 for s in SPLITS}}
+    for name, mask in masks.items():
+        accuracy[name] = {s: evaluate(model, mask, test[s], correct) * 100 for s in SPLITS}
+
+    rows = {word: i for i, word in enumerate(vocab.out_words)} | {"EOS": len(vocab.out_words)}
+    simple, jump = masks["simple"]["output.weight"], masks["jump"]["output.weight"]
+    removed = {token: (simple[rows[token]] & ~jump[rows[token]]).sum().item()
+               / max(simple[rows[token]].sum().item(), 1) * 100 for token in TOKEN_ORDER}
+
+    baseline = {}
+    if config.baseline:
+        for split in SPLITS[1:]:
+            scratch = _model(config, vocab, seed)
+            with run_dir.timed(f"baseline:{split}"):
+                pretrain(scratch, ScanBatches(train[split], config.batch_size, seed, config.teacher_forcing),
+                         loss, RunDir(run_dir.path / f"baseline-{split}"), steps=config.pretrain_steps, **settings)
+            baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
+    return {"accuracy": accuracy, "output_removed": removed, "baseline": baseline,
+            "densities": {name: m.density() for name, m in masks.items()}, "timings": run_dir.timings()}

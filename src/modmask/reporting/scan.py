@@ -1,0 +1,49 @@
+"""Report of the SCAN study (paper §2.3, figures 12-14)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import plots
+from .study import save_report
+from .tables import fmt, mean, std, table, timings_table
+
+SPLITS = ("simple", "jump", "length", "turn_left")
+SHOWN = ("turn_left", "jump", "length")
+PAPER_FINDING = ("The paper (poster): a network pretrained on all of SCAN performs well on all splits, yet "
+                 "masks trained on a specific split find split-specific weights: on jump and length the "
+                 "split's own mask does much worse than the full-problem mask (near the from-scratch "
+                 "baseline), while turn_left stays high. In the decoder's output layer the jump mask "
+                 "removes most of the weights of I_JUMP.")
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    figures = out / "figures"
+    agg = summary["aggregate"]
+    acc = agg["accuracy"]
+    series = {"full-problem mask": [acc["simple"][s] for s in SHOWN], "split mask": [acc[s][s] for s in SHOWN]}
+    if agg.get("baseline"):
+        series["from scratch on the split"] = [agg["baseline"][s] for s in SHOWN]
+    plots.bar_groups(figures / "accuracy.png", list(SHOWN), {k: [mean(v) for v in vs] for k, vs in series.items()},
+                     {k: [std(v) for v in vs] for k, vs in series.items()}, ylabel="test accuracy [%]",
+                     title="Each split's test set", ylim=(0, 100))
+    removed = agg["output_removed"]
+    plots.bar_groups(figures / "output_removed.png", list(removed), {"removed": [mean(v) for v in removed.values()]},
+                     {"removed": [std(v) for v in removed.values()]}, ylabel="removed [%]",
+                     title="Output-layer weights of the simple mask that the jump mask removes")
+    rows = [[mask] + [fmt(acc[mask][s]) for s in SPLITS] for mask in acc]
+    own, full = mean(acc["jump"]["jump"]), mean(acc["simple"]["jump"])
+    text = ["# SCAN: LSTM encoder-decoder", "",
+            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
+            f"{summary['config']['pretrain_steps']} steps on simple, {summary['config']['mask_steps']} steps per mask.", "",
+            "## Finding", "", PAPER_FINDING, "",
+            f"Measured: on the jump test set the full-problem mask reaches {full:.1f}% and the jump mask {own:.1f}%; "
+            f"the jump mask removes {mean(removed['I_JUMP']):.1f}% of I_JUMP's output weights "
+            f"(the other tokens: {', '.join(f'{t} {mean(v):.1f}%' for t, v in removed.items() if t != 'I_JUMP')}).", "",
+            "## Test accuracy of every mask on every split [%]", "",
+            table(["mask", *SPLITS], rows), "", "![accuracy](figures/accuracy.png)", "",
+            "## Output tokens", "", "![removed](figures/output_removed.png)", ""]
+    if agg.get("baseline"):
+        text += ["From scratch on the split: " + ", ".join(f"{s} {fmt(v)}%" for s, v in agg["baseline"].items()), ""]
+    text += ["## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
+    return save_report(out, text)
