@@ -60,3 +60,14 @@ def test_doubleadd_lstm_smoke(tmp_path):
             "--set", "model=lstm", "--set", "lstm_mode=only_one_io", "--set", "control=false"]
     assert cli.main(args) == 0
     assert "LSTM 2x16 (only_one_io)" in (tmp_path / "report.md").read_text()
+
+
+def test_each_pair_mask_trains_on_its_own_pair_inputs():
+    from modmask.data.arithmetic import DoubleAddData
+    from modmask.experiments.doubleadd import Config, _functions
+    functions = _functions(DoubleAddData.generate("valid", 64), [], Config(batch_size=8), seed=0)
+    for pair, function in zip((0, 1), functions[1:]):
+        x, _ = next(iter(function.train))
+        shown = slice(pair * 40, pair * 40 + 40)
+        hidden = slice((1 - pair) * 40, (1 - pair) * 40 + 40)
+        assert x[:, shown].sum() > 0 and x[:, hidden].sum() == 0, function.name

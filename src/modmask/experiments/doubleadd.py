@@ -103,11 +103,16 @@ def _pair_correct(pair):
     return lambda outputs, targets: digits_correct(*pair_outputs(outputs, targets, pair))
 
 
+def _only_pair_batches(batches, pair: int):
+    """The batches with the other pair's inputs zeroed (a function, so `pair` is bound now)."""
+    return ((only_pair(x, pair), y) for x, y in batches)
+
+
 def _functions(train: DoubleAddData, valid_batches, config: Config, seed: int) -> list[Function]:
     functions = [Function("full", RandomBatches(train, config.batch_size, 1234 + seed), valid_batches,
                           digit_loss, digits_correct, "Full")]
     for pair in (0, 1):
-        batches = ((only_pair(x, pair), y) for x, y in RandomBatches(train, config.batch_size, 1234 + seed + pair + 1))
+        batches = _only_pair_batches(RandomBatches(train, config.batch_size, 1234 + seed + pair + 1), pair)
         functions.append(Function(f"pair{pair + 1}", batches, valid_batches, _pair_loss(pair),
                                   _pair_correct(pair), f"Pair {pair + 1}"))
     return functions
