@@ -37,11 +37,6 @@ class Masks(Mapping):
         """The final binary mask: logit > 0 (strict, as the paper's analysis)."""
         return cls({n: l.detach() > 0 for n, l in logits.items()})
 
-    @classmethod
-    def ones_like(cls, model: torch.nn.Module, names: Iterable[str]) -> "Masks":
-        params = dict(model.named_parameters())
-        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
-
     # mapping protocol
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._tensors[name]
