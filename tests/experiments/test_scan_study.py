@@ -8,7 +8,10 @@ from modmask import cli
 from modmask.core.masking import masked_call
 from modmask.data.scan import ScanData, ScanVocabulary, make_split_files
 from modmask.data.scan_grammar import generate_commands, interpret
-from modmask.models import LSTMEncoderDecoder
+import pytest
+
+from modmask.core.training import MaskTrainer
+from modmask.models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from modmask.models.seq2seq import sequence_correct, sequence_loss
 
 
@@ -16,10 +19,19 @@ def _pairs(count=200, seed=0):
     return [(tuple(c.split()), tuple(interpret(c))) for c in generate_commands(count, seed)]
 
 
-def test_teacher_forced_and_greedy_decoding_agree_when_the_model_is_right():
+def _tiny(kind, vocab):
+    sizes = len(vocab.in_words) + 1, len(vocab.out_words) + 1
+    torch.manual_seed(0)
+    if kind == "lstm":
+        return LSTMEncoderDecoder(*sizes, 8, 16, dropout=0.0).eval()
+    return TransformerEncoderDecoder(*sizes, d_model=16, heads=2, ff_size=32, layers=2, dropout=0.0).eval()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_teacher_forced_and_greedy_decoding_agree_when_the_model_is_right(kind):
     vocab = ScanVocabulary.build([_pairs()])
     (src, src_len), (tgt, tgt_len) = ScanData(_pairs(8, 1), vocab).encode(slice(None))
-    model = LSTMEncoderDecoder(len(vocab.in_words) + 1, len(vocab.out_words) + 1, 8, 16, dropout=0.0).eval()
+    model = _tiny(kind, vocab)
     steps = tgt.shape[1]
     greedy = model(src, src_len, steps)
     fed_its_own = model(src, src_len, steps, greedy.argmax(-1))
@@ -33,18 +45,40 @@ def test_teacher_forced_and_greedy_decoding_agree_when_the_model_is_right():
     assert sequence_correct(wrong, tgt, tgt_len).tolist()[1:] == [True] * 7 and not sequence_correct(wrong, tgt, tgt_len)[0]
 
 
-def test_encoder_state_ignores_padding():
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_encoder_ignores_padding(kind):
     vocab = ScanVocabulary.build([_pairs()])
-    model = LSTMEncoderDecoder(len(vocab.in_words) + 1, len(vocab.out_words) + 1, 8, 16, dropout=0.0).eval()
+    model = _tiny(kind, vocab)
     (src, src_len), (tgt, _) = ScanData(_pairs(4, 2), vocab).encode(slice(None))
     longer = torch.cat([src, torch.full((4, 5), 3)], dim=1)  # other tokens after the end
     assert torch.allclose(model(src, src_len, 6), model(longer, src_len, 6), atol=1e-6)
     assert torch.allclose(masked_call(model, {}, src, src_len, 6), model(src, src_len, 6))
 
 
-def test_scan_smoke_end_to_end(tmp_path):
+def test_transformer_decoder_is_causal_and_batches_over_mask_samples():
+    vocab = ScanVocabulary.build([_pairs()])
+    model = _tiny("transformer", vocab)
+    (src, src_len), (tgt, tgt_len) = ScanData(_pairs(8, 4), vocab).encode(slice(None))
+    steps = tgt.shape[1]
+    changed = tgt.clone()
+    changed[:, 3:] = 0  # later target tokens must not change earlier outputs
+    full, cut = model(src, src_len, steps, tgt), model(src, src_len, steps, changed)
+    assert torch.allclose(full[:, :4], cut[:, :4], atol=1e-6) and not torch.allclose(full[:, 4:], cut[:, 4:])
+    results = {}
+    for path in ("vmap", "sequential"):  # masked training batches the model exactly over mask samples
+        trainer = MaskTrainer(model, lambda out, t: sequence_loss(out, *t), k=4, seed=3, path=path, norms=True)
+        losses = trainer.step(((src, src_len, steps, tgt), (tgt, tgt_len)))
+        results[path] = losses["loss"], {n: g.grad.clone() for n, g in trainer.logits.items()}
+        assert trainer.path == path
+    (loss_v, grads_v), (loss_s, grads_s) = results["vmap"], results["sequential"]
+    assert torch.allclose(loss_v, loss_s, atol=1e-5)
+    assert all(torch.allclose(grads_v[n], grads_s[n], atol=1e-5) for n in grads_v)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "smoke-transformer"])
+def test_scan_smoke_end_to_end(tmp_path, preset):
     root = make_split_files(tmp_path / "data", _pairs(300, 3))
-    assert cli.main(["run", "scan", "--preset", "smoke", "--out", str(tmp_path / "run"), "--quiet",
+    assert cli.main(["run", "scan", "--preset", preset, "--out", str(tmp_path / "run"), "--quiet",
                      "--set", f"data={root}"]) == 0
     agg = json.loads((tmp_path / "run/results.json").read_text())["aggregate"]
     assert set(agg["accuracy"]) == {"no mask", "simple", "jump", "length", "turn_left"}

@@ -18,42 +18,66 @@ from ..core.evaluation import evaluate
 from ..core.training import TrainedMask, train_mask
 from ..data.sampling import RandomBatches, fixed_batches
 from ..data.scan import ScanData, ScanVocabulary
-from ..models import LSTMEncoderDecoder
+from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..models.seq2seq import sequence_correct, sequence_loss
 from .pretrain import pretrain
 from .rundir import RunDir
 
-DESCRIPTION = "SCAN with an LSTM encoder-decoder: split-specific weights"
+DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
 
 SPLITS = ("simple", "jump", "length", "turn_left")
 TOKEN_ORDER = ("I_TURN_LEFT", "I_TURN_RIGHT", "I_JUMP", "I_WALK", "I_RUN", "I_LOOK", "EOS")
 
 
+# Per-model defaults of the settings left None in Config (paper §2.3 for the LSTM, §2.4 for the
+# Transformer, which always trains with teacher forcing).
+MODEL_DEFAULTS = {"lstm": dict(dropout=0.5, beta=3e-5, teacher_forcing=0.5),
+                  "transformer": dict(dropout=0.1, beta=6e-4, teacher_forcing=1.0)}
+
+
 @dataclass(frozen=True)
 class Config:
-    embedding: int = 16
-    hidden: int = 200
-    dropout: float = 0.5
+    model: str = "lstm"  # lstm | transformer
+    embedding: int = 16  # LSTM embedding size
+    hidden: int = 200  # LSTM hidden size
+    d_model: int = 100  # Transformer sizes
+    heads: int = 4
+    ff_size: int = 200
+    layers: int = 3  # Transformer layers in the encoder and in the decoder
+    dropout: float | None = None  # None: the model's default
     batch_size: int = 256
     pretrain_steps: int = 25_000
     lr: float = 1e-3
     grad_clip: float = 5.0
-    teacher_forcing: float = 0.5  # probability per batch
+    teacher_forcing: float | None = None  # probability per batch; None: the model's default
     mask_steps: int = 25_000
     mask_lr: float = 1e-2
-    beta: float = 3e-5
+    beta: float | None = None  # None: the model's default
     k: int = 4
     baseline: bool = True  # also train from scratch on jump, length and turn_left
     test_examples: int = 0  # evaluate on at most this many test examples per split (0: all)
     data: str | None = None
     checkpoint_every: int = 2000
 
+    def __post_init__(self):
+        if self.model not in MODEL_DEFAULTS:
+            raise ValueError(f"model must be one of {', '.join(MODEL_DEFAULTS)}, not {self.model!r}")
+
+    def setting(self, name: str) -> float:
+        """A per-model setting: the configured value, or the model's default when None."""
+        value = getattr(self, name)
+        return MODEL_DEFAULTS[self.model][name] if value is None else value
+
 
 PRESETS = {
     "smoke": dict(embedding=8, hidden=16, batch_size=32, pretrain_steps=30, mask_steps=8, test_examples=64,
                   checkpoint_every=20),
+    "smoke-transformer": dict(model="transformer", d_model=16, heads=2, ff_size=32, layers=1, batch_size=32,
+                              pretrain_steps=30, mask_steps=8, test_examples=64, checkpoint_every=20),
     "small": dict(hidden=100, pretrain_steps=4_000, mask_steps=1_500, test_examples=1_000),
+    "small-transformer": dict(model="transformer", pretrain_steps=3_000, mask_steps=1_000, test_examples=1_000),
     "paper": dict(),
+    "paper-transformer": dict(model="transformer"),
 }
 
 
@@ -99,11 +123,14 @@ def correct(outputs, targets):
     return sequence_correct(outputs, *targets)
 
 
-def _model(config: Config, vocab: ScanVocabulary, seed: int) -> LSTMEncoderDecoder:
+def _model(config: Config, vocab: ScanVocabulary, seed: int) -> torch.nn.Module:
+    sizes = len(vocab.in_words) + 1, len(vocab.out_words) + 1
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LSTMEncoderDecoder(len(vocab.in_words) + 1, len(vocab.out_words) + 1, config.embedding,
-                                  config.hidden, dropout=config.dropout)
+        if config.model == "transformer":
+            return TransformerEncoderDecoder(*sizes, config.d_model, config.heads, config.ff_size, config.layers,
+                                             dropout=config.setting("dropout"))
+        return LSTMEncoderDecoder(*sizes, config.embedding, config.hidden, dropout=config.setting("dropout"))
 
 
 def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
@@ -111,12 +138,12 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     train = {s: ScanData.load(s, "train", vocab, config.data) for s in SPLITS}
     test = {s: _eval_batches(ScanData.load(s, "test", vocab, config.data), config.test_examples) for s in SPLITS}
     model = _model(config, vocab, seed)
+    teacher = config.setting("teacher_forcing")
     settings = dict(lr=config.lr, grad_clip=config.grad_clip, checkpoint_every=config.checkpoint_every,
                     progress=progress)
     with run_dir.timed("pretrain"):
-        pretrain(model, ScanBatches(train["simple"], config.batch_size, seed, config.teacher_forcing), loss,
+        pretrain(model, ScanBatches(train["simple"], config.batch_size, seed, teacher), loss,
                  run_dir, steps=config.pretrain_steps, **settings)
-    model.dropout = 0.0  # as the original: dropout off while masks train, teacher forcing still random
 
     masks = {}
     for index, split in enumerate(SPLITS):
@@ -126,8 +153,8 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
             continue
         with run_dir.timed(f"mask:{split}"):
             trained = train_mask(model, ScanBatches(train[split], config.batch_size, 1234 + seed * 10 + index,
-                                                    config.teacher_forcing), loss,
-                                 steps=config.mask_steps, k=config.k, beta=config.beta, lr=config.mask_lr,
+                                                    teacher), loss,
+                                 steps=config.mask_steps, k=config.k, beta=config.setting("beta"), lr=config.mask_lr,
                                  grad_clip=config.grad_clip, seed=seed * 10 + index,
                                  progress=f"mask {split}" if progress else False,
                                  on_log=lambda r, s=split: run_dir.log({"phase": f"mask:{s}", **r}))
@@ -148,7 +175,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
         for split in SPLITS[1:]:
             scratch = _model(config, vocab, seed)
             with run_dir.timed(f"baseline:{split}"):
-                pretrain(scratch, ScanBatches(train[split], config.batch_size, seed, config.teacher_forcing),
+                pretrain(scratch, ScanBatches(train[split], config.batch_size, seed, teacher),
                          loss, RunDir(run_dir.path / f"baseline-{split}"), steps=config.pretrain_steps, **settings)
             baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
     return {"accuracy": accuracy, "output_removed": removed, "baseline": baseline,

@@ -5,7 +5,7 @@ from .lstm import LSTM, RepeatLSTMClassifier
 from .mlp import MLP
 from .pairs import PairLSTM, PairwiseFNN
 from .seq2seq import LSTMEncoderDecoder
-from .transformer import Attention, EncoderLayer
+from .transformer import Attention, DecoderLayer, EncoderLayer, TransformerEncoderDecoder
 
 __all__ = ["MLP", "LSTM", "RepeatLSTMClassifier", "SimpleCNN", "Attention", "EncoderLayer", "PairwiseFNN",
-           "PairLSTM", "LSTMEncoderDecoder"]
+           "PairLSTM", "LSTMEncoderDecoder", "DecoderLayer", "TransformerEncoderDecoder"]

@@ -1,10 +1,15 @@
-"""Post-LN Transformer layers with attention through F.scaled_dot_product_attention (paper §2.4).
+"""Post-LN Transformer layers and the SCAN encoder-decoder, attention through
+F.scaled_dot_product_attention (paper §2.4).
 
 Written with plain ops (no nn.MultiheadAttention fast path), so torch.vmap batches them over mask
 samples. Q/K/V/output projections have no bias and Xavier-uniform init, as in the original code.
+Layer norm is torch's (biased variance inside the square root); the original divides by the
+unbiased standard deviation plus 1e-5 (docs/deviations.md).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -56,3 +61,97 @@ class EncoderLayer(nn.Module):
         drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
         x = self.norm1(x + drop(self.attention(x, x, mask)))
         return self.norm2(x + drop(self.ff2(drop(torch.relu(self.ff1(x))))))
+
+
+class DecoderLayer(nn.Module):
+    """Post-LN: x = LN(x + SelfAttention(x, causal)); x = LN(x + CrossAttention(x, memory));
+    x = LN(x + FF(x)). x [B, T, d], memory [B, S, d] -> [B, T, d]."""
+
+    def __init__(self, d_model: int, heads: int, ff_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.self_attention = Attention(d_model, heads, dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.cross_attention = Attention(d_model, heads, dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff1 = nn.Linear(d_model, ff_size)
+        self.ff2 = nn.Linear(ff_size, d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = dropout
+        nn.init.xavier_uniform_(self.ff1.weight, gain=nn.init.calculate_gain("relu"))
+        nn.init.xavier_uniform_(self.ff2.weight)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                causal_mask: torch.Tensor) -> torch.Tensor:
+        """memory_mask bool [B, 1, 1, S], causal_mask bool [1, 1, T, T] (True = attend)."""
+        drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
+        x = self.norm1(x + drop(self.self_attention(x, x, causal_mask)))
+        x = self.norm2(x + drop(self.cross_attention(x, memory, memory_mask)))
+        return self.norm3(x + drop(self.ff2(drop(torch.relu(self.ff1(x))))))
+
+
+def sinusoidal_positions(steps: int, d_model: int, device=None) -> torch.Tensor:
+    """[steps, d_model]: sin on even, cos on odd features, wavelengths up to 10000 * 2 pi."""
+    position = torch.arange(steps, device=device, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32)
+                          * (-math.log(10000.0) / d_model))
+    table = torch.zeros(steps, d_model, device=device)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : d_model // 2]
+    return table
+
+
+class TransformerEncoderDecoder(nn.Module):
+    """The SCAN Transformer (paper §2.4): post-LN, separate input/output embeddings (N(0, 1)) plus
+    sinusoidal positions (no sqrt(d) scaling), `layers` encoder and decoder layers, output Linear
+    with bias. Same call as LSTMEncoderDecoder: teacher forcing in one pass, or greedy decoding
+    that re-runs the decoder over its growing prefix (outputs are a few dozen tokens)."""
+
+    def __init__(self, in_vocab: int, out_vocab: int, d_model: int = 100, heads: int = 4, ff_size: int = 200,
+                 layers: int = 3, dropout: float = 0.1):
+        """in_vocab / out_vocab include EOS (the last id); EOS of the output is also the start token."""
+        super().__init__()
+        self.start = out_vocab - 1
+        self.d_model = d_model
+        self.dropout = dropout
+        self.in_embedding = nn.Embedding(in_vocab, d_model)
+        self.out_embedding = nn.Embedding(out_vocab, d_model)
+        self.encoder = nn.ModuleList(EncoderLayer(d_model, heads, ff_size, dropout) for _ in range(layers))
+        self.decoder = nn.ModuleList(DecoderLayer(d_model, heads, ff_size, dropout) for _ in range(layers))
+        self.output = nn.Linear(d_model, out_vocab)
+
+    def set_dropout(self, rate: float) -> None:
+        """Change every dropout rate (the masks train with dropout off)."""
+        for module in self.modules():
+            if hasattr(module, "dropout"):
+                module.dropout = rate
+
+    def _embed(self, embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        x = embedding(ids) + sinusoidal_positions(ids.shape[1], self.d_model, ids.device)
+        return F.dropout(x, self.dropout, self.training)
+
+    def _decode(self, ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] -> logits [B, T, out_vocab]."""
+        steps = ids.shape[1]
+        causal = torch.ones(steps, steps, dtype=torch.bool, device=ids.device).tril()[None, None]
+        x = self._embed(self.out_embedding, ids)
+        for layer in self.decoder:
+            x = layer(x, memory, memory_mask, causal)
+        return self.output(x)
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, steps: int,
+                teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """src [B, T_in] ids, src_lengths [B]; decode `steps` positions; teacher [B, steps] target
+        ids (None: greedy). Returns logits [B, steps, out_vocab]."""
+        memory_mask = (torch.arange(src.shape[1], device=src.device) < src_lengths.unsqueeze(1))[:, None, None]
+        memory = self._embed(self.in_embedding, src)
+        for layer in self.encoder:
+            memory = layer(memory, memory_mask)
+        start = torch.full_like(src[:, :1], self.start)
+        if teacher is not None:
+            return self._decode(torch.cat([start, teacher[:, :steps - 1]], dim=1), memory, memory_mask)
+        ids = start
+        for step in range(steps):
+            logits = self._decode(ids, memory, memory_mask)
+            if step < steps - 1:
+                ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+        return logits

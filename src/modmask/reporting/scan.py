@@ -1,4 +1,4 @@
-"""Report of the SCAN study (paper §2.3, figures 12-14)."""
+"""Report of the SCAN study (paper §2.3, §2.4, figures 12-14) for either model."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def write_report(out: Path, summary: dict) -> Path:
                      title="Output-layer weights of the simple mask that the jump mask removes")
     rows = [[mask] + [fmt(acc[mask][s]) for s in SPLITS] for mask in acc]
     own, full = mean(acc["jump"]["jump"]), mean(acc["simple"]["jump"])
-    text = ["# SCAN: LSTM encoder-decoder", "",
+    model = {"transformer": "Transformer"}.get(summary["config"].get("model"), "LSTM")
+    text = [f"# SCAN: {model} encoder-decoder", "",
             f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
             f"{summary['config']['pretrain_steps']} steps on simple, {summary['config']['mask_steps']} steps per mask.", "",
             "## Finding", "", PAPER_FINDING, "",
