@@ -1,6 +1,7 @@
 """Ordinary supervised pretraining of the network that the masks will analyse, resumable.
 
-Adam with constant learning rate and global-norm gradient clipping, as the paper's defaults.
+Adam with a constant learning rate (after an optional linear warm-up) and global-norm gradient
+clipping, as the paper's defaults.
 A checkpoint (model, optimiser, sampler state) is written every `checkpoint_every` steps; the
 finished model is `checkpoints/pretrained.safetensors`.
 """
@@ -11,7 +12,7 @@ import os
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -27,18 +28,19 @@ def _save_partial(path, model, optimizer, batches, step) -> None:
 
 def pretrain(model: nn.Module, batches, loss_fn: Callable, run: RunDir, *, steps: int,
              lr: float = 1e-3, grad_clip: float | None = 1.0, checkpoint_every: int = 2000,
-             progress: bool = True) -> nn.Module:
+             progress: bool = True, adam_betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
+             warmup: int = 0) -> nn.Module:
     """Train `model` in place (or load the finished checkpoint); returns it in eval mode.
 
     batches: endless (inputs, targets) with `state()` / `load_state()` (e.g. RandomBatches); inputs
-    is a tensor or a tuple of the model's arguments.
+    is a tensor or a tuple of the model's arguments. warmup: steps of linear learning-rate warm-up.
     """
     final = run.path / "checkpoints" / "pretrained.safetensors"
     if final.exists():
-        model.load_state_dict(load_file(str(final)))
+        load_model(model, str(final))
         return model.eval()
     partial = run.file("checkpoints", "pretrain-partial.pt")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=adam_betas, eps=adam_eps)
     start = 0
     if partial.exists():
         state = torch.load(partial, weights_only=True)
@@ -55,6 +57,9 @@ def pretrain(model: nn.Module, batches, loss_fn: Callable, run: RunDir, *, steps
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if warmup:  # a function of the step alone, so a resumed run needs no scheduler state
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / warmup)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -64,7 +69,7 @@ def pretrain(model: nn.Module, batches, loss_fn: Callable, run: RunDir, *, steps
         if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             _save_partial(partial, model, optimizer, batches, step + 1)
     tmp = final.with_name(final.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    save_model(model, str(tmp))  # handles tied weights (one tensor stored once)
     os.replace(tmp, final)
     partial.unlink(missing_ok=True)
     return model.eval()

@@ -11,6 +11,7 @@ EXPERIMENTS = {
     "permuted_mnist": "modmask.experiments.permuted_mnist",
     "cifar": "modmask.experiments.cifar",
     "scan": "modmask.experiments.scan",
+    "dm_math": "modmask.experiments.dm_math",
 }
 
 

@@ -107,12 +107,12 @@ class ScanBatches:
         self.coin.set_state(state[size:])
 
 
-def _eval_batches(data: ScanData, limit: int) -> list:
+def eval_batches(data: ScanData, limit: int, batch_size: int = 512) -> list:
     """Greedy-decoding batches: ((src, src_lengths, steps, None), (targets, lengths))."""
     if limit:
         data = ScanData(data.pairs[:limit], data.vocab)
     return [((src, src_lengths, targets.shape[1], None), (targets, lengths))
-            for (src, src_lengths), (targets, lengths) in fixed_batches(data, 512)]
+            for (src, src_lengths), (targets, lengths) in fixed_batches(data, batch_size)]
 
 
 def loss(outputs, targets):
@@ -136,7 +136,7 @@ def _model(config: Config, vocab: ScanVocabulary, seed: int) -> torch.nn.Module:
 def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
     vocab = ScanVocabulary.load(config.data)
     train = {s: ScanData.load(s, "train", vocab, config.data) for s in SPLITS}
-    test = {s: _eval_batches(ScanData.load(s, "test", vocab, config.data), config.test_examples) for s in SPLITS}
+    test = {s: eval_batches(ScanData.load(s, "test", vocab, config.data), config.test_examples) for s in SPLITS}
     model = _model(config, vocab, seed)
     teacher = config.setting("teacher_forcing")
     settings = dict(lr=config.lr, grad_clip=config.grad_clip, checkpoint_every=config.checkpoint_every,

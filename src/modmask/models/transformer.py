@@ -103,21 +103,24 @@ def sinusoidal_positions(steps: int, d_model: int, device=None) -> torch.Tensor:
 class TransformerEncoderDecoder(nn.Module):
     """The SCAN Transformer (paper §2.4): post-LN, separate input/output embeddings (N(0, 1)) plus
     sinusoidal positions (no sqrt(d) scaling), `layers` encoder and decoder layers, output Linear
-    with bias. Same call as LSTMEncoderDecoder: teacher forcing in one pass, or greedy decoding
-    that re-runs the decoder over its growing prefix (outputs are a few dozen tokens)."""
+    with bias. `tied=True` is the DeepMind Mathematics variant (§2.5): one embedding for input and
+    output, logits = h E^T / sqrt(d). Same call as LSTMEncoderDecoder: teacher forcing in one pass,
+    or greedy decoding that re-runs the decoder over its growing prefix."""
 
     def __init__(self, in_vocab: int, out_vocab: int, d_model: int = 100, heads: int = 4, ff_size: int = 200,
-                 layers: int = 3, dropout: float = 0.1):
+                 layers: int = 3, dropout: float = 0.1, tied: bool = False):
         """in_vocab / out_vocab include EOS (the last id); EOS of the output is also the start token."""
         super().__init__()
+        if tied and in_vocab != out_vocab:
+            raise ValueError(f"tied embeddings need one vocabulary; got {in_vocab} inputs, {out_vocab} outputs")
         self.start = out_vocab - 1
         self.d_model = d_model
         self.dropout = dropout
         self.in_embedding = nn.Embedding(in_vocab, d_model)
-        self.out_embedding = nn.Embedding(out_vocab, d_model)
+        self.out_embedding = self.in_embedding if tied else nn.Embedding(out_vocab, d_model)
         self.encoder = nn.ModuleList(EncoderLayer(d_model, heads, ff_size, dropout) for _ in range(layers))
         self.decoder = nn.ModuleList(DecoderLayer(d_model, heads, ff_size, dropout) for _ in range(layers))
-        self.output = nn.Linear(d_model, out_vocab)
+        self.output = None if tied else nn.Linear(d_model, out_vocab)
 
     def set_dropout(self, rate: float) -> None:
         """Change every dropout rate (the masks train with dropout off)."""
@@ -136,6 +139,8 @@ class TransformerEncoderDecoder(nn.Module):
         x = self._embed(self.out_embedding, ids)
         for layer in self.decoder:
             x = layer(x, memory, memory_mask, causal)
+        if self.output is None:
+            return x @ self.out_embedding.weight.t() * self.d_model ** -0.5
         return self.output(x)
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, steps: int,

@@ -9,7 +9,8 @@ from ..experiments.rundir import read_json
 
 REPORTS = {"addmul": "modmask.reporting.addmul", "doubleadd": "modmask.reporting.doubleadd",
            "sharing": "modmask.reporting.sharing", "permuted_mnist": "modmask.reporting.permuted_mnist",
-           "cifar": "modmask.reporting.cifar", "scan": "modmask.reporting.scan"}
+           "cifar": "modmask.reporting.cifar", "scan": "modmask.reporting.scan",
+           "dm_math": "modmask.reporting.dm_math"}
 
 
 def write_report(out: str | Path) -> Path:

@@ -1,0 +1,176 @@
+"""DeepMind Mathematics: split-specific weights on a second algorithmic benchmark (paper §2.5; the
+poster: the SCAN finding "occurs on SCAN & DeepMind Mathematics with both LSTM and Transformers").
+
+Per module: pretrain a character-level encoder-decoder on all three train difficulties, then train
+two masks: the control mask on the same full training set, and a mask on train-easy only (the
+original names this stage "hard", but trains it on train_easy). Both are evaluated on the held-out
+hard test set. If the network solved hard problems with the same weights as easy ones, the
+easy-trained mask would do as well there as the control mask; the paper finds it does much worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.evaluation import evaluate
+from ..core.training import TrainedMask, train_mask
+from ..data.dm_math import PAPER_MODULES, char_vocabulary, read_module, split_module
+from ..data.dm_math_generate import generate
+from ..data.root import data_root, writable_dir
+from ..data.scan import ScanData
+from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
+from .pretrain import pretrain
+from .rundir import RunDir, read_json, write_json
+from .scan import ScanBatches, correct, eval_batches, loss
+
+DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
+
+# The paper's per-module settings (§2.5): pretraining batch and steps, linear warm-up steps, and
+# the masks' beta, learning rate, steps and batch size.
+MODULE_SETTINGS = {
+    "arithmetic__add_or_sub": dict(batch_size=256, pretrain_steps=30_000, warmup=0, beta=2e-5, mask_lr=0.03,
+                                   mask_steps=30_000, mask_batch_size=256),
+    "algebra__linear_1d": dict(batch_size=512, pretrain_steps=200_000, warmup=5_000, beta=1e-6, mask_lr=0.02,
+                               mask_steps=50_000, mask_batch_size=400),
+    "calculus__differentiate": dict(batch_size=128, pretrain_steps=40_000, warmup=0, beta=1e-5, mask_lr=0.03,
+                                    mask_steps=40_000, mask_batch_size=128),
+    "comparison__sort": dict(batch_size=256, pretrain_steps=30_000, warmup=0, beta=3e-6, mask_lr=0.03,
+                             mask_steps=30_000, mask_batch_size=256),
+    "polynomials__collect": dict(batch_size=128, pretrain_steps=200_000, warmup=5_000, beta=1e-6, mask_lr=0.02,
+                                 mask_steps=50_000, mask_batch_size=256),
+}
+STAGES = ("control", "easy")  # control: all train difficulties; easy: train_easy only
+
+
+@dataclass(frozen=True)
+class Config:
+    modules: tuple[str, ...] = PAPER_MODULES
+    model: str = "transformer"  # transformer | lstm
+    d_model: int = 512  # Transformer (post-LN, tied embeddings)
+    heads: int = 8
+    ff_size: int = 2048
+    layers: int = 6
+    dropout: float = 0.1
+    embedding: int = 64  # LSTM encoder-decoder
+    hidden: int = 512
+    lr: float = 1e-4
+    adam_betas: tuple[float, float] = (0.9, 0.995)
+    adam_eps: float = 1e-9
+    grad_clip: float = 0.1
+    # None: the module's setting from MODULE_SETTINGS; a number: the same for every module.
+    batch_size: int | None = None
+    pretrain_steps: int | None = None
+    warmup: int | None = None
+    beta: float | None = None
+    mask_lr: float | None = None
+    mask_steps: int | None = None
+    mask_batch_size: int | None = None
+    k: int = 8
+    # The original divides the regulariser by the pretraining batch size even where the mask batch
+    # differs (linear_1d, polycollect); modmask divides by the mask batch unless this is set.
+    original_regulariser_batch: bool = False
+    held_out: int = 10_000  # test examples taken from each train difficulty
+    test_examples: int = 0  # evaluate on at most this many hard test examples (0: all)
+    data: str | None = None  # the released archive's folder; None: generate with DeepMind's generator
+    generate_train: int = 200_000  # examples per train difficulty and module when generating
+    generate_test: int = 10_000  # interpolation examples per module when generating
+    generate_seed: int = 0
+    checkpoint_every: int = 2000
+
+    def __post_init__(self):
+        if self.model not in ("transformer", "lstm"):
+            raise ValueError(f"model must be transformer or lstm, not {self.model!r}")
+        unknown = [m for m in self.modules if m not in MODULE_SETTINGS]
+        if unknown:
+            raise ValueError(f"unknown modules {unknown}; the paper's modules: {', '.join(MODULE_SETTINGS)}")
+        if self.k < 1 or (self.mask_batch_size or 8) % self.k:
+            raise ValueError(f"mask_batch_size must be a multiple of k={self.k}")
+
+    def setting(self, module: str, name: str):
+        """A per-module setting: the configured value, or the paper's value for `module` when None."""
+        value = getattr(self, name)
+        return MODULE_SETTINGS[module][name] if value is None else value
+
+
+SMALL = dict(d_model=128, heads=4, ff_size=256, layers=2, lr=5e-4, grad_clip=1.0, batch_size=64,
+             pretrain_steps=5_000, warmup=500, mask_batch_size=64, mask_steps=1_500, mask_lr=0.03,
+             held_out=1_000, test_examples=1_000, generate_train=12_000, generate_test=1_000)
+PRESETS = {
+    "smoke": dict(modules=("arithmetic__add_or_sub",), d_model=16, heads=2, ff_size=32, layers=1, batch_size=16,
+                  pretrain_steps=20, warmup=5, mask_steps=6, mask_batch_size=16, held_out=20, test_examples=32,
+                  generate_train=80, generate_test=20, checkpoint_every=10),
+    "small": SMALL,
+    "small-lstm": {**SMALL, "model": "lstm", "hidden": 256, "embedding": 32, "lr": 1e-3},
+    "paper": dict(),
+    "paper-lstm": dict(model="lstm"),
+}
+
+
+def _data_folder(config: Config, module: str, progress: bool) -> Path:
+    """The released archive (config.data), or generated files cached per generation setting."""
+    if config.data is not None:
+        return Path(config.data)
+    cache = writable_dir(data_root()) / "dm_math_generated" / (
+        f"seed{config.generate_seed}-train{config.generate_train}-test{config.generate_test}")
+    return generate(module, cache, config.generate_train, config.generate_test, config.generate_seed, progress)
+
+
+def _model(config: Config, vocab_size: int, seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if config.model == "transformer":
+            return TransformerEncoderDecoder(vocab_size, vocab_size, config.d_model, config.heads, config.ff_size,
+                                             config.layers, config.dropout, tied=True)
+        return LSTMEncoderDecoder(vocab_size, vocab_size, config.embedding, config.hidden, dropout=config.dropout)
+
+
+def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress: bool) -> dict:
+    """Pretrain, the two masks, and the hard-test accuracies for one module."""
+    with run_dir.timed("data"):
+        sets = split_module(read_module(_data_folder(config, module, progress), module), config.held_out)
+    vocab = char_vocabulary(sets)
+    data = {name: ScanData(pairs, vocab) for name, pairs in sets.items()}
+    full = ScanData(sets["train_easy"] + sets["train_medium"] + sets["train_hard"], vocab)
+    tests = {d: eval_batches(data[f"test_{d}"], config.test_examples, 256) for d in ("easy", "hard")}
+    model = _model(config, len(vocab.in_words) + 1, seed)
+    with run_dir.timed("pretrain"):
+        pretrain(model, ScanBatches(full, config.setting(module, "batch_size"), seed, 1.0), loss, run_dir,
+                 steps=config.setting(module, "pretrain_steps"), lr=config.lr, grad_clip=config.grad_clip,
+                 adam_betas=config.adam_betas, adam_eps=config.adam_eps, warmup=config.setting(module, "warmup"),
+                 checkpoint_every=config.checkpoint_every, progress=progress)
+
+    masks = {}
+    for index, (stage, train) in enumerate({"control": full, "easy": data["train_easy"]}.items()):
+        path = run_dir.file("masks", f"{stage}.safetensors")
+        if not path.exists():
+            batch = config.setting(module, "mask_batch_size")
+            reg_batch = config.setting(module, "batch_size") if config.original_regulariser_batch else None
+            with run_dir.timed(f"mask:{stage}"):
+                trained = train_mask(model, ScanBatches(train, batch, 1234 + seed * 10 + index, 1.0), loss,
+                                     steps=config.setting(module, "mask_steps"), k=config.k,
+                                     beta=config.setting(module, "beta"), lr=config.setting(module, "mask_lr"),
+                                     reg_batch_size=reg_batch, seed=seed * 10 + index,
+                                     progress=f"mask {stage}" if progress else False,
+                                     on_log=lambda r, s=stage: run_dir.log({"phase": f"mask:{s}", **r}))
+            trained.save(path)
+        masks[stage] = TrainedMask.load(path, model).masks
+
+    with run_dir.timed("evaluate"):
+        accuracy = {name: {d: evaluate(model, mask, tests[d], correct) * 100 for d in tests}
+                    for name, mask in {"pretrained": {}, **masks}.items()}
+    return {"accuracy": accuracy, "densities": {s: m.density() for s, m in masks.items()},
+            "sizes": {name: len(pairs) for name, pairs in sets.items()}, "timings": run_dir.timings()}
+
+
+def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+    results = {}
+    for module in config.modules:
+        module_dir = RunDir(run_dir.path / module)
+        done = module_dir.path / "results.json"
+        if not done.exists():
+            write_json(done, run_module(config, module, module_dir, seed, progress))
+        results[module] = read_json(done)
+    return {"modules": results}

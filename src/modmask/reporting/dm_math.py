@@ -1,0 +1,42 @@
+"""Report of the DeepMind Mathematics study (paper §2.5, the dm_math figure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import plots
+from .study import save_report
+from .tables import fmt, mean, std, table, timings_table
+
+BARS = {"pretrained": "train (no mask)", "control": "control (mask on all train data)",
+        "easy": "mask trained on train-easy"}
+PAPER_FINDING = ("The paper: on every module the mask trained on the easy split does much worse on the hard "
+                 "test set than the control mask trained on all the data, although the pretrained network "
+                 "(and the control mask) solve many hard problems: the weights that handle easy problems "
+                 "are not a general algorithm that also covers the hard ones.")
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    modules = summary["aggregate"]["modules"]
+    names = list(modules)
+    series = {label: [mean(modules[m]["accuracy"][key]["hard"]) for m in names] for key, label in BARS.items()}
+    errors = {label: [std(modules[m]["accuracy"][key]["hard"]) for m in names] for key, label in BARS.items()}
+    short = [m.split("__", 1)[-1] for m in names]
+    plots.bar_groups(out / "figures" / "accuracy_hard.png", short, series, errors,
+                     ylabel="accuracy on test_hard [%]", title="DeepMind Mathematics", ylim=(0, 100))
+    config = summary["config"]
+    rows = []
+    for m in names:
+        acc = modules[m]["accuracy"]
+        rows.append([m] + [f"{fmt(acc[key]['hard'])} ({fmt(acc[key]['easy'])})" for key in BARS]
+                    + [fmt(modules[m]["densities"]["control"], 3), fmt(modules[m]["densities"]["easy"], 3)])
+    text = [f"# DeepMind Mathematics: {config['model']} encoder-decoder", "",
+            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std). Data: "
+            f"{config['data'] or 'generated with DeepMind generator, %d examples per train difficulty' % config['generate_train']}.",
+            "", "## Finding", "", PAPER_FINDING, "",
+            "## Accuracy on the hard test set (easy test set in brackets) [%]", "",
+            table(["module", *BARS.values(), "control density", "easy density"], rows), "",
+            "![accuracy](figures/accuracy_hard.png)", ""]
+    for m in names:
+        text += [f"### Timings, {m} (seconds per seed)", "", timings_table(modules[m]["timings"]), ""]
+    return save_report(out, text)
