@@ -1,4 +1,5 @@
-"""Command line: `modmask list`, `modmask run EXPERIMENT ...`, `modmask report RUN_DIR`."""
+"""Command line: `modmask list`, `modmask run EXPERIMENT ...`, `modmask sweep EXPERIMENT ...`,
+`modmask report RUN_DIR`."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from .allocator import keep_freed_memory
 from .experiments import registry
 from .experiments.config import ConfigError, field_types, parse_overrides
 from .experiments.runner import run_experiment
+from .experiments.sweep import SweepError, run_sweep
 from .reporting import write_report
 from .reporting.half_mask import write_half_mask_figure
+from .tracking import TrackerUnavailable, check_available, parse_track
 
 
 def _list(_args) -> int:
@@ -28,13 +31,31 @@ def _run(args) -> int:
     module = registry.get(args.experiment)
     overrides = parse_overrides(module.Config, args.set)
     out = args.out or f"runs/{args.experiment}-{args.preset}"
+    track = parse_track(args.track)
+    check_available(track)
     start = time.perf_counter()
     run_experiment(args.experiment, args.preset, overrides, out, seeds=args.seeds,
-                   progress=not args.quiet)
+                   progress=not args.quiet, track=track)
     report = write_report(out)
     logging.info("finished in %.1f s; report: %s", time.perf_counter() - start, report)
     print(report)
     return 0
+
+
+def _sweep(args) -> int:
+    out = args.out or f"runs/sweep-{args.experiment}-{args.preset}"
+    start = time.perf_counter()
+    summary = run_sweep(args.experiment, args.preset, args.grid, args.seeds, out, sets=args.set,
+                        address=args.address, workers=args.workers, cpus_per_run=args.cpus_per_run,
+                        gpus_per_run=args.gpus_per_run, retries=args.retries, track=parse_track(args.track))
+    report = write_report(out)
+    logging.info("sweep finished in %.1f s: %d run(s), %d skipped, %d ran, %d failed; report: %s",
+                 time.perf_counter() - start, summary["runs"], summary["skipped"], summary["ran"],
+                 len(summary["failed"]), report)
+    print(report)
+    for failure in summary["failed"]:
+        print(f"modmask: failed: {failure}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 def _report(args) -> int:
@@ -59,8 +80,27 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, default=1, help="number of seeds (run 0..N-1)")
     run.add_argument("--out", help="run directory (default runs/EXPERIMENT-PRESET)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--track", metavar="NAMES", help="also log metrics to tensorboard and/or wandb (comma-separated)")
     run.set_defaults(func=_run)
-    report = commands.add_parser("report", help="rebuild the report of a run directory, without training")
+    sweep = commands.add_parser("sweep", help="run every combination of grid values x seeds as Ray tasks "
+                                "(needs pip install 'modmask[sweep]')")
+    sweep.add_argument("experiment")
+    sweep.add_argument("--preset", default="small", help="smoke, small or paper (default small)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="values of a config key to sweep (repeatable; ';' separates values of tuple keys "
+                            "such as hidden='16,16;32,32')")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key everywhere")
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds per grid point (0..N-1)")
+    sweep.add_argument("--out", help="sweep directory (default runs/sweep-EXPERIMENT-PRESET)")
+    sweep.add_argument("--address", help="an existing Ray cluster (e.g. auto or ray://HOST:10001); "
+                                         "default: a local Ray instance")
+    sweep.add_argument("--workers", type=int, help="local instance: runs at once (default: all cores / --cpus-per-run)")
+    sweep.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each run requests (and torch threads)")
+    sweep.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each run requests from Ray (default 0)")
+    sweep.add_argument("--retries", type=int, default=2, help="retries of a run whose worker died or that failed")
+    sweep.add_argument("--track", metavar="NAMES", help="also log metrics to tensorboard and/or wandb (comma-separated)")
+    sweep.set_defaults(func=_sweep)
+    report = commands.add_parser("report", help="rebuild the report of a run or sweep directory, without training")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
     half = commands.add_parser("half-mask", help="the half-mask figure across finished runs (paper figure 11)")
@@ -72,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         return args.func(args)
-    except (ConfigError, KeyError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, KeyError, FileNotFoundError, ValueError, SweepError, TrackerUnavailable) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"modmask: error: {message}", file=sys.stderr)
         return 2

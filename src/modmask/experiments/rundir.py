@@ -12,7 +12,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def _clean(value):
@@ -44,9 +44,10 @@ def read_json(path: Path) -> Any:
 class RunDir:
     """Paths and bookkeeping of one run (one seed)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, on_log: Callable[[dict], None] | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.on_log = on_log  # also receives every logged record (experiment tracking, modmask.tracking)
 
     def file(self, *parts: str) -> Path:
         path = self.path.joinpath(*parts)
@@ -69,6 +70,8 @@ class RunDir:
         """Append one line to metrics.jsonl (a torn last line is skipped when read)."""
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(_clean(record)) + "\n")
+        if self.on_log is not None:
+            self.on_log(record)
 
     @contextmanager
     def timed(self, phase: str):

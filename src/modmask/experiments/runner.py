@@ -1,12 +1,17 @@
 """Running an experiment: resolve the config, run each seed in its own run directory (resuming
-what is there), and aggregate the seeds' results (mean and standard deviation)."""
+what is there), and aggregate the seeds' results (mean and standard deviation).
+
+`run_seed` runs one seed and `collect` aggregates finished seeds, so a sweep can run the seeds of
+one run directory as separate tasks (experiments/sweep.py); `run_experiment` is both in a row.
+"""
 
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from ..tracking import open_trackers
 from . import registry
 from .config import resolve, to_json
 from .rundir import RunDir, read_json, write_json
@@ -30,26 +35,59 @@ def aggregate(values: list[Any]) -> Any:
     return first
 
 
-def run_experiment(name: str, preset: str, overrides: dict, out: str | Path, seeds: int = 1,
-                   progress: bool = True) -> dict:
-    """Run (or resume) `seeds` seeds of an experiment into out/seed-<i>; write out/results.json."""
+def describe(name: str, preset: str, overrides: dict) -> dict:
+    """The resolved config as stored in config.json (raises ConfigError for a bad preset or key)."""
+    module = registry.get(name)
+    return {"experiment": name, "preset": preset, **to_json(resolve(module.Config, module.PRESETS, preset, overrides))}
+
+
+def prepare(name: str, preset: str, overrides: dict, out: str | Path) -> dict:
+    """Check (or write) out/config.json; refuses a directory that holds a run with other settings."""
+    described = describe(name, preset, overrides)
+    RunDir(out).check_config(described)
+    return described
+
+
+def seed_finished(out: str | Path, seed: int) -> bool:
+    return (Path(out) / f"seed-{seed}" / "results.json").exists()
+
+
+def run_seed(name: str, preset: str, overrides: dict, out: str | Path, seed: int, progress: bool = True,
+             track: Sequence[str] = ()) -> dict:
+    """Run (or resume) one seed into out/seed-<seed> and return its results; a finished seed is
+    only read. `track`: tracker names (modmask.tracking) that also receive the metrics."""
     module = registry.get(name)
     config = resolve(module.Config, module.PRESETS, preset, overrides)
-    described = {"experiment": name, "preset": preset, **to_json(config)}
-    top = RunDir(out)
-    top.check_config(described)
-    per_seed = []
-    for seed in range(seeds):
-        run = RunDir(top.path / f"seed-{seed}")
-        run.check_config(described)
-        results_path = run.path / "results.json"
-        if results_path.exists():
-            per_seed.append(read_json(results_path))
-            continue
+    described = prepare(name, preset, overrides, out)
+    run = RunDir(Path(out) / f"seed-{seed}")
+    run.check_config(described)
+    results_path = run.path / "results.json"
+    if results_path.exists():
+        return read_json(results_path)
+    with open_trackers(track, run.path, f"{Path(out).name}/seed-{seed}", described) as trackers:
+        run.on_log = trackers.log
         results = module.run(config, run, seed, progress)
-        write_json(results_path, results)
-        per_seed.append(read_json(results_path))
+    write_json(results_path, results)
+    return read_json(results_path)
+
+
+def collect(name: str, preset: str, overrides: dict, out: str | Path, seeds: int) -> dict:
+    """Aggregate seeds 0..seeds-1 (all finished) into out/results.json and return the summary."""
+    described = prepare(name, preset, overrides, out)
+    missing = [seed for seed in range(seeds) if not seed_finished(out, seed)]
+    if missing:
+        raise FileNotFoundError(f"{out}: seed(s) {missing} have no results.json yet")
+    per_seed = [read_json(Path(out) / f"seed-{seed}" / "results.json") for seed in range(seeds)]
     summary = {"experiment": name, "preset": preset, "config": described, "seeds": seeds,
                "aggregate": aggregate(per_seed), "per_seed": per_seed}
-    write_json(top.path / "results.json", summary)
+    write_json(Path(out) / "results.json", summary)
     return summary
+
+
+def run_experiment(name: str, preset: str, overrides: dict, out: str | Path, seeds: int = 1,
+                   progress: bool = True, track: Sequence[str] = ()) -> dict:
+    """Run (or resume) `seeds` seeds of an experiment into out/seed-<i>; write out/results.json."""
+    prepare(name, preset, overrides, out)
+    for seed in range(seeds):
+        run_seed(name, preset, overrides, out, seed, progress, track)
+    return collect(name, preset, overrides, out, seeds)

@@ -14,8 +14,13 @@ REPORTS = {"addmul": "modmask.reporting.addmul", "doubleadd": "modmask.reporting
 
 
 def write_report(out: str | Path) -> Path:
-    """(Re)build report.md and figures/ of an experiment run directory from its results.json."""
+    """(Re)build report.md and figures/ of an experiment run directory from its results.json, or
+    of a sweep directory (one holding sweep.json) from its points' results."""
     out = Path(out)
+    if (out / "sweep.json").exists():
+        from . import sweep
+
+        return sweep.write_report(out)
     path = out / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: is {out} a finished run directory? "

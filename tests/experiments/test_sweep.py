@@ -1,0 +1,229 @@
+"""Sweeps on a local Ray instance with 2 workers: the add/mul smoke preset over 2 seeds x 2 betas,
+a restart skips finished runs, a worker killed mid-run is retried and the aggregate is complete;
+grid errors come before Ray starts; the sweep report; the tracking adapters."""
+
+import json
+import struct
+import sys
+import types
+
+import pytest
+import ray
+
+from modmask import cli, tracking
+from modmask.experiments import sweep
+from modmask.experiments.rundir import RunDir, write_json
+
+BETAS = ["beta=0.0001", "beta=0.001"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance (2 CPUs: 2 runs at once) for the module; sweeps reuse it."""
+    assert sweep.start_ray(workers=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def swept(local_ray, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    argv = ["sweep", "addmul", "--preset", "smoke", "--grid", "beta=1e-4,1e-3", "--seeds", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    return out
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sweep_runs_every_point_and_seed_and_aggregates(swept):
+    described = json.loads((swept / "sweep.json").read_text())
+    assert described["grid"] == {"beta": [0.0001, 0.001]} and described["seeds"] == 2
+    assert [p["name"] for p in described["points"]] == BETAS
+    for name, beta in zip(BETAS, (1e-4, 1e-3)):
+        point = swept / name
+        assert json.loads((point / "config.json").read_text())["beta"] == beta
+        for seed in (0, 1):
+            assert (point / f"seed-{seed}/results.json").exists()
+            assert (point / f"seed-{seed}/masks/mul.safetensors").exists()
+        summary = json.loads((point / "results.json").read_text())  # an ordinary run directory
+        assert summary["seeds"] == 2 and set(summary["aggregate"]["accuracy"]["Full"]["iid"]) == {"mean", "std"}
+    results = json.loads((swept / "sweep_results.json").read_text())
+    for point in results["points"]:
+        assert point["seeds"] == [0, 1]
+        per_seed = [json.loads((swept / point["name"] / f"seed-{s}/results.json").read_text()) for s in (0, 1)]
+        shared = [r["masks"]["overlap"]["add|mul"][-1]["shared_add"] for r in per_seed]
+        assert point["headline"]["shared (+ mask)"]["mean"] == pytest.approx(sum(shared) / 2)
+        assert point["headline"]["shared (+ mask)"]["std"] == pytest.approx(abs(shared[0] - shared[1]) / 2)
+    report = (swept / "report.md").read_text()
+    assert "| 0.0001 | 2/2 |" in report and "| 0.001 | 2/2 |" in report
+    assert "![sharing vs beta](figures/sharing_vs_beta.png)" in report
+    assert (swept / "figures/sharing_vs_beta.png").exists()
+
+
+def test_restart_skips_finished_runs(swept, monkeypatch):
+    runs = {f"{p}/seed-{s}": swept / p / f"seed-{s}" for p in BETAS for s in (0, 1)}
+    before = {name: ((run / "results.json").stat().st_mtime_ns, len(_lines(run / "metrics.jsonl")))
+              for name, run in runs.items()}
+    # Everything finished: nothing is submitted and Ray is not even started.
+    monkeypatch.setattr(sweep, "start_ray", lambda *a, **k: pytest.fail("Ray started for a finished sweep"))
+    summary = sweep.run_sweep("addmul", "smoke", ["beta=1e-4,1e-3"], 2, swept)
+    assert (summary["skipped"], summary["ran"], summary["failed"]) == (4, 0, [])
+    # One run lost its results (killed before the end): only that run runs again, and it resumes.
+    monkeypatch.undo()
+    (runs["beta=0.001/seed-1"] / "results.json").unlink()
+    assert cli.main(["sweep", "addmul", "--preset", "smoke", "--grid", "beta=1e-4,1e-3", "--seeds", "2",
+                     "--out", str(swept)]) == 0
+    after = {name: ((run / "results.json").stat().st_mtime_ns, len(_lines(run / "metrics.jsonl")))
+             for name, run in runs.items()}
+    for name in runs:
+        if name == "beta=0.001/seed-1":
+            assert after[name][0] != before[name][0]  # results written again
+            assert after[name][1] == before[name][1]  # from the finished stages: no training redone
+        else:
+            assert after[name] == before[name], name
+
+
+def test_killed_worker_is_retried_and_the_aggregate_is_complete(local_ray, tmp_path, monkeypatch):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(sweep.KILL_ONCE_ENV, str(marker))
+    out = tmp_path / "sweep"
+    summary = sweep.run_sweep("addmul", "smoke", ["beta=1e-4"], 2, out, retries=2, track=["tensorboard"])
+    assert marker.exists(), "no worker was killed"
+    assert (summary["ran"], summary["failed"]) == (2, [])
+    restarted = []
+    for seed in (0, 1):
+        run = out / "beta=0.0001" / f"seed-{seed}"
+        for path in ("results.json", "checkpoints/pretrained.safetensors", "masks/full.safetensors",
+                     "masks/add.safetensors", "masks/mul.safetensors", "timings.json"):
+            assert (run / path).exists(), (seed, path)
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        first_steps = [r for r in _lines(run / "metrics.jsonl") if r["phase"] == "pretrain" and r["step"] == 0]
+        restarted.append(len(first_steps) == 2)  # the killed attempt had written its first line
+    assert sorted(restarted) == [False, True]
+    assert cli.main(["report", str(out)]) == 0
+    point = json.loads((out / "sweep_results.json").read_text())["points"][0]
+    assert point["seeds"] == [0, 1] and point["aggregate"]["masks"] is not None
+    assert json.loads((out / "beta=0.0001/results.json").read_text())["seeds"] == 2
+
+
+def test_grid_errors_come_before_ray_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "start_ray", lambda *a, **k: pytest.fail("Ray started"))
+    out = tmp_path / "sweep"
+    base = ["sweep", "addmul", "--preset", "smoke", "--out", str(out)]
+    assert cli.main(base + ["--grid", "nope=1,2"]) == 2
+    assert "unknown config key 'nope'; valid keys:" in capsys.readouterr().err
+    assert cli.main(base + ["--grid", "beta=1e-4,abc"]) == 2
+    assert "beta expects a float, not 'abc'" in capsys.readouterr().err
+    assert cli.main(base + ["--grid", "beta=1e-4", "--set", "beta=1e-3"]) == 2
+    assert "both set (--set) and swept (--grid)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_without_ray_the_error_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    assert cli.main(["sweep", "addmul", "--preset", "smoke", "--out", str(tmp_path / "s")]) == 2
+    assert "pip install 'modmask[sweep]'" in capsys.readouterr().err
+
+
+def test_grid_values_and_point_names():
+    fixed, axes, points = sweep.plan("addmul", "smoke", ["hidden=16,16;32,32", "beta=1e-4", "beta=0.001,1e-4"],
+                                     ["k=2"])
+    assert fixed == {"k": 2} and axes == {"hidden": [(16, 16), (32, 32)], "beta": [1e-4, 1e-3]}
+    assert [p.name for p in points] == ["hidden=16x16,beta=0.0001", "hidden=16x16,beta=0.001",
+                                        "hidden=32x32,beta=0.0001", "hidden=32x32,beta=0.001"]
+    assert points[1].values == {"hidden": (16, 16), "beta": 1e-3}
+    assert [p.name for p in sweep.plan("addmul", "smoke")[2]] == ["base"]
+
+
+def _addmul_results(shared_add, iou):
+    accuracy = {c: {"+": 90.0, "*": 80.0, "iid": 85.0} for c in ("Full", "+", "*", "¬+", "¬*")}
+    total = {"tensor": "total", "shared_add": shared_add, "shared_mul": shared_add / 2, "iou": iou}
+    return {"accuracy": accuracy, "masks": {"overlap": {"add|mul": [total]}}, "timings": {"pretrain": 1.0}}
+
+
+def test_report_of_a_size_and_beta_grid_without_training(tmp_path):
+    """Sharing against network size (one figure per beta) and against beta (one per size)."""
+    sizes, betas = [[16, 16], [32, 32]], [1e-4, 1e-3]
+    points = [{"name": f"hidden={'x'.join(map(str, h))},beta={b!r}", "values": {"hidden": h, "beta": b}}
+              for h in sizes for b in betas]
+    write_json(tmp_path / "sweep.json", {"experiment": "addmul", "preset": "smoke", "set": {},
+                                         "grid": {"hidden": sizes, "beta": betas}, "seeds": 2, "points": points})
+    for i, point in enumerate(points):
+        for seed in (0, 1) if i else (0,):  # the first point lacks a seed
+            write_json(tmp_path / point["name"] / f"seed-{seed}/results.json", _addmul_results(0.1 * i + 0.2 * seed, 0.5))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    for name in ("sharing_vs_size-beta=0.0001", "sharing_vs_size-beta=0.001", "sharing_vs_beta-hidden=16x16",
+                 "sharing_vs_beta-hidden=32x32"):
+        assert (tmp_path / "figures" / f"{name}.png").exists(), name
+    results = json.loads((tmp_path / "sweep_results.json").read_text())["points"]
+    assert results[0]["seeds"] == [0] and results[3]["seeds"] == [0, 1]
+    assert results[3]["headline"]["shared (+ mask)"] == pytest.approx({"mean": 0.4, "std": 0.1})
+    report = (tmp_path / "report.md").read_text()
+    assert "| 16x16 | 0.0001 | 1/2 |" in report and "Incomplete: hidden=16x16,beta=0.0001 (1/2 seeds)" in report
+
+
+def _scalars(directory):
+    """(tag, step, value) of every scalar in the TensorBoard event files under `directory`."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    found = []
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):  # TFRecord: length (u64), its CRC (u32), payload, payload CRC (u32)
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 16 + length
+            found += [(v.tag, event.step, v.simple_value) for v in event.summary.value if v.HasField("simple_value")]
+    return found
+
+
+def test_tensorboard_adapter_writes_each_phase_as_scalars(tmp_path):
+    run = RunDir(tmp_path)
+    with tracking.open_trackers(["tensorboard"], run.path, "demo/seed-0", {"beta": 1e-4}) as trackers:
+        run.on_log = trackers.log
+        run.log({"phase": "pretrain", "step": 0, "loss": 2.5})
+        run.log({"phase": "pretrain", "step": 200, "loss": 1.5})
+        run.log({"phase": "mask:add", "step": 0, "loss": 0.5, "density": 0.9, "note": "text is skipped"})
+    assert len(_lines(tmp_path / "metrics.jsonl")) == 3
+    assert _scalars(tmp_path / "tensorboard") == [("pretrain/loss", 0, 2.5), ("pretrain/loss", 200, 1.5),
+                                                  ("mask/add/loss", 0, 0.5), ("mask/add/density", 0, pytest.approx(0.9))]
+
+
+def test_wandb_adapter_logs_offline_with_a_step_axis_per_phase(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeRun:
+        def define_metric(self, name, step_metric=None):
+            calls.append(("define", name, step_metric))
+
+        def log(self, row):
+            calls.append(("log", row))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with tracking.open_trackers(["wandb"], tmp_path, "demo/seed-0", {"beta": 1e-4}) as trackers:
+        trackers.log({"phase": "pretrain", "step": 0, "loss": 2.5})
+        trackers.log({"phase": "pretrain", "step": 200, "loss": 1.5})
+    init_kwargs = calls[0][1]
+    assert init_kwargs["mode"] == "offline" and init_kwargs["dir"] == str(tmp_path)
+    assert init_kwargs["config"] == {"beta": 1e-4} and init_kwargs["name"] == "demo/seed-0"
+    assert calls[1:] == [("define", "pretrain/step", None), ("define", "pretrain/*", "pretrain/step"),
+                         ("log", {"pretrain/loss": 2.5, "pretrain/step": 0}),
+                         ("log", {"pretrain/loss": 1.5, "pretrain/step": 200}), ("finish",)]
+
+
+def test_missing_tracker_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    assert cli.main(["run", "addmul", "--preset", "smoke", "--out", str(tmp_path / "r"), "--track", "wandb"]) == 2
+    assert "pip install wandb" in capsys.readouterr().err
+    assert cli.main(["run", "addmul", "--preset", "smoke", "--out", str(tmp_path / "r"), "--track", "mlflow"]) == 2
+    assert "unknown tracker(s) ['mlflow']" in capsys.readouterr().err
