@@ -4,8 +4,10 @@ from .cnn import SimpleCNN
 from .lstm import LSTM, RepeatLSTMClassifier
 from .mlp import MLP
 from .pairs import PairLSTM, PairwiseFNN
+from .resnet import CifarResNet
 from .seq2seq import LSTMEncoderDecoder
 from .transformer import Attention, DecoderLayer, EncoderLayer, TransformerEncoderDecoder
 
 __all__ = ["MLP", "LSTM", "RepeatLSTMClassifier", "SimpleCNN", "Attention", "EncoderLayer", "PairwiseFNN",
-           "PairLSTM", "LSTMEncoderDecoder", "DecoderLayer", "TransformerEncoderDecoder"]
+           "PairLSTM", "LSTMEncoderDecoder", "DecoderLayer", "TransformerEncoderDecoder",
+           "CifarResNet"]
