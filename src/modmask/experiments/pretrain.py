@@ -1,7 +1,9 @@
 """Ordinary supervised pretraining of the network that the masks will analyse, resumable.
 
 Adam with a constant learning rate (after an optional linear warm-up) and global-norm gradient
-clipping, as the paper's defaults.
+clipping, as the paper's defaults; or SGD with momentum and weight decay (the CIFAR ResNet, §2.6).
+The learning rate can drop by a factor at given steps (`lr_drops`); warm-up and drops are
+functions of the step alone, so a resumed run needs no scheduler state.
 A checkpoint (model, optimiser, sampler state) is written every `checkpoint_every` steps; the
 finished model is `checkpoints/pretrained.safetensors`.
 """
@@ -26,21 +28,35 @@ def _save_partial(path, model, optimizer, batches, step) -> None:
     os.replace(tmp, path)
 
 
+def step_lr(step: int, lr: float, warmup: int = 0, lr_drops: tuple[int, ...] = (),
+            lr_drop_factor: float = 0.1) -> float:
+    """The learning rate of update `step` (0-based): linear warm-up over `warmup` steps, times
+    lr_drop_factor for every drop step <= step."""
+    scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return lr * scale * lr_drop_factor ** sum(step >= drop for drop in lr_drops)
+
+
 def pretrain(model: nn.Module, batches, loss_fn: Callable, run: RunDir, *, steps: int,
              lr: float = 1e-3, grad_clip: float | None = 1.0, checkpoint_every: int = 2000,
              progress: bool = True, adam_betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
-             warmup: int = 0) -> nn.Module:
+             warmup: int = 0, optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0,
+             lr_drops: tuple[int, ...] = (), lr_drop_factor: float = 0.1) -> nn.Module:
     """Train `model` in place (or load the finished checkpoint); returns it in eval mode.
 
     batches: endless (inputs, targets) with `state()` / `load_state()` (e.g. RandomBatches); inputs
     is a tensor or a tuple of the model's arguments. warmup: steps of linear learning-rate warm-up.
+    optimizer: 'adam' (adam_betas, adam_eps) or 'sgd' (momentum, weight_decay). lr_drops: steps
+    from which the learning rate is multiplied by lr_drop_factor once more (e.g. (32000, 48000)).
     """
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', not {optimizer!r}")
     final = run.path / "checkpoints" / "pretrained.safetensors"
     if final.exists():
         load_model(model, str(final))
         return model.eval()
     partial = run.file("checkpoints", "pretrain-partial.pt")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=adam_betas, eps=adam_eps)
+    optimizer = (torch.optim.Adam(model.parameters(), lr=lr, betas=adam_betas, eps=adam_eps) if optimizer == "adam"
+                 else torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay))
     start = 0
     if partial.exists():
         state = torch.load(partial, weights_only=True)
@@ -57,9 +73,9 @@ def pretrain(model: nn.Module, batches, loss_fn: Callable, run: RunDir, *, steps
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if warmup:  # a function of the step alone, so a resumed run needs no scheduler state
+        if warmup or lr_drops:  # a function of the step alone, so a resumed run needs no scheduler state
             for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / warmup)
+                group["lr"] = step_lr(step, lr, warmup, lr_drops, lr_drop_factor)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
