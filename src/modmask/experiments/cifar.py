@@ -2,10 +2,12 @@
 about class similarity (paper §2.6; the poster: "CNNs on CIFAR 10 rely heavily on class-exclusive
 weights ... removing such weights hurts performance").
 
-Pretrain the simple CNN on 80% of the training images; train a reference mask on all classes and,
-for each class k, a mask on the data without class k (the output layer keeps the reference mask).
-The weights a class-k mask lacks are those only class k needs: under that mask class k's accuracy
-drops, and the confusion-matrix changes show which classes take over its examples.
+Pretrain the simple CNN on 80% of the training images (or, with `model=resnet`, ResNet-110 on all
+of them with crop-and-flip augmentation, evaluated on the official test set); train a reference
+mask on all classes and, for each class k, a mask on the data without class k (the output layer
+keeps the reference mask). The weights a class-k mask lacks are those only class k needs: under
+that mask class k's accuracy drops, and the confusion-matrix changes show which classes take over
+its examples.
 """
 
 from __future__ import annotations
@@ -19,33 +21,57 @@ from ..core.analysis import iou
 from ..core.evaluation import collect
 from ..core.masks import Masks
 from ..core.training import TrainedMask, train_mask
+from ..data.augment import AugmentedBatches
 from ..data.cifar import ImageClassData, channel_stats, load_cifar10
 from ..data.mnist import train_valid_split
 from ..data.sampling import IndexSubset, RandomBatches, fixed_batches
-from ..models import SimpleCNN
+from ..models import CifarResNet, SimpleCNN
 from .pretrain import pretrain
 from .rundir import RunDir
 from .study import half_mask_test
 
-DESCRIPTION = "CIFAR-10 simple CNN: class-exclusive weights and confusion changes"
+DESCRIPTION = "CIFAR-10 simple CNN or ResNet-110: class-exclusive weights and confusion changes"
+
+# Per-model defaults of the settings left None in Config (paper §2.6); a default of None means
+# batch_size. They are filled in when the Config is made, so config.json holds the values (and a
+# CNN config holds exactly the values it held before the ResNet was added).
+MODEL_DEFAULTS = {"cnn": dict(pretrain_steps=20_000, lr=1e-3, mask_steps=20_000, mask_lr=1e-3, beta=3e-4,
+                              mask_batch_size=None),
+                  "resnet": dict(pretrain_steps=64_000, lr=0.1, mask_steps=30_000, mask_lr=0.03, beta=2e-5,
+                                 mask_batch_size=256)}
+# The ResNet's fixed recipe: SGD, lr x 0.1 at 1/2 and 3/4 of pretraining (32k and 48k of 64k), no
+# gradient clipping in pretraining (grad_clip is then the masks' only), crop-and-flip augmentation.
+RESNET_PRETRAIN = dict(optimizer="sgd", momentum=0.9, weight_decay=1e-4, grad_clip=None)
+RESNET_LR_DROPS = (1 / 2, 3 / 4)
+RESNET_MEAN, RESNET_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 @dataclass(frozen=True)
 class Config:
-    dropout: bool = True
-    batch_size: int = 128
-    pretrain_steps: int = 20_000
-    lr: float = 1e-3
-    grad_clip: float = 1.0
-    mask_steps: int = 20_000
-    mask_lr: float = 1e-3
-    beta: float = 3e-4
+    model: str = "cnn"  # cnn | resnet
+    dropout: bool = True  # the CNN's dropout
+    resnet_blocks: int = 18  # BasicBlocks per ResNet stage: 18 = ResNet-110, 3 = ResNet-20
+    batch_size: int = 128  # pretraining (and the regulariser's b)
+    mask_batch_size: int | None = None  # None: the model's default (CNN: batch_size; ResNet: 256)
+    pretrain_steps: int | None = None  # None: the model's default, as for the keys below
+    lr: float | None = None
+    grad_clip: float = 1.0  # masks; pretraining too for the CNN
+    mask_steps: int | None = None
+    mask_lr: float | None = None
+    beta: float | None = None
     k: int = 4
     stability_classes: tuple[int, ...] = (3, 5)  # a 2-class subset masked with two seeds (cat, dog)
-    train_images: int = 50_000  # fewer for a quick run (taken before the 80/20 split)
+    train_images: int = 50_000  # fewer for a quick run (taken before the CNN's 80/20 split)
     data: str | None = None  # data root; default MODMASK_DATA, then the user cache
     source: str | None = None  # a specific archive, zip or image folder
     checkpoint_every: int = 2000
+
+    def __post_init__(self):
+        if self.model not in MODEL_DEFAULTS:
+            raise ValueError(f"model must be one of {', '.join(MODEL_DEFAULTS)}, not {self.model!r}")
+        for name, default in MODEL_DEFAULTS[self.model].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.batch_size if default is None else default)
 
 
 PRESETS = {
@@ -53,6 +79,10 @@ PRESETS = {
     "small": dict(pretrain_steps=3_000, mask_steps=1_000),
     "paper": dict(),
     "paper_no_dropout": dict(dropout=False),
+    "smoke-resnet": dict(model="resnet", resnet_blocks=1, pretrain_steps=40, mask_steps=8, batch_size=32,
+                         mask_batch_size=32, train_images=600, checkpoint_every=20),
+    "small-resnet": dict(model="resnet", resnet_blocks=3, pretrain_steps=2_000, mask_steps=300),
+    "paper-resnet": dict(model="resnet"),
 }
 
 OUTPUT = ("output.weight", "output.bias")
@@ -77,26 +107,55 @@ def drops(reference: torch.Tensor, removed: torch.Tensor, k: int) -> dict:
             "other_over_target": (min(others.min().item(), 0.0) / target * 100) if target else 0.0}
 
 
-def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
-    cifar = load_cifar10(config.data, config.source)
+def _data(config: Config, cifar: dict):
+    """(training data, its indices for pretraining and masks, evaluation batches). The CNN: 80% of
+    the training images, evaluated on the other 20% ("iid"), normalised by their own statistics.
+    The ResNet: all training images, evaluated on the official test set, fixed statistics."""
     images, labels = cifar["train"]
     images, labels = images[:config.train_images], labels[:config.train_images]
-    classes = len(cifar["classes"])
-    mean, std = channel_stats(images)
-    data = ImageClassData(images, labels, mean, std)
+    if config.model == "resnet":
+        data = ImageClassData(images, labels, RESNET_MEAN, RESNET_STD)
+        return data, torch.arange(len(labels)), fixed_batches(ImageClassData(*cifar["test"], RESNET_MEAN, RESNET_STD),
+                                                              500)
+    data = ImageClassData(images, labels, *channel_stats(images))
     train_idx, valid_idx = train_valid_split(len(labels))
-    train = IndexSubset(data, train_idx)
-    valid = fixed_batches(IndexSubset(data, valid_idx), 500)
+    return data, train_idx, fixed_batches(IndexSubset(data, valid_idx), 500)
 
+
+def _model(config: Config, classes: int, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = SimpleCNN(classes, dropout=config.dropout)
-    with run_dir.timed("pretrain"):
-        pretrain(model, RandomBatches(train, config.batch_size, seed), F.cross_entropy, run_dir,
-                 steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
-                 checkpoint_every=config.checkpoint_every, progress=progress)
+        if config.model == "resnet":
+            return CifarResNet(classes, blocks=config.resnet_blocks)
+        return SimpleCNN(classes, dropout=config.dropout)
 
-    options = dict(k=config.k, beta=config.beta, lr=config.mask_lr, grad_clip=config.grad_clip, biases=True)
+
+def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+    cifar = load_cifar10(config.data, config.source)
+    classes = len(cifar["classes"])
+    data, train_idx, valid = _data(config, cifar)
+    labels = data.labels
+
+    def batches(indices: torch.Tensor, size: int, batch_seed: int):
+        sampled = RandomBatches(IndexSubset(data, indices), size, batch_seed)
+        if config.model != "resnet":
+            return sampled
+        black = -data.mean.view(3) / data.std.view(3)  # pad with what a black pixel is after normalising
+        return AugmentedBatches(sampled, batch_seed + 7_919, fill=black)
+
+    model = _model(config, classes, seed)
+    recipe = dict(lr=config.lr, grad_clip=config.grad_clip)
+    if config.model == "resnet":
+        drops_at = tuple(int(config.pretrain_steps * f) for f in RESNET_LR_DROPS)
+        recipe = dict(lr=config.lr, lr_drops=drops_at, **RESNET_PRETRAIN)
+    with run_dir.timed("pretrain"):
+        pretrain(model, batches(train_idx, config.batch_size, seed), F.cross_entropy, run_dir,
+                 steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every, progress=progress, **recipe)
+
+    # Everything is masked: conv/linear weights, biases and BatchNorm affine parameters. The
+    # regulariser's b is the pretraining batch size even when the mask batch differs (§1.4).
+    options = dict(k=config.k, beta=config.beta, lr=config.mask_lr, grad_clip=config.grad_clip, biases=True,
+                   norms=True, reg_batch_size=config.batch_size)
 
     def stage(name: str, indices: torch.Tensor, stage_seed: int, fixed: Masks | None = None) -> Masks:
         path = run_dir.file("masks", f"{name}.safetensors")
@@ -104,7 +163,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
             trained = TrainedMask.load(path, model)
         else:
             with run_dir.timed(f"mask:{name}"):
-                trained = train_mask(model, RandomBatches(IndexSubset(data, indices), config.batch_size, stage_seed),
+                trained = train_mask(model, batches(indices, config.mask_batch_size, stage_seed),
                                      F.cross_entropy, steps=config.mask_steps, seed=stage_seed,
                                      progress=f"mask {name}" if progress else False,
                                      fixed_masks=fixed, on_log=lambda r: run_dir.log({"phase": f"mask:{name}", **r}),
@@ -128,8 +187,11 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     pair = torch.isin(train_labels, torch.tensor(config.stability_classes))
     stability = iou(stage("stability-a", train_idx[pair], seed * 100 + 50),
                     stage("stability-b", train_idx[pair], seed * 100 + 51))
-    early = [n for n in reference if n.startswith(("convs.0.", "convs.1.", "convs.2."))]
+    # The CNN's early half: its first three convolutions; the ResNet's: the first half of the tensors.
+    early = ([n for n in reference if n.startswith(("convs.0.", "convs.1.", "convs.2."))]
+             if config.model == "cnn" else None)
     return {"classes": cifar["classes"], "reference_confusion": c_ref.tolist(), "removal": removal,
+            "model": config.model, "evaluated_on": "test" if config.model == "resnet" else "iid",
             "stability_iou": stability, "stability_classes": [cifar["classes"][c] for c in config.stability_classes],
             "half_mask": half_mask_test(model, reference, valid, lambda out, y: out.argmax(-1) == y, early=early),
             "timings": run_dir.timings()}

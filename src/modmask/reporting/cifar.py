@@ -24,6 +24,14 @@ def _std(rows) -> np.ndarray:
     return np.array([[std(v) for v in row] for row in rows])
 
 
+def model_name(config: dict) -> str:
+    """'simple CNN' (with ' (no dropout)') or 'ResNet-<depth>'; runs made before the ResNet
+    existed have no 'model' key and are CNN runs."""
+    if config.get("model", "cnn") == "resnet":
+        return f"ResNet-{6 * config['resnet_blocks'] + 2}"
+    return f"simple CNN{'' if config['dropout'] else ' (no dropout)'}"
+
+
 def write_report(out: Path, summary: dict) -> Path:
     figures = out / "figures"
     agg = summary["aggregate"]
@@ -49,9 +57,12 @@ def write_report(out: Path, summary: dict) -> Path:
         goes_to = classes[int(change.argmax())]
         pairs.append(f"{name} → {goes_to}")
         rows.append([name, fmt(r["target_drop"]), fmt(r["other_over_target"]), fmt(r["reference_kept"], 3), goes_to])
-    text = [f"# CIFAR-10 class removal: simple CNN{'' if summary['config']['dropout'] else ' (no dropout)'}", "",
+    evaluated = ("the official test set" if agg.get("evaluated_on") == "test"
+                 else "the held-out 20% of the training images")
+    text = [f"# CIFAR-10 class removal: {model_name(summary['config'])}", "",
             f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
-            f"{summary['config']['pretrain_steps']} steps, {summary['config']['mask_steps']} steps per mask.", "",
+            f"{summary['config']['pretrain_steps']} steps, {summary['config']['mask_steps']} steps per mask; "
+            f"evaluated on {evaluated}.", "",
             "## Finding", "", PAPER_FINDING, "",
             f"Measured: mean relative drop of the removed class {np.mean([mean(r['target_drop']) for r in removal]):.1f}%; "
             f"largest other-class drop {np.mean([mean(r['other_over_target']) for r in removal]):.1f}% of it on average. "
