@@ -85,6 +85,18 @@ def test_resuming_with_other_settings_is_refused(finished, capsys):
     assert "holds a run with other settings (beta)" in capsys.readouterr().err
 
 
+def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path, capsys):
+    from modmask.experiments.rundir import RunDir
+
+    saved = {"experiment": "addmul", "k": 4}
+    RunDir(tmp_path).check_config(saved)
+    RunDir(tmp_path).check_config({**saved, "compiled": False}, defaults={"compiled": False})  # new key, default
+    with pytest.raises(ValueError, match="other settings \\(compiled\\)"):
+        RunDir(tmp_path).check_config({**saved, "compiled": True}, defaults={"compiled": False})
+    with pytest.raises(ValueError, match="other settings \\(k\\)"):
+        RunDir(tmp_path).check_config({**saved, "k": 8}, defaults={"k": 8})  # a saved key must match
+
+
 def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     assert _run(tmp_path / "x", "--set", "nope=1") == 2
     assert "unknown config key 'nope'; valid keys:" in capsys.readouterr().err

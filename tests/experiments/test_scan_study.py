@@ -75,6 +75,20 @@ def test_transformer_decoder_is_causal_and_batches_over_mask_samples():
     assert all(torch.allclose(grads_v[n], grads_s[n], atol=1e-5) for n in grads_v)
 
 
+def test_scan_batches_resume_from_their_state():
+    from modmask.experiments.scan import ScanBatches
+
+    vocab = ScanVocabulary.build([_pairs()])
+    batches = ScanBatches(ScanData(_pairs(50, 5), vocab), 8, seed=3, teacher_forcing=0.5)
+    next(batches)
+    state = batches.state()
+    expected = [next(batches) for _ in range(4)]
+    resumed = ScanBatches(ScanData(_pairs(50, 5), vocab), 8, seed=99, teacher_forcing=0.5)
+    resumed.load_state(state)
+    for (inputs, targets), (inputs2, targets2) in zip(expected, [next(resumed) for _ in range(4)]):
+        assert torch.equal(inputs[0], inputs2[0]) and (inputs[3] is None) == (inputs2[3] is None)
+
+
 @pytest.mark.parametrize("preset", ["smoke", "smoke-transformer"])
 def test_scan_smoke_end_to_end(tmp_path, preset):
     root = make_split_files(tmp_path / "data", _pairs(300, 3))

@@ -60,6 +60,9 @@ class Config:
     mask_lr: float | None = None
     beta: float | None = None
     k: int = 4
+    # The original divides the regulariser by the pretraining batch size even where the mask batch
+    # differs (the ResNet: 128 vs 256); modmask divides by the mask batch unless this is set.
+    original_regulariser_batch: bool = False
     stability_classes: tuple[int, ...] = (3, 5)  # a 2-class subset masked with two seeds (cat, dog)
     train_images: int = 50_000  # fewer for a quick run (taken before the CNN's 80/20 split)
     data: str | None = None  # data root; default MODMASK_DATA, then the user cache
@@ -154,10 +157,9 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
         pretrain(model, batches(train_idx, config.batch_size, seed), F.cross_entropy, run_dir,
                  steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every, progress=progress, **recipe)
 
-    # Everything is masked: conv/linear weights, biases and BatchNorm affine parameters. The
-    # regulariser's b is the pretraining batch size even when the mask batch differs (§1.4).
+    # Everything is masked: conv/linear weights, biases and BatchNorm affine parameters.
     options = dict(k=config.k, beta=config.beta, lr=config.mask_lr, grad_clip=config.grad_clip, biases=True,
-                   norms=True, reg_batch_size=config.batch_size)
+                   norms=True, reg_batch_size=config.batch_size if config.original_regulariser_batch else None)
 
     def stage(name: str, indices: torch.Tensor, stage_seed: int, fixed: Masks | None = None) -> Masks:
         path = run_dir.file("masks", f"{name}.safetensors")

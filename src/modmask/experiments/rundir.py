@@ -54,13 +54,17 @@ class RunDir:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def check_config(self, config: dict) -> None:
-        """Write config.json, or refuse to resume a run made with other settings."""
+    def check_config(self, config: dict, defaults: dict | None = None) -> None:
+        """Write config.json, or refuse to resume a run made with other settings. A key missing
+        from the saved config is accepted when `config` holds its default (`defaults`): a setting
+        added to modmask after the run was made, so run directories stay resumable across versions."""
         path = self.path / "config.json"
         if path.exists():
             saved = read_json(path)
-            if saved != config:
-                changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            defaults = defaults or {}
+            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k)
+                             and not (k not in saved and k in defaults and config.get(k) == defaults[k]))
+            if changed:
                 raise ValueError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
                                  f"use another --out directory or the same settings to resume it")
         else:

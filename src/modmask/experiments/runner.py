@@ -41,10 +41,15 @@ def describe(name: str, preset: str, overrides: dict) -> dict:
     return {"experiment": name, "preset": preset, **to_json(resolve(module.Config, module.PRESETS, preset, overrides))}
 
 
+def defaults(name: str) -> dict:
+    """Every config key at its default value (no preset, no override)."""
+    return to_json(registry.get(name).Config())
+
+
 def prepare(name: str, preset: str, overrides: dict, out: str | Path) -> dict:
     """Check (or write) out/config.json; refuses a directory that holds a run with other settings."""
     described = describe(name, preset, overrides)
-    RunDir(out).check_config(described)
+    RunDir(out).check_config(described, defaults(name))
     return described
 
 
@@ -60,7 +65,7 @@ def run_seed(name: str, preset: str, overrides: dict, out: str | Path, seed: int
     config = resolve(module.Config, module.PRESETS, preset, overrides)
     described = prepare(name, preset, overrides, out)
     run = RunDir(Path(out) / f"seed-{seed}")
-    run.check_config(described)
+    run.check_config(described, defaults(name))
     results_path = run.path / "results.json"
     if results_path.exists():
         return read_json(results_path)

@@ -104,7 +104,7 @@ class ScanBatches:
     def load_state(self, state):
         size = len(self.batches.state())
         self.batches.load_state(state[:size])
-        self.coin.set_state(state[size:])
+        self.coin.set_state(state[size:].clone())  # set_state needs a tensor of its own
 
 
 def eval_batches(data: ScanData, limit: int, batch_size: int = 512) -> list:

@@ -81,10 +81,12 @@ class DecoderLayer(nn.Module):
         nn.init.xavier_uniform_(self.ff2.weight)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-                causal_mask: torch.Tensor) -> torch.Tensor:
-        """memory_mask bool [B, 1, 1, S], causal_mask bool [1, 1, T, T] (True = attend)."""
+                causal_mask: torch.Tensor | None, context: torch.Tensor | None = None) -> torch.Tensor:
+        """memory_mask bool [B, 1, 1, S], causal_mask bool [1, 1, T, T] (True = attend).
+        context [B, T', d]: the layer's inputs at every position so far, x its last T positions
+        (greedy decoding computes only the newest position; no causal mask is needed then)."""
         drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
-        x = self.norm1(x + drop(self.self_attention(x, x, causal_mask)))
+        x = self.norm1(x + drop(self.self_attention(x, x if context is None else context, causal_mask)))
         x = self.norm2(x + drop(self.cross_attention(x, memory, memory_mask)))
         return self.norm3(x + drop(self.ff2(drop(torch.relu(self.ff1(x))))))
 
@@ -105,7 +107,7 @@ class TransformerEncoderDecoder(nn.Module):
     sinusoidal positions (no sqrt(d) scaling), `layers` encoder and decoder layers, output Linear
     with bias. `tied=True` is the DeepMind Mathematics variant (§2.5): one embedding for input and
     output, logits = h E^T / sqrt(d). Same call as LSTMEncoderDecoder: teacher forcing in one pass,
-    or greedy decoding that re-runs the decoder over its growing prefix."""
+    or greedy decoding that keeps each decoder layer's inputs so far (a cache of the prefix)."""
 
     def __init__(self, in_vocab: int, out_vocab: int, d_model: int = 100, heads: int = 4, ff_size: int = 200,
                  layers: int = 3, dropout: float = 0.1, tied: bool = False):
@@ -139,6 +141,10 @@ class TransformerEncoderDecoder(nn.Module):
         x = self._embed(self.out_embedding, ids)
         for layer in self.decoder:
             x = layer(x, memory, memory_mask, causal)
+        return self._project(x)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, d] -> logits [B, T, out_vocab]."""
         if self.output is None:
             return x @ self.out_embedding.weight.t() * self.d_model ** -0.5
         return self.output(x)
@@ -154,9 +160,14 @@ class TransformerEncoderDecoder(nn.Module):
         start = torch.full_like(src[:, :1], self.start)
         if teacher is not None:
             return self._decode(torch.cat([start, teacher[:, :steps - 1]], dim=1), memory, memory_mask)
-        ids = start
+        # Greedy: earlier positions never see later ones, so each layer's inputs at earlier
+        # positions stay fixed; keep them and run every layer on the newest position only.
+        token, contexts, logits = start, [None] * len(self.decoder), []
         for step in range(steps):
-            logits = self._decode(ids, memory, memory_mask)
-            if step < steps - 1:
-                ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
-        return logits
+            x = self.out_embedding(token) + sinusoidal_positions(step + 1, self.d_model, src.device)[step]
+            for index, layer in enumerate(self.decoder):
+                contexts[index] = x if contexts[index] is None else torch.cat([contexts[index], x], dim=1)
+                x = layer(x, memory, memory_mask, None, context=contexts[index])
+            logits.append(self._project(x))
+            token = logits[-1].argmax(-1)
+        return torch.cat(logits, dim=1)
