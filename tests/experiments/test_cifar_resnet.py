@@ -8,22 +8,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from modmask import cli
 from modmask.core.selection import select_parameters
 from modmask.core.training import MaskTrainer
 from modmask.data.augment import AugmentedBatches, random_crop_flip
-from modmask.data.cifar import ImageClassData
+from modmask.data.cifar import CLASSES, ImageClassData
 from modmask.data.sampling import RandomBatches
 from modmask.experiments import cifar
 from modmask.experiments.config import resolve, to_json
 from modmask.experiments.pretrain import pretrain, step_lr
 from modmask.experiments.rundir import RunDir
 from modmask.models import CifarResNet
-
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def _count(model):
@@ -235,22 +232,6 @@ def test_configs_resolve_per_model_defaults_and_keep_the_cnn_values():
     assert overridden.beta == 1e-4 and overridden.mask_lr == 0.03
     with pytest.raises(ValueError, match="model must be one of cnn, resnet"):
         cifar.Config(model="vgg")
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """60 train and 10 test 32x32 PNGs per class; each class has its own colour."""
-    root = tmp_path_factory.mktemp("cifar-resnet")
-    rng = np.random.RandomState(1)
-    for split, count in (("train", 60), ("test", 10)):
-        for index, name in enumerate(CLASSES):
-            folder = root / "CIFAR-10" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.randint(0, 80, (32, 32, 3))
-                pixels[:, :, index % 3] += 25 * index
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 def test_cifar_smoke_resnet_end_to_end(image_folder, tmp_path):

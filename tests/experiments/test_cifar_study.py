@@ -2,15 +2,12 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from modmask import cli
+from modmask.data.cifar import CLASSES
 from modmask.experiments.cifar import drops
-
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def test_drops_on_a_hand_built_confusion():
@@ -22,22 +19,6 @@ def test_drops_on_a_hand_built_confusion():
     assert result["other_over_target"] == pytest.approx(20.0)
     improved = torch.tensor([[40.0, 60.0, 0.0], [0.0, 100.0, 0.0], [0.0, 0.0, 100.0]])
     assert drops(reference, improved, 0)["other_over_target"] == 0.0  # others only improved
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """60 train and 10 test 32x32 PNGs per class; each class has its own colour."""
-    root = tmp_path_factory.mktemp("cifar")
-    rng = np.random.RandomState(0)
-    for split, count in (("train", 60), ("test", 10)):
-        for index, name in enumerate(CLASSES):
-            folder = root / "CIFAR-10" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.randint(0, 80, (32, 32, 3))
-                pixels[:, :, index % 3] += 25 * index
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 def test_cifar_smoke_end_to_end(image_folder, tmp_path):
