@@ -9,6 +9,7 @@ through pyplot, so no global figure state leaks between calls and no display is 
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def bar_groups(path, groups: list[str], series: dict[str, list[float]],
         offset = (i - (len(series) - 1) / 2) * width
         ax.bar(x + offset, _as_numpy(values), width, yerr=err, capsize=3 if err is not None else 0,
                label=name)
-    ax.set_xticks(x, groups)
+    ax.set_xticks(x, [textwrap.fill(g, 14) for g in groups])  # long names wrap instead of overlapping
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if log:
