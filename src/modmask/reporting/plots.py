@@ -59,6 +59,11 @@ def _check_lengths(what: str, values: dict | None, n: int, against: str) -> None
             raise ValueError(f"{what} {name!r} has {len(v)} values but there are {n} {against}")
 
 
+def _wrap(label: str, width: int = 11) -> str:
+    """A tick label on several lines, broken at spaces and after dots (tensor names)."""
+    return "\n".join(textwrap.wrap(label.replace(".", ". "), width)).replace(". ", ".")
+
+
 def bar_groups(path, groups: list[str], series: dict[str, list[float]],
                errors: dict[str, list[float]] | None = None, ylabel: str = "", title: str = "",
                ylim: tuple | None = None, log: bool = False) -> Path:
@@ -77,7 +82,7 @@ def bar_groups(path, groups: list[str], series: dict[str, list[float]],
         offset = (i - (len(series) - 1) / 2) * width
         ax.bar(x + offset, _as_numpy(values), width, yerr=err, capsize=3 if err is not None else 0,
                label=name)
-    ax.set_xticks(x, [textwrap.fill(g, 14) for g in groups])  # long names wrap instead of overlapping
+    ax.set_xticks(x, [_wrap(g) for g in groups])
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if log:
