@@ -11,6 +11,7 @@ import time
 from .allocator import keep_freed_memory
 from .experiments import registry
 from .experiments.config import ConfigError, field_types, parse_overrides
+from .experiments.placement import set_device
 from .experiments.runner import run_experiment
 from .experiments.sweep import SweepError, run_sweep
 from .reporting import write_report
@@ -28,6 +29,7 @@ def _list(_args) -> int:
 
 
 def _run(args) -> int:
+    set_device(args.device)
     module = registry.get(args.experiment)
     overrides = parse_overrides(module.Config, args.set)
     out = args.out or f"runs/{args.experiment}-{args.preset}"
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", help="run directory (default runs/EXPERIMENT-PRESET)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--track", metavar="NAMES", help="also log metrics to tensorboard and/or wandb (comma-separated)")
+    run.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     run.set_defaults(func=_run)
     sweep = commands.add_parser("sweep", help="run every combination of grid values x seeds as Ray tasks "
                                 "(needs pip install 'modmask[sweep]')")

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .masking import masked_call, model_mode
+from .masking import masked_call, model_mode, to_device
 from .masks import Masks
 
 MetricFn = Callable[[Any, Any], torch.Tensor]
@@ -28,9 +28,8 @@ def collect(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, batches:
     with model_mode(model, mode):
         for inputs, targets in batches:
             args = inputs if isinstance(inputs, tuple) else (inputs,)
-            args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-            outputs = masked_call(model, masks or {}, *args)
-            parts.append(fn(outputs, targets.to(device) if isinstance(targets, torch.Tensor) else targets).cpu())
+            outputs = masked_call(model, masks or {}, *to_device(args, device))
+            parts.append(fn(outputs, to_device(targets, device)).cpu())
     if not parts:
         raise ValueError("no batch to evaluate on")
     return torch.cat(parts)

@@ -46,11 +46,16 @@ def frozen_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters()}
 
 
+def to_device(value, device):
+    """Every tensor in a (nested) batch moved to `device`; other values unchanged."""
+    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
+
+
 def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kwargs):
     """The model's output with weights W * mask for every listed tensor, full weights elsewhere."""
     params = frozen_parameters(model)
     for name, mask in masks.items():
-        params[name] = params[name] * mask
+        params[name] = params[name] * mask.to(params[name].device, params[name].dtype)
     return functional_call(model, params, args, kwargs)
 
 

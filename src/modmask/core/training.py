@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .gumbel import UniformSource, sample_masked_weights
 from .masking import (call_sequential, call_vmap, choose_path, frozen_parameters,
-                      model_mode, split_batch)
+                      model_mode, split_batch, to_device)
 from .masks import Masks, check_fits
 from .selection import ParameterFilter, select_parameters
 
@@ -44,7 +44,7 @@ class TrainedMask:
     @property
     def masks(self) -> Masks:
         """The final binary mask, logit > 0."""
-        return Masks.from_logits(self.logits)
+        return Masks.from_logits({n: l.detach().cpu() for n, l in self.logits.items()})  # analysis on the CPU
 
     def probs(self) -> torch.Tensor:
         """[N] keep probabilities sigmoid(logits) of all masked weights, flattened."""
@@ -81,11 +81,6 @@ def _batches_forever(batches: Iterable):
             yield batch
         if empty:
             raise ValueError("the batch iterable yields no batch")
-
-
-def _to(value, device):
-    return torch.utils._pytree.tree_map(
-        lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
 
 
 class MaskTrainer:
@@ -155,7 +150,7 @@ class MaskTrainer:
 
     def step(self, batch) -> dict:
         """One update on (inputs, targets); returns the task loss and regulariser as tensors."""
-        inputs, targets = _to(batch, self.device)
+        inputs, targets = to_device(batch, self.device)
         chunks, batch_size = split_batch(inputs if isinstance(inputs, tuple) else (inputs,), self.k)
         masked = {}
         for name, weights in self.weights.items():

@@ -18,6 +18,7 @@ from ..core.evaluation import collect, inverse
 from ..data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
+from .placement import place
 from .pretrain import pretrain
 from .rundir import RunDir
 from .study import Function, MaskOptions, half_mask_test, mask_statistics, removal_matrix, train_masks
@@ -91,7 +92,7 @@ def op_confusion(model: nn.Module, masks, valid: AddMulData) -> list[list[float]
 def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
     train = AddMulData.generate("train", config.train_size)
     valid = AddMulData.generate("valid", config.valid_size)
-    model = build_model(config, seed)
+    model = place(build_model(config, seed))
     with run_dir.timed("pretrain"):
         pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
                  steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,

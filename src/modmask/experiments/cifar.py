@@ -26,6 +26,7 @@ from ..data.cifar import ImageClassData, channel_stats, load_cifar10
 from ..data.mnist import train_valid_split
 from ..data.sampling import IndexSubset, RandomBatches, fixed_batches
 from ..models import CifarResNet, SimpleCNN
+from .placement import place
 from .pretrain import pretrain
 from .rundir import RunDir
 from .study import half_mask_test
@@ -148,7 +149,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
         black = -data.mean.view(3) / data.std.view(3)  # pad with what a black pixel is after normalising
         return AugmentedBatches(sampled, batch_seed + 7_919, fill=black)
 
-    model = _model(config, classes, seed)
+    model = place(_model(config, classes, seed))
     recipe = dict(lr=config.lr, grad_clip=config.grad_clip)
     if config.model == "resnet":
         drops_at = tuple(int(config.pretrain_steps * f) for f in RESNET_LR_DROPS)

@@ -22,6 +22,7 @@ from ..data.dm_math_generate import generate
 from ..data.root import data_root, writable_dir
 from ..data.scan import ScanData
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
+from .placement import place
 from .pretrain import pretrain
 from .rundir import RunDir, read_json, write_json
 from .scan import ScanBatches, correct, eval_batches, loss
@@ -137,7 +138,7 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
     data = {name: ScanData(pairs, vocab) for name, pairs in sets.items()}
     full = ScanData(sets["train_easy"] + sets["train_medium"] + sets["train_hard"], vocab)
     tests = {d: eval_batches(data[f"test_{d}"], config.test_examples, 256) for d in ("easy", "hard")}
-    model = _model(config, len(vocab.in_words) + 1, seed)
+    model = place(_model(config, len(vocab.in_words) + 1, seed))
     with run_dir.timed("pretrain"):
         pretrain(model, ScanBatches(full, config.setting(module, "batch_size"), seed, 1.0), loss, run_dir,
                  steps=config.setting(module, "pretrain_steps"), lr=config.lr, grad_clip=config.grad_clip,

@@ -20,6 +20,7 @@ from ..core.evaluation import evaluate, inverse
 from ..data.arithmetic import DoubleAddData, digit_loss, digits_correct, only_pair, pair_outputs
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
+from .placement import place
 from .pretrain import pretrain
 from .rundir import RunDir
 from .study import Function, MaskOptions, half_mask_test, mask_statistics, train_masks
@@ -140,7 +141,7 @@ def _study(model, run_dir: RunDir, prefix: str, config: Config, seed: int, train
 def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
     train = DoubleAddData.generate("train", config.train_size)
     valid = fixed_batches(DoubleAddData.generate("valid", config.valid_size), 1000)
-    model = build_model(config, seed)
+    model = place(build_model(config, seed))
     with run_dir.timed("pretrain"):
         pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
                  steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,

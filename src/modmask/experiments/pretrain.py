@@ -18,6 +18,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.masking import to_device
 from .rundir import RunDir
 
 
@@ -64,10 +65,11 @@ def pretrain(model: nn.Module, batches, loss_fn: Callable, run: RunDir, *, steps
         optimizer.load_state_dict(state["optimizer"])
         batches.load_state(state["sampler"])
         start = state["step"]
+    device = next(model.parameters()).device
     model.train()
     bar = tqdm(range(start, steps), desc="pretrain", disable=not progress, leave=False)
     for step in bar:
-        inputs, targets = next(batches)
+        inputs, targets = to_device(next(batches), device)
         loss = loss_fn(model(*inputs) if isinstance(inputs, tuple) else model(inputs), targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}")

@@ -20,6 +20,7 @@ from ..data.sampling import RandomBatches, fixed_batches
 from ..data.scan import ScanData, ScanVocabulary
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..models.seq2seq import sequence_correct, sequence_loss
+from .placement import place
 from .pretrain import pretrain
 from .rundir import RunDir
 
@@ -141,7 +142,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     vocab = ScanVocabulary.load(config.data)
     train = {s: ScanData.load(s, "train", vocab, config.data) for s in SPLITS}
     test = {s: eval_batches(ScanData.load(s, "test", vocab, config.data), config.test_examples) for s in SPLITS}
-    model = _model(config, vocab, seed)
+    model = place(_model(config, vocab, seed))
     teacher = config.setting("teacher_forcing")
     settings = dict(lr=config.lr, grad_clip=config.grad_clip, checkpoint_every=config.checkpoint_every,
                     progress=progress)
@@ -177,7 +178,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     baseline = {}
     if config.baseline:
         for split in SPLITS[1:]:
-            scratch = _model(config, vocab, seed)
+            scratch = place(_model(config, vocab, seed))
             with run_dir.timed(f"baseline:{split}"):
                 pretrain(scratch, ScanBatches(train[split], config.batch_size, seed, teacher),
                          loss, RunDir(run_dir.path / f"baseline-{split}"), steps=config.pretrain_steps, **settings)
