@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import random
 import sys
 import zlib
@@ -32,6 +33,7 @@ PATCHES = (
     ("expanded_coefficients.itemset(power, coeffs)", "expanded_coefficients[power] = coeffs"),
     ("dtype=np.object)", "dtype=object)"),
 )
+log = logging.getLogger(__name__)
 TRAIN_DIFFICULTIES = ("train-easy", "train-medium", "train-hard")
 TEST_REGIMES = ("interpolate", "extrapolate")
 
@@ -97,7 +99,8 @@ def regime_generators(module: str) -> dict:
 
 def sample(problem_fn, count: int, seed: int) -> list[tuple[str, str]]:
     """`count` (question, answer) pairs, dropping over-long ones as the generator does. Seeds
-    Python's and numpy's global generators (the package draws from both) and restores them."""
+    Python's and numpy's global generators (the package draws from both; it takes no generator)
+    and restores them, so nothing else sees a changed global state."""
     from mathematics_dataset import generate_settings as limits
 
     saved = random.getstate(), np.random.get_state()
@@ -129,7 +132,7 @@ def generate(module: str, out: str | Path, per_train: int, per_test: int, seed: 
             continue
         count = per_train if regime in TRAIN_DIFFICULTIES else per_test
         if progress:
-            print(f"generating {count} {regime} examples of {module}", file=sys.stderr)
+            log.info("generating %d %s examples of %s", count, regime, module)
         regime_seed = seed * 1_000_003 + zlib.crc32(f"{module}/{regime}".encode())
         pairs = sample(problem_fn, count, regime_seed)
         path.parent.mkdir(parents=True, exist_ok=True)
