@@ -76,10 +76,10 @@ PRESETS = {
     "smoke-transformer": dict(model="transformer", d_model=16, heads=2, ff_size=32, layers=1, batch_size=32,
                               pretrain_steps=30, mask_steps=8, test_examples=64, checkpoint_every=20),
     # small: the paper's architectures (the LSTM at hidden 100) with batch 64 and short schedules,
-    # about 20 minutes per model on 2 CPU cores; the from-scratch baseline is left to --set baseline=true.
-    "small": dict(hidden=100, batch_size=64, pretrain_steps=3_000, mask_steps=600, test_examples=500,
+    # about 15 minutes per model on 2 CPU cores; the from-scratch baseline is left to --set baseline=true.
+    "small": dict(hidden=100, batch_size=64, pretrain_steps=2_000, mask_steps=400, test_examples=500,
                   baseline=False),
-    "small-transformer": dict(model="transformer", batch_size=64, pretrain_steps=2_500, mask_steps=600,
+    "small-transformer": dict(model="transformer", batch_size=64, pretrain_steps=1_500, mask_steps=400,
                               test_examples=500, baseline=False),
     "paper": dict(),
     "paper-transformer": dict(model="transformer"),
