@@ -32,8 +32,11 @@ def write_report(out: Path, summary: dict) -> Path:
                     + [fmt(modules[m]["densities"]["control"], 3), fmt(modules[m]["densities"]["easy"], 3)])
     text = [f"# DeepMind Mathematics: {config['model']} encoder-decoder", "",
             f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std). Data: "
-            f"{config['data'] or 'generated with DeepMind generator, %d examples per train difficulty' % config['generate_train']}.",
+            f"{config['data'] or "generated with DeepMind's generator, %d examples per train difficulty" % config['generate_train']}.",
             "", "## Finding", "", PAPER_FINDING, "",
+            "Measured, on the hard test set: " + "; ".join(
+                f"{m}: control {mean(modules[m]['accuracy']['control']['hard']):.1f}%, easy-trained mask "
+                f"{mean(modules[m]['accuracy']['easy']['hard']):.1f}%" for m in names) + ".", "",
             "## Accuracy on the hard test set (easy test set in brackets) [%]", "",
             table(["module", *BARS.values(), "control density", "easy density"], rows), "",
             "![accuracy](figures/accuracy_hard.png)", ""]
