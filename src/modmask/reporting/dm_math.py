@@ -30,9 +30,10 @@ def write_report(out: Path, summary: dict) -> Path:
         acc = modules[m]["accuracy"]
         rows.append([m] + [f"{fmt(acc[key]['hard'])} ({fmt(acc[key]['easy'])})" for key in BARS]
                     + [fmt(modules[m]["densities"]["control"], 3), fmt(modules[m]["densities"]["easy"], 3)])
+    source = config["data"] or (f"generated with DeepMind's generator, {config['generate_train']} examples per "
+                                f"train difficulty")
     text = [f"# DeepMind Mathematics: {config['model']} encoder-decoder", "",
-            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std). Data: "
-            f"{config['data'] or "generated with DeepMind's generator, %d examples per train difficulty" % config['generate_train']}.",
+            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std). Data: {source}.",
             "", "## Finding", "", PAPER_FINDING, "",
             "Measured, on the hard test set: " + "; ".join(
                 f"{m}: control {mean(modules[m]['accuracy']['control']['hard']):.1f}%, easy-trained mask "
