@@ -43,6 +43,14 @@ class Attention(nn.Module):
         return self.merge(out.transpose(1, 2).reshape(x.shape))
 
 
+def _feed_forward(d_model: int, ff_size: int) -> tuple[nn.Linear, nn.Linear]:
+    """The two feed-forward layers d -> ff_size -> d, Xavier-uniform (ReLU gain on the first)."""
+    ff1, ff2 = nn.Linear(d_model, ff_size), nn.Linear(ff_size, d_model)
+    nn.init.xavier_uniform_(ff1.weight, gain=nn.init.calculate_gain("relu"))
+    nn.init.xavier_uniform_(ff2.weight)
+    return ff1, ff2
+
+
 class EncoderLayer(nn.Module):
     """Post-LN: x = LN(x + SelfAttention(x)); x = LN(x + FF(x)). [B, T, d] -> [B, T, d]."""
 
@@ -50,12 +58,9 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attention = Attention(d_model, heads, dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.ff1 = nn.Linear(d_model, ff_size)
-        self.ff2 = nn.Linear(ff_size, d_model)
+        self.ff1, self.ff2 = _feed_forward(d_model, ff_size)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = dropout
-        nn.init.xavier_uniform_(self.ff1.weight, gain=nn.init.calculate_gain("relu"))
-        nn.init.xavier_uniform_(self.ff2.weight)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
@@ -73,12 +78,9 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.cross_attention = Attention(d_model, heads, dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ff1 = nn.Linear(d_model, ff_size)
-        self.ff2 = nn.Linear(ff_size, d_model)
+        self.ff1, self.ff2 = _feed_forward(d_model, ff_size)
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout = dropout
-        nn.init.xavier_uniform_(self.ff1.weight, gain=nn.init.calculate_gain("relu"))
-        nn.init.xavier_uniform_(self.ff2.weight)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
                 causal_mask: torch.Tensor | None, context: torch.Tensor | None = None) -> torch.Tensor:
