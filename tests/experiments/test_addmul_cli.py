@@ -97,6 +97,14 @@ def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path, capsys):
         RunDir(tmp_path).check_config({**saved, "k": 8}, defaults={"k": 8})  # a saved key must match
 
 
+def test_metrics_of_a_child_run_directory_reach_the_same_trackers(tmp_path):
+    from modmask.experiments.rundir import RunDir
+
+    seen = []
+    RunDir(tmp_path, on_log=seen.append).child("module").log({"phase": "pretrain", "step": 0})
+    assert seen == [{"phase": "pretrain", "step": 0}] and (tmp_path / "module/metrics.jsonl").exists()
+
+
 def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     assert _run(tmp_path / "x", "--set", "nope=1") == 2
     assert "unknown config key 'nope'; valid keys:" in capsys.readouterr().err

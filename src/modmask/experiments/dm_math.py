@@ -171,7 +171,7 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
 def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
     results = {}
     for module in config.modules:
-        module_dir = RunDir(run_dir.path / module)
+        module_dir = run_dir.child(module)
         done = module_dir.path / "results.json"
         if not done.exists():
             write_json(done, run_module(config, module, module_dir, seed, progress))

@@ -49,6 +49,11 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.on_log = on_log  # also receives every logged record (experiment tracking, modmask.tracking)
 
+    def child(self, name: str) -> "RunDir":
+        """A run directory inside this one (a module, a sweep point) whose metrics reach the same
+        trackers."""
+        return RunDir(self.path / name, on_log=self.on_log)
+
     def file(self, *parts: str) -> Path:
         path = self.path.joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)

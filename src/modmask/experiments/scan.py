@@ -181,7 +181,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
             scratch = place(_model(config, vocab, seed))
             with run_dir.timed(f"baseline:{split}"):
                 pretrain(scratch, ScanBatches(train[split], config.batch_size, seed, teacher),
-                         loss, RunDir(run_dir.path / f"baseline-{split}"), steps=config.pretrain_steps, **settings)
+                         loss, run_dir.child(f"baseline-{split}"), steps=config.pretrain_steps, **settings)
             baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
     return {"accuracy": accuracy, "output_removed": removed, "baseline": baseline,
             "densities": {name: m.density() for name, m in masks.items()}, "timings": run_dir.timings()}

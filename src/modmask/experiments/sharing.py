@@ -74,7 +74,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     base = addmul.Config(**addmul.PRESETS["small"])
     results, first_of_size, timings = [], {}, {}
     for index, point in enumerate(points(config)):
-        point_dir = RunDir(run_dir.path / f"point-{index}-{point['size']}-beta{point['beta']:g}")
+        point_dir = run_dir.child(f"point-{index}-{point['size']}-beta{point['beta']:g}")
         if point["size"] in first_of_size:
             _share_pretrained(first_of_size[point["size"]], point_dir)
         first_of_size.setdefault(point["size"], point_dir)
