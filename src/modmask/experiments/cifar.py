@@ -80,9 +80,11 @@ class Config:
 
 PRESETS = {
     "smoke": dict(pretrain_steps=40, mask_steps=8, batch_size=32, train_images=600, checkpoint_every=20),
-    # small: 3k pretraining steps and 300 steps per mask; the paper's mask lr (1e-3) cannot move a
-    # logit from 2 below 0 in so few Adam steps (the masks stayed full), so small uses 1e-2.
-    "small": dict(pretrain_steps=3_000, mask_steps=300, mask_lr=1e-2),
+    # small: 3k pretraining steps and 300 steps per mask. The paper's mask lr (1e-3) cannot move a
+    # logit from 2 below 0 in so few Adam steps; at 1e-2 the masks kept 96% of the weights and the
+    # removed class dropped 5% on average; at 3e-2 the reference mask keeps ~30% and a removed class
+    # drops ~100% (measured; docs/results.md).
+    "small": dict(pretrain_steps=3_000, mask_steps=300, mask_lr=3e-2),
     "paper": dict(),
     "paper_no_dropout": dict(dropout=False),
     "smoke-resnet": dict(model="resnet", resnet_blocks=1, pretrain_steps=40, mask_steps=8, batch_size=32,
