@@ -223,7 +223,7 @@ def test_configs_resolve_per_model_defaults_and_keep_the_cnn_values():
     assert small == {"model": "cnn", "resnet_blocks": 18, "mask_batch_size": 128, "dropout": True,
                      "original_regulariser_batch": False,
                      "batch_size": 128, "pretrain_steps": 3000, "lr": 0.001, "grad_clip": 1.0, "mask_steps": 300,
-                     "mask_lr": 0.01, "beta": 0.0003, "k": 4, "stability_classes": [3, 5], "train_images": 50000,
+                     "mask_lr": 0.03, "beta": 0.0003, "k": 4, "stability_classes": [3, 5], "train_images": 50000,
                      "data": None, "source": None, "checkpoint_every": 2000}
     smoke = resolve(cifar.Config, cifar.PRESETS, "smoke")
     assert smoke.mask_batch_size == smoke.batch_size == 32 and smoke.beta == 3e-4
