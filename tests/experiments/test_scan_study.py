@@ -8,6 +8,7 @@ from modmask import cli
 from modmask.core.masking import masked_call
 from modmask.data.scan import ScanData, ScanVocabulary, make_split_files
 from modmask.data.scan_grammar import generate_commands, interpret
+from modmask.experiments import scan
 import pytest
 
 from modmask.core.training import MaskTrainer
@@ -99,3 +100,14 @@ def test_scan_smoke_end_to_end(tmp_path, preset):
     assert set(agg["output_removed"]) == {"I_TURN_LEFT", "I_TURN_RIGHT", "I_JUMP", "I_WALK", "I_RUN", "I_LOOK", "EOS"}
     assert set(agg["baseline"]) == {"jump", "length", "turn_left"}
     assert (tmp_path / "run/figures/accuracy.png").exists() and (tmp_path / "run/report.md").exists()
+
+
+def test_baseline_on_a_subset_of_splits_and_unknown_splits_are_an_error(tmp_path):
+    root = make_split_files(tmp_path / "data", _pairs(300, 3))
+    assert cli.main(["run", "scan", "--preset", "smoke", "--out", str(tmp_path / "run"), "--quiet",
+                     "--set", f"data={root}", "--set", "baseline_splits=jump"]) == 0
+    agg = json.loads((tmp_path / "run/results.json").read_text())["aggregate"]
+    assert set(agg["baseline"]) == {"jump"}
+    assert "From scratch on the split: jump" in (tmp_path / "run/report.md").read_text()
+    with pytest.raises(ValueError, match="unknown baseline_splits.*simple"):
+        scan.Config(baseline_splits=("simple",))

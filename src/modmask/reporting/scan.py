@@ -23,7 +23,7 @@ def write_report(out: Path, summary: dict) -> Path:
     acc = agg["accuracy"]
     series = {"full-problem mask": [acc["simple"][s] for s in SHOWN], "split mask": [acc[s][s] for s in SHOWN]}
     if agg.get("baseline"):
-        series["from scratch on the split"] = [agg["baseline"][s] for s in SHOWN]
+        series["from scratch on the split"] = [agg["baseline"].get(s, float("nan")) for s in SHOWN]  # nan: no bar
     plots.bar_groups(figures / "accuracy.png", list(SHOWN), {k: [mean(v) for v in vs] for k, vs in series.items()},
                      {k: [std(v) for v in vs] for k, vs in series.items()}, ylabel="test accuracy [%]",
                      title="Each split's test set", ylim=(0, 100))
