@@ -9,19 +9,19 @@ import sys
 import time
 
 from .allocator import keep_freed_memory
-from .experiments import registry
-from .experiments.config import ConfigError, field_types, parse_overrides
-from .experiments.placement import set_device
-from .experiments.runner import run_experiment
+from .experiments.config import ConfigError, field_types
+from .experiments.placement import resolve_device
+from .experiments.runner import overrides, run_experiment
 from .experiments.sweep import SweepError, run_sweep
+from .runs.catalogue import EXPERIMENTS, experiment_module
 from .reporting import write_report
 from .reporting.half_mask import write_half_mask_figure
 from .tracking import TrackerUnavailable, check_available, parse_track
 
 
 def _list(_args) -> int:
-    for name in registry.EXPERIMENTS:
-        module = registry.get(name)
+    for name in EXPERIMENTS:
+        module = experiment_module(name)
         print(f"{name}: {module.DESCRIPTION}")
         print(f"  presets: {', '.join(module.PRESETS)}")
         print(f"  keys: {', '.join(field_types(module.Config))}")
@@ -29,15 +29,14 @@ def _list(_args) -> int:
 
 
 def _run(args) -> int:
-    set_device(args.device)
-    module = registry.get(args.experiment)
-    overrides = parse_overrides(module.Config, args.set)
+    device = resolve_device(args.device)
+    values = overrides(args.experiment, args.set)
     out = args.out or f"runs/{args.experiment}-{args.preset}"
     track = parse_track(args.track)
     check_available(track)
     start = time.perf_counter()
-    run_experiment(args.experiment, args.preset, overrides, out, seeds=args.seeds,
-                   progress=not args.quiet, track=track)
+    run_experiment(args.experiment, args.preset, values, out, range(args.seed_start, args.seed_start + args.seeds),
+                   device=device, progress=not args.quiet, track=track)
     report = write_report(out)
     logging.info("finished in %.1f s; report: %s", time.perf_counter() - start, report)
     print(report)
@@ -79,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("experiment")
     run.add_argument("--preset", default="small", help="smoke, small or paper (default small)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    run.add_argument("--seeds", type=int, default=1, help="number of seeds (run 0..N-1)")
+    run.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
+    run.add_argument("--seed-start", type=int, default=0, help="first seed (default 0): runs seeds S..S+N-1; "
+                     "results.json aggregates every finished seed of the directory")
     run.add_argument("--out", help="run directory (default runs/EXPERIMENT-PRESET)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--track", metavar="NAMES", help="also log metrics to tensorboard and/or wandb (comma-separated)")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from modmask import cli
-from modmask.experiments import study
+from modmask.experiments import stage
 
 
 def _run(out, *extra):
@@ -47,7 +47,7 @@ def test_report_rebuilds_without_training(finished, capsys):
 
 def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
-    real = study.train_mask
+    real = stage.train_mask
     calls = []
 
     def dies_on_the_second_mask(*args, **kwargs):
@@ -56,12 +56,12 @@ def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(study, "train_mask", dies_on_the_second_mask)
+    monkeypatch.setattr(stage, "train_mask", dies_on_the_second_mask)
     with pytest.raises(KeyboardInterrupt):
         _run(out)
     assert (out / "seed-0/masks/full.safetensors").exists()
     assert not (out / "seed-0/masks/add.safetensors").exists()
-    monkeypatch.setattr(study, "train_mask", real)
+    monkeypatch.setattr(stage, "train_mask", real)
     before = {phase: _phase_lines(out, phase) for phase in ("pretrain", "mask:full", "mask:add")}
     assert before["pretrain"] > 0 and before["mask:full"] > 0 and before["mask:add"] == 0
     assert _run(out) == 0
@@ -82,23 +82,25 @@ def _phase_lines(out, phase):
 
 def test_resuming_with_other_settings_is_refused(finished, capsys):
     assert _run(finished, "--set", "beta=0.5") == 2
-    assert "holds a run with other settings (beta)" in capsys.readouterr().err
+    assert "holds a run with other settings (mask.beta)" in capsys.readouterr().err
 
 
-def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path, capsys):
-    from modmask.experiments.rundir import RunDir
+def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
+    from modmask.experiments.runner import plan
 
-    saved = {"experiment": "addmul", "k": 4}
-    RunDir(tmp_path).check_config(saved)
-    RunDir(tmp_path).check_config({**saved, "compiled": False}, defaults={"compiled": False})  # new key, default
-    with pytest.raises(ValueError, match="other settings \\(compiled\\)"):
-        RunDir(tmp_path).check_config({**saved, "compiled": True}, defaults={"compiled": False})
-    with pytest.raises(ValueError, match="other settings \\(k\\)"):
-        RunDir(tmp_path).check_config({**saved, "k": 8}, defaults={"k": 8})  # a saved key must match
+    saved = plan("addmul", "smoke", {}, tmp_path / "new").described
+    del saved["mask"]["compiled"], saved["lr"]  # settings added after the run was made
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    plan("addmul", "smoke", {}, tmp_path / "old")  # they hold their defaults: resumes
+    with pytest.raises(ValueError, match="other settings \\(mask.compiled\\)"):
+        plan("addmul", "smoke", {"mask.compiled": True}, tmp_path / "old")
+    with pytest.raises(ValueError, match="other settings \\(mask.k\\)"):
+        plan("addmul", "smoke", {"mask.k": 8}, tmp_path / "old")  # a saved key must match
 
 
 def test_metrics_of_a_child_run_directory_reach_the_same_trackers(tmp_path):
-    from modmask.experiments.rundir import RunDir
+    from modmask.runs import RunDir
 
     seen = []
     RunDir(tmp_path, on_log=seen.append).child("module").log({"phase": "pretrain", "step": 0})

@@ -19,7 +19,7 @@ from modmask.data.sampling import RandomBatches
 from modmask.experiments import cifar
 from modmask.experiments.config import resolve, to_json
 from modmask.experiments.pretrain import pretrain, step_lr
-from modmask.experiments.rundir import RunDir
+from modmask.runs import RunDir
 from modmask.models import CifarResNet
 
 
@@ -214,21 +214,24 @@ def test_unknown_optimizer_is_refused(tmp_path):
 
 def test_configs_resolve_per_model_defaults_and_keep_the_cnn_values():
     paper = resolve(cifar.Config, cifar.PRESETS, "paper-resnet")
-    assert (paper.model, paper.resnet_blocks, paper.batch_size, paper.mask_batch_size, paper.k) == \
+    assert (paper.model, paper.resnet_blocks, paper.batch_size, paper.mask_batch_size, paper.mask.k) == \
         ("resnet", 18, 128, 256, 4)
-    assert (paper.pretrain_steps, paper.lr, paper.mask_steps, paper.mask_lr, paper.beta, paper.grad_clip) == \
+    assert (paper.pretrain_steps, paper.lr, paper.mask.steps, paper.mask.lr, paper.mask.beta, paper.mask.grad_clip) == \
         (64_000, 0.1, 30_000, 0.03, 2e-5, 1.0)
-    # the CNN keeps its values (the new keys at their defaults, so an older run directory resumes)
+    # the CNN keeps its values
     small = to_json(resolve(cifar.Config, cifar.PRESETS, "small"))
+    mask = small.pop("mask")
     assert small == {"model": "cnn", "resnet_blocks": 18, "mask_batch_size": 128, "dropout": True,
-                     "original_regulariser_batch": False,
-                     "batch_size": 128, "pretrain_steps": 3000, "lr": 0.001, "grad_clip": 1.0, "mask_steps": 300,
-                     "mask_lr": 0.03, "beta": 0.0003, "k": 4, "stability_classes": [3, 5], "train_images": 50000,
+                     "original_regulariser_batch": False, "batch_size": 128, "pretrain_steps": 3000, "lr": 0.001,
+                     "grad_clip": 1.0, "stability_classes": [3, 5], "train_images": 50000,
                      "data": None, "source": None, "checkpoint_every": 2000}
+    assert {k: mask[k] for k in ("steps", "lr", "beta", "k", "grad_clip", "biases", "norms", "reg_batch_size")} == \
+        {"steps": 300, "lr": 0.03, "beta": 0.0003, "k": 4, "grad_clip": 1.0, "biases": True, "norms": True,
+         "reg_batch_size": None}
     smoke = resolve(cifar.Config, cifar.PRESETS, "smoke")
-    assert smoke.mask_batch_size == smoke.batch_size == 32 and smoke.beta == 3e-4
-    overridden = resolve(cifar.Config, cifar.PRESETS, "paper", {"model": "resnet", "beta": 1e-4})
-    assert overridden.beta == 1e-4 and overridden.mask_lr == 0.03
+    assert smoke.mask_batch_size == smoke.batch_size == 32 and smoke.mask.beta == 3e-4
+    overridden = resolve(cifar.Config, cifar.PRESETS, "paper", {"model": "resnet", "mask.beta": 1e-4})
+    assert overridden.mask.beta == 1e-4 and overridden.mask.lr == 0.03
     with pytest.raises(ValueError, match="model must be one of cnn, resnet"):
         cifar.Config(model="vgg")
 

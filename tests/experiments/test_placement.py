@@ -8,17 +8,17 @@ from modmask.core.masking import to_device
 from modmask.experiments import placement
 
 
-def test_auto_picks_the_cpu_here_and_cuda_without_a_gpu_is_a_clear_error(capsys):
-    placement.set_device("auto")
+def test_auto_picks_the_cpu_here_and_cuda_without_a_gpu_is_a_clear_error(capsys, tmp_path):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert placement.device().type == expected
-    assert placement.place(torch.nn.Linear(2, 2)).weight.device.type == expected
+    assert placement.resolve_device("auto").type == expected
+    assert placement.resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        assert cli.main(["run", "addmul", "--preset", "smoke", "--device", "cuda", "--out", "unused"]) == 2
+        out = tmp_path / "unused"
+        assert cli.main(["run", "addmul", "--preset", "smoke", "--device", "cuda", "--out", str(out)]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
-    placement.set_device("cpu")
-    assert placement.device() == torch.device("cpu")
-    placement.set_device("auto")
+        assert not out.exists()  # refused before anything was written
+    assert cli.main(["run", "addmul", "--preset", "smoke", "--device", "gpu0", "--out", str(tmp_path / "x")]) == 2
+    assert "--device gpu0" in capsys.readouterr().err
 
 
 def test_to_device_moves_every_tensor_of_a_nested_batch():

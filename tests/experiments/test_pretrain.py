@@ -6,7 +6,7 @@ import torch
 from modmask.data.arithmetic import AddMulData, digit_loss
 from modmask.data.sampling import RandomBatches
 from modmask.experiments.pretrain import pretrain
-from modmask.experiments.rundir import RunDir
+from modmask.runs import RunDir
 from modmask.models import MLP
 
 

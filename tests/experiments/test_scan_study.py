@@ -77,14 +77,14 @@ def test_transformer_decoder_is_causal_and_batches_over_mask_samples():
 
 
 def test_scan_batches_resume_from_their_state():
-    from modmask.experiments.scan import ScanBatches
+    from modmask.experiments.seq2seq import SequenceBatches
 
     vocab = ScanVocabulary.build([_pairs()])
-    batches = ScanBatches(ScanData(_pairs(50, 5), vocab), 8, seed=3, teacher_forcing=0.5)
+    batches = SequenceBatches(ScanData(_pairs(50, 5), vocab), 8, seed=3, teacher_forcing=0.5)
     next(batches)
     state = batches.state()
     expected = [next(batches) for _ in range(4)]
-    resumed = ScanBatches(ScanData(_pairs(50, 5), vocab), 8, seed=99, teacher_forcing=0.5)
+    resumed = SequenceBatches(ScanData(_pairs(50, 5), vocab), 8, seed=99, teacher_forcing=0.5)
     resumed.load_state(state)
     for (inputs, targets), (inputs2, targets2) in zip(expected, [next(resumed) for _ in range(4)]):
         assert torch.equal(inputs[0], inputs2[0]) and (inputs[3] is None) == (inputs2[3] is None)

@@ -3,16 +3,20 @@ a restart skips finished runs, a worker killed mid-run is retried and the aggreg
 grid errors come before Ray starts; the sweep report; the tracking adapters."""
 
 import json
+import os
 import struct
 import sys
+import threading
+import time
 import types
+from pathlib import Path
 
 import pytest
 import ray
 
 from modmask import cli, tracking
 from modmask.experiments import sweep
-from modmask.experiments.rundir import RunDir, write_json
+from modmask.runs import RunDir, write_json
 
 BETAS = ["beta=0.0001", "beta=0.001"]
 
@@ -43,7 +47,7 @@ def test_sweep_runs_every_point_and_seed_and_aggregates(swept):
     assert [p["name"] for p in described["points"]] == BETAS
     for name, beta in zip(BETAS, (1e-4, 1e-3)):
         point = swept / name
-        assert json.loads((point / "config.json").read_text())["beta"] == beta
+        assert json.loads((point / "config.json").read_text())["mask"]["beta"] == beta
         for seed in (0, 1):
             assert (point / f"seed-{seed}/results.json").exists()
             assert (point / f"seed-{seed}/masks/mul.safetensors").exists()
@@ -85,11 +89,34 @@ def test_restart_skips_finished_runs(swept, monkeypatch):
             assert after[name] == before[name], name
 
 
-def test_killed_worker_is_retried_and_the_aggregate_is_complete(local_ray, tmp_path, monkeypatch):
+def _killed_once(marker: str):
+    """sweep.run_task, except that the first task to create `marker` kills its own worker process
+    as soon as its run has written metrics, as a lost worker would."""
+
+    def task(experiment, preset, values, out, seed, *args):
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return sweep.run_task(experiment, preset, values, out, seed, *args)
+        metrics = Path(out) / f"seed-{seed}" / "metrics.jsonl"
+
+        def watch():
+            while not (metrics.exists() and metrics.stat().st_size > 0):
+                time.sleep(0.005)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+        return sweep.run_task(experiment, preset, values, out, seed, *args)
+
+    return task
+
+
+def test_killed_worker_is_retried_and_the_aggregate_is_complete(local_ray, tmp_path):
     marker = tmp_path / "killed"
-    monkeypatch.setenv(sweep.KILL_ONCE_ENV, str(marker))
     out = tmp_path / "sweep"
-    summary = sweep.run_sweep("addmul", "smoke", ["beta=1e-4"], 2, out, retries=2, track=["tensorboard"])
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
+    summary = sweep.run_sweep("addmul", "smoke", ["beta=1e-4"], 2, out, retries=2, track=["tensorboard"],
+                              task=_killed_once(str(marker)))
     assert marker.exists(), "no worker was killed"
     assert (summary["ran"], summary["failed"]) == (2, [])
     restarted = []
@@ -128,13 +155,16 @@ def test_without_ray_the_error_names_the_extra(tmp_path, monkeypatch, capsys):
 
 
 def test_grid_values_and_point_names():
-    fixed, axes, points = sweep.plan("addmul", "smoke", ["hidden=16,16;32,32", "beta=1e-4", "beta=0.001,1e-4"],
-                                     ["k=2"])
-    assert fixed == {"k": 2} and axes == {"hidden": [(16, 16), (32, 32)], "beta": [1e-4, 1e-3]}
+    fixed, axes, points = sweep.plan_grid("addmul", ["hidden=16,16;32,32", "beta=1e-4", "beta=0.001,1e-4"],
+                                          ["k=2"])
+    assert fixed == {"mask.k": 2} and axes == {"hidden": [(16, 16), (32, 32)], "beta": [1e-4, 1e-3]}
     assert [p.name for p in points] == ["hidden=16x16,beta=0.0001", "hidden=16x16,beta=0.001",
                                         "hidden=32x32,beta=0.0001", "hidden=32x32,beta=0.001"]
     assert points[1].values == {"hidden": (16, 16), "beta": 1e-3}
-    assert [p.name for p in sweep.plan("addmul", "smoke")[2]] == ["base"]
+    assert [p.name for p in sweep.plan_grid("addmul")[2]] == ["base"]
+    assert sweep.plan_grid("addmul", ["mask.beta=1e-4"])[1] == {"mask.beta": [1e-4]}
+    with pytest.raises(ValueError, match="both set"):
+        sweep.plan_grid("addmul", ["mask.beta=1e-4"], ["beta=1e-3"])
 
 
 def _addmul_results(shared_add, iou):

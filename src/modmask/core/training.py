@@ -12,6 +12,7 @@ the frozen weights' gradients accumulate over all steps and take part in global-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .mask_config import MASK_SETTINGS, MaskConfig
 from .gumbel import UniformSource, sample_masked_weights
 from .masking import (call_sequential, call_vmap, choose_path, frozen_parameters,
                       model_mode, split_batch, to_device)
@@ -36,10 +38,13 @@ LOGITS_FORMAT = "modmask.logits/1"
 
 @dataclass
 class TrainedMask:
-    """The learned logits of one mask (parameter name -> [*shape]) and the training history."""
+    """The learned logits of one mask (parameter name -> [*shape]) and the training history; with
+    weights that trained jointly with the mask (MaskTrainer's `trainable`), also the masked tensors'
+    final weights (name -> [*shape]), which saving leaves out."""
 
     logits: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
+    weights: dict[str, torch.Tensor] | None = None
 
     @property
     def masks(self) -> Masks:
@@ -181,30 +186,28 @@ class MaskTrainer:
 
     def result(self, history: list[dict] | None = None) -> TrainedMask:
         return TrainedMask({n: (l.detach().t() if n in self.transposed else l.detach()).contiguous().clone()
-                            for n, l in self.logits.items()}, history or [])
+                            for n, l in self.logits.items()}, history or [],
+                           self.weights_by_name() if self.frozen_entries else None)
 
 
-def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, *, steps: int,
-               mode: str = "eval", progress: bool | str = True, log_every: int = 100,
-               on_log: Callable[[dict], None] | None = None, **options) -> TrainedMask:
+def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, config: MaskConfig | None = None, *,
+               progress: bool | str = True, log_every: int = 100, on_log: Callable[[dict], None] | None = None,
+               **options) -> TrainedMask:
     """Learn which weights of `model` the function behind `batches` needs.
 
     batches: iterable of (inputs, targets); inputs is a tensor [B, ...] or a tuple of arguments
         (tensors are split into k chunks along dim 0). Re-iterated when exhausted.
     loss_fn(outputs [B, ...], targets) -> scalar, the mean over the batch.
-    steps: number of updates. mode: the model's mode while training ('eval' as in the paper;
-        'train' keeps e.g. random teacher forcing active). progress: False, True or a bar label.
-    options (MaskTrainer):
-        parameters / biases / norms: which tensors get a mask (see select_parameters);
-        k: mask samples per step (default 4); beta, reg_batch_size: regulariser
-        beta / b * sum(logits), b defaulting to the batch size; lr (1e-2), init_logit (2.0),
-        grad_clip (1.0), seed; path: 'auto' (vmap, or sequential with a warning when the model
-        cannot be batched), 'vmap' (error instead) or 'sequential'; compiled: fuse the elementwise
-        mask work with torch.compile; original_clipping: emulate the original code's clipping.
+    config: a MaskConfig (steps, k, beta, lr, grad_clip, ..., see there); any of its fields given as
+        keyword options override it, e.g. train_mask(model, batches, loss_fn, steps=2000, beta=1e-4).
+    progress: False, True or a bar label. on_log(record) receives the record logged every
+        `log_every` steps (step, loss, regulariser, density).
+    options beyond MaskConfig's fields go to MaskTrainer: seed, init_logits, trainable, fixed_masks.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be positive (got {steps})")
-    trainer = MaskTrainer(model, loss_fn, **options)
+    settings = {n: options.pop(n) for n in MASK_SETTINGS if n in options}
+    config = dataclasses.replace(config, **settings) if config else MaskConfig(**settings)
+    steps, mode = config.steps, config.mode
+    trainer = MaskTrainer(model, loss_fn, **config.trainer_options(), **options)
     history: list[dict] = []
     bar = tqdm(total=steps, desc=progress if isinstance(progress, str) else "mask",
                disable=not progress, leave=False)

@@ -44,3 +44,18 @@ class IndexSubset:
 
     def encode(self, index):
         return self.data.encode(self.indices[index])
+
+
+def balanced_subset(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    """int64 [count] indices, in increasing order, of a seeded subset with the classes as equal as
+    possible (the first examples of a class-sorted folder would hold one class only). Each class
+    contributes a random sample of its examples; a class with too few gives all it has."""
+    if not 0 < count <= len(labels):
+        raise ValueError(f"a subset of {count} examples cannot be taken from {len(labels)}")
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = [(labels == c).nonzero().flatten()[torch.randperm(int((labels == c).sum()), generator=generator)]
+                for c in labels.unique()]
+    # deal round by round (one example of each class per round) until `count` are taken
+    rank = torch.cat([torch.arange(len(s)) for s in shuffled])
+    order = torch.cat(shuffled)[torch.sort(rank, stable=True).indices]
+    return order[:count].sort().values

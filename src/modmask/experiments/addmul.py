@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from ..core.evaluation import collect, inverse
+from ..core.mask_config import MaskConfig
 from ..data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
-from .placement import place
 from .pretrain import pretrain
-from .rundir import RunDir
-from .study import Function, MaskOptions, half_mask_test, mask_statistics, removal_matrix, train_masks
+from ..runs import RunDir
+from .study import Function, half_mask_test, mask_statistics, removal_matrix, train_masks
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 
@@ -35,24 +35,19 @@ class Config:
     valid_size: int = 10_000
     batch_size: int = 128
     pretrain_steps: int = 20_000
-    lr: float = 1e-3
-    grad_clip: float = 1.0
-    mask_steps: int = 20_000
-    mask_lr: float = 1e-2
-    beta: float = 1e-4
-    k: int = 4
-    compiled: bool = False
-    original_clipping: bool = False
+    lr: float = 1e-3  # pretraining
+    grad_clip: float = 1.0  # pretraining
+    mask: MaskConfig = MaskConfig(steps=20_000, k=4, beta=1e-4, lr=1e-2, grad_clip=1.0)
     checkpoint_every: int = 2000
 
 
 PRESETS = {
     "smoke": dict(hidden=(32, 32), lstm_hidden=16, train_size=20_000, valid_size=1_000,
-                  pretrain_steps=150, mask_steps=40, checkpoint_every=100),
+                  pretrain_steps=150, mask=dict(steps=40), checkpoint_every=100),
     # the paper's small FNN with the paper's step counts (about 16 minutes on 2 CPU cores)
     "small": dict(hidden=(400, 400, 200)),
     # a narrower LSTM (the paper's has 256 units) and fewer steps, to fit minutes on 2 CPU cores
-    "small-lstm": dict(model="lstm", lstm_hidden=128, pretrain_steps=10_000, mask_steps=5_000),
+    "small-lstm": dict(model="lstm", lstm_hidden=128, pretrain_steps=10_000, mask=dict(steps=5_000)),
     "paper": dict(),
 }
 
@@ -89,10 +84,10 @@ def op_confusion(model: nn.Module, masks, valid: AddMulData) -> list[list[float]
     return [(rows[rows[:, 0] == op, 1:].float().mean(0) * 100).tolist() for op in (ADD, MUL)]
 
 
-def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     train = AddMulData.generate("train", config.train_size)
     valid = AddMulData.generate("valid", config.valid_size)
-    model = place(build_model(config, seed))
+    model = build_model(config, seed).to(device)
     with run_dir.timed("pretrain"):
         pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
                  steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
@@ -101,10 +96,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     functions = [Function(name, RandomBatches(train.subset(op), config.batch_size, 1234 + seed),
                           fixed_batches(valid.subset(op), 1000), digit_loss, digits_correct, label)
                  for name, label, op in STAGES]
-    options = MaskOptions(steps=config.mask_steps, k=config.k, beta=config.beta, lr=config.mask_lr,
-                          grad_clip=config.grad_clip, compiled=config.compiled,
-                          original_clipping=config.original_clipping)
-    trained = train_masks(model, functions, run_dir, options, seed, progress)
+    trained = train_masks(model, functions, run_dir, config.mask, seed, progress)
     masks = {name: t.masks for name, t in trained.items()}
 
     metric = removal_matrix(model, functions, trained)

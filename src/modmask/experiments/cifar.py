@@ -19,27 +19,26 @@ from torch.nn import functional as F
 
 from ..core.analysis import iou
 from ..core.evaluation import collect
+from ..core.mask_config import MaskConfig
 from ..core.masks import Masks
-from ..core.training import TrainedMask, train_mask
 from ..data.augment import AugmentedBatches
 from ..data.cifar import ImageClassData, channel_stats, load_cifar10
 from ..data.mnist import train_valid_split
-from ..data.sampling import IndexSubset, RandomBatches, fixed_batches
+from ..data.sampling import IndexSubset, RandomBatches, balanced_subset, fixed_batches
 from ..models import CifarResNet, SimpleCNN
-from .placement import place
+from ..runs import RunDir
 from .pretrain import pretrain
-from .rundir import RunDir
+from .stage import mask_stage
 from .study import half_mask_test
 
 DESCRIPTION = "CIFAR-10 simple CNN or ResNet-110: class-exclusive weights and confusion changes"
 
-# Per-model defaults of the settings left None in Config (paper §2.6); a default of None means
-# batch_size. They are filled in when the Config is made, so config.json holds the values (and a
-# CNN config holds exactly the values it held before the ResNet was added).
-MODEL_DEFAULTS = {"cnn": dict(pretrain_steps=20_000, lr=1e-3, mask_steps=20_000, mask_lr=1e-3, beta=3e-4,
-                              mask_batch_size=None),
-                  "resnet": dict(pretrain_steps=64_000, lr=0.1, mask_steps=30_000, mask_lr=0.03, beta=2e-5,
-                                 mask_batch_size=256)}
+# Per-model defaults of the settings left None in Config (paper §2.6); a mask batch size of None
+# means batch_size.
+MODEL_DEFAULTS = {"cnn": {"pretrain_steps": 20_000, "lr": 1e-3, "mask.steps": 20_000, "mask.lr": 1e-3,
+                          "mask.beta": 3e-4, "mask_batch_size": None},
+                  "resnet": {"pretrain_steps": 64_000, "lr": 0.1, "mask.steps": 30_000, "mask.lr": 0.03,
+                             "mask.beta": 2e-5, "mask_batch_size": 256}}
 # The ResNet's fixed recipe: SGD, lr x 0.1 at 1/2 and 3/4 of pretraining (32k and 48k of 64k), no
 # gradient clipping in pretraining (grad_clip is then the masks' only), crop-and-flip augmentation.
 RESNET_PRETRAIN = dict(optimizer="sgd", momentum=0.9, weight_decay=1e-4, grad_clip=None)
@@ -54,13 +53,11 @@ class Config:
     resnet_blocks: int = 18  # BasicBlocks per ResNet stage: 18 = ResNet-110, 3 = ResNet-20
     batch_size: int = 128  # pretraining (and the regulariser's b)
     mask_batch_size: int | None = None  # None: the model's default (CNN: batch_size; ResNet: 256)
-    pretrain_steps: int | None = None  # None: the model's default, as for the keys below
+    pretrain_steps: int | None = None  # None: the model's default, as for lr and mask steps, lr, beta
     lr: float | None = None
-    grad_clip: float = 1.0  # masks; pretraining too for the CNN
-    mask_steps: int | None = None
-    mask_lr: float | None = None
-    beta: float | None = None
-    k: int = 4
+    grad_clip: float = 1.0  # the CNN's pretraining
+    # Everything is masked: conv/linear weights, biases and BatchNorm affine parameters.
+    mask: MaskConfig = MaskConfig(steps=None, k=4, beta=None, lr=None, grad_clip=1.0, biases=True, norms=True)
     # The original divides the regulariser by the pretraining batch size even where the mask batch
     # differs (the ResNet: 128 vs 256); modmask divides by the mask batch unless this is set.
     original_regulariser_batch: bool = False
@@ -73,25 +70,27 @@ class Config:
     def __post_init__(self):
         if self.model not in MODEL_DEFAULTS:
             raise ValueError(f"model must be one of {', '.join(MODEL_DEFAULTS)}, not {self.model!r}")
-        for name, default in MODEL_DEFAULTS[self.model].items():
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, self.batch_size if default is None else default)
+
+    def variant_defaults(self) -> dict:
+        defaults = MODEL_DEFAULTS[self.model]
+        return {**defaults, "mask_batch_size": defaults["mask_batch_size"] or self.batch_size,
+                "mask.reg_batch_size": self.batch_size if self.original_regulariser_batch else None}
 
 
 PRESETS = {
-    "smoke": dict(pretrain_steps=40, mask_steps=8, batch_size=32, train_images=600, checkpoint_every=20),
+    "smoke": dict(pretrain_steps=40, mask=dict(steps=8), batch_size=32, train_images=600, checkpoint_every=20),
     # small: 3k pretraining steps and 300 steps per mask. The paper's mask lr (1e-3) cannot move a
     # logit from 2 below 0 in so few Adam steps; at 1e-2 the masks kept 96% of the weights and the
     # removed class dropped 5% on average; at 3e-2 the reference mask keeps ~30% and a removed class
     # drops ~100% (measured; docs/results.md).
-    "small": dict(pretrain_steps=3_000, mask_steps=300, mask_lr=3e-2),
+    "small": dict(pretrain_steps=3_000, mask=dict(steps=300, lr=3e-2)),
     "paper": dict(),
     "paper_no_dropout": dict(dropout=False),
-    "smoke-resnet": dict(model="resnet", resnet_blocks=1, pretrain_steps=40, mask_steps=8, batch_size=32,
+    "smoke-resnet": dict(model="resnet", resnet_blocks=1, pretrain_steps=40, mask=dict(steps=8), batch_size=32,
                          mask_batch_size=32, train_images=600, checkpoint_every=20),
     # ResNet-20, short: measured on one busy CPU thread ~1 s per pretraining step and ~1.7 s per
     # mask step, so about 2.5 hours in all (not run yet). ResNet-110 needs a GPU (~6 s and ~10 s).
-    "small-resnet": dict(model="resnet", resnet_blocks=3, pretrain_steps=2_000, mask_steps=300),
+    "small-resnet": dict(model="resnet", resnet_blocks=3, pretrain_steps=2_000, mask=dict(steps=300)),
     "paper-resnet": dict(model="resnet"),
 }
 
@@ -122,7 +121,9 @@ def _data(config: Config, cifar: dict):
     the training images, evaluated on the other 20% ("iid"), normalised by their own statistics.
     The ResNet: all training images, evaluated on the official test set, fixed statistics."""
     images, labels = cifar["train"]
-    images, labels = images[:config.train_images], labels[:config.train_images]
+    if config.train_images < len(labels):  # image folders are sorted by class: a balanced subset
+        subset = balanced_subset(labels, config.train_images)
+        images, labels = images[subset], labels[subset]
     if config.model == "resnet":
         data = ImageClassData(images, labels, RESNET_MEAN, RESNET_STD)
         return data, torch.arange(len(labels)), fixed_batches(ImageClassData(*cifar["test"], RESNET_MEAN, RESNET_STD),
@@ -140,7 +141,7 @@ def _model(config: Config, classes: int, seed: int) -> torch.nn.Module:
         return SimpleCNN(classes, dropout=config.dropout)
 
 
-def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     cifar = load_cifar10(config.data, config.source)
     classes = len(cifar["classes"])
     data, train_idx, valid = _data(config, cifar)
@@ -153,7 +154,7 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
         black = -data.mean.view(3) / data.std.view(3)  # pad with what a black pixel is after normalising
         return AugmentedBatches(sampled, batch_seed + 7_919, fill=black)
 
-    model = place(_model(config, classes, seed))
+    model = _model(config, classes, seed).to(device)
     recipe = dict(lr=config.lr, grad_clip=config.grad_clip)
     if config.model == "resnet":
         drops_at = tuple(int(config.pretrain_steps * f) for f in RESNET_LR_DROPS)
@@ -162,23 +163,9 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
         pretrain(model, batches(train_idx, config.batch_size, seed), F.cross_entropy, run_dir,
                  steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every, progress=progress, **recipe)
 
-    # Everything is masked: conv/linear weights, biases and BatchNorm affine parameters.
-    options = dict(k=config.k, beta=config.beta, lr=config.mask_lr, grad_clip=config.grad_clip, biases=True,
-                   norms=True, reg_batch_size=config.batch_size if config.original_regulariser_batch else None)
-
     def stage(name: str, indices: torch.Tensor, stage_seed: int, fixed: Masks | None = None) -> Masks:
-        path = run_dir.file("masks", f"{name}.safetensors")
-        if path.exists():
-            trained = TrainedMask.load(path, model)
-        else:
-            with run_dir.timed(f"mask:{name}"):
-                trained = train_mask(model, batches(indices, config.mask_batch_size, stage_seed),
-                                     F.cross_entropy, steps=config.mask_steps, seed=stage_seed,
-                                     progress=f"mask {name}" if progress else False,
-                                     fixed_masks=fixed, on_log=lambda r: run_dir.log({"phase": f"mask:{name}", **r}),
-                                     **options)
-            trained.save(path)
-        masks = trained.masks
+        masks = mask_stage(run_dir, name, model, batches(indices, config.mask_batch_size, stage_seed),
+                           F.cross_entropy, config.mask, seed=stage_seed, progress=progress, fixed_masks=fixed).masks
         return Masks({**masks, **fixed}) if fixed else masks
 
     train_labels = labels[train_idx]

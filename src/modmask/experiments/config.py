@@ -1,6 +1,12 @@
-"""Experiment configs: frozen dataclasses with the paper's settings as defaults, named presets,
-and `key=value` overrides checked against the fields (unknown key or wrong type: an error that
-lists the valid keys)."""
+"""Experiment configs: frozen dataclasses with the paper's settings as defaults, a nested
+`mask: MaskConfig` group (dotted keys: `mask.beta`), named presets, and `key=value` overrides
+checked against the fields (unknown key or wrong type: an error that lists the valid keys).
+
+Per-variant defaults: a field left None takes the value of the config's `variant_defaults()`
+(e.g. the SCAN Transformer's beta), filled in when the config is resolved, so config.json records
+the values used. Flat keys of modmask 0.1 (`beta`, `mask_lr`, `mask_steps`, ...) are aliases of
+the dotted ones (runs/legacy.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import json
 import types
 import typing
 from typing import Any, Mapping
+
+from ..runs.legacy import nest
 
 
 class ConfigError(ValueError):
@@ -30,6 +38,8 @@ def _convert(name: str, text: str, kind) -> Any:
     if origin is tuple:
         item = typing.get_args(kind)[0]
         return tuple(_convert(name, part, item) for part in text.split(",") if part)
+    if kind is Any:
+        return text
     try:
         return kind(text)
     except (TypeError, ValueError):
@@ -37,36 +47,109 @@ def _convert(name: str, text: str, kind) -> Any:
 
 
 def field_types(config_class) -> dict[str, Any]:
+    """Every key of a config class, nested groups as dotted keys ('mask.beta'), with its type."""
     hints = typing.get_type_hints(config_class)
-    return {f.name: hints[f.name] for f in dataclasses.fields(config_class)}
+    types_ = {}
+    for field in dataclasses.fields(config_class):
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            types_.update({f"{field.name}.{k}": v for k, v in field_types(kind).items()})
+        else:
+            types_[field.name] = kind
+    return types_
 
 
-def parse_overrides(config_class, pairs: list[str]) -> dict[str, Any]:
-    """['beta=1e-4', 'hidden=400,400,200'] -> typed values; errors name the valid keys."""
-    types = field_types(config_class)
+def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{'mask': {'beta': 1e-4}} -> {'mask.beta': 1e-4} (dotted keys pass through)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _canonical(config_class, values: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
+    """Dotted keys, aliases replaced; unknown keys are an error that lists the valid ones."""
+    types_ = field_types(config_class)
+    flat = {aliases.get(k, k): v for k, v in flatten(values).items()}
+    unknown = sorted(set(flat) - set(types_))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {', '.join(types_)}")
+    return flat
+
+
+def parse_overrides(config_class, pairs: list[str], aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """['mask.beta=1e-4', 'hidden=400,400,200'] -> typed values by dotted key; an alias (`beta`)
+    gives its dotted key. Errors name the valid keys."""
+    types_ = field_types(config_class)
+    aliases = aliases or {}
     values = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} is not key=value")
         key, text = pair.split("=", 1)
-        if key not in types:
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(types)}")
-        values[key] = _convert(key, text, types[key])
+        key = aliases.get(key, key)
+        if key not in types_:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(types_)}")
+        values[key] = _convert(key, text, types_[key])
     return values
 
 
+def build(config_class, values: Mapping[str, Any]):
+    """A config from dotted (or nested) values over the class defaults; per-variant defaults filled."""
+    nested = nest(flatten(values))
+    try:
+        kwargs = {f.name: dataclasses.replace(f.default, **nested[f.name]) if isinstance(nested[f.name], dict)
+                  else nested[f.name]  # a group: its values over the group's default
+                  for f in dataclasses.fields(config_class) if f.name in nested}
+        config = config_class(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    return fill_defaults(config, config.variant_defaults()) if hasattr(config, "variant_defaults") else config
+
+
+def fill_defaults(config, defaults: Mapping[str, Any]):
+    """The config with every field that is None and has an entry in `defaults` (dotted keys) set to it."""
+    current = flatten(to_dict(config))
+    missing = {k: v for k, v in flatten(defaults).items() if current.get(k, 0) is None}
+    if not missing:
+        return config
+    groups = nest(missing)
+    changes = {name: dataclasses.replace(getattr(config, name), **value) if isinstance(value, dict) else value
+               for name, value in groups.items()}
+    return dataclasses.replace(config, **changes)
+
+
+_POSITIVE = ("steps", "size", "every", "images", "tasks")
+
+
+def check_values(config) -> None:
+    """Counts that must be positive (names ending in steps, size, every, images, tasks), for every
+    key at once, before any work starts."""
+    bad = [f"{k}={v}" for k, v in flatten(to_dict(config)).items()
+           if k.endswith(_POSITIVE) and isinstance(v, int) and not isinstance(v, bool) and v < 1]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: must be positive")
+
+
 def resolve(config_class, presets: Mapping[str, Mapping[str, Any]], preset: str,
-            overrides: Mapping[str, Any] | None = None):
-    """The config of a preset with overrides applied."""
+            overrides: Mapping[str, Any] | None = None, aliases: Mapping[str, str] | None = None):
+    """The config of a preset with overrides (dotted keys or aliases) applied, checked."""
     if preset not in presets:
         raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(presets)}")
-    types = field_types(config_class)
-    values = {**presets[preset], **(overrides or {})}
-    unknown = set(values) - set(types)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(unknown)}; valid keys: {', '.join(types)}")
-    return config_class(**values)
+    values = {**_canonical(config_class, presets[preset], aliases or {}),
+              **_canonical(config_class, overrides or {}, aliases or {})}
+    config = build(config_class, values)
+    check_values(config)
+    return config
+
+
+def to_dict(config) -> dict:
+    return {f.name: getattr(config, f.name) if not dataclasses.is_dataclass(getattr(config, f.name))
+            else to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def to_json(config) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    return json.loads(json.dumps(to_dict(config)))

@@ -16,32 +16,33 @@ from pathlib import Path
 import torch
 
 from ..core.evaluation import evaluate
-from ..core.training import TrainedMask, train_mask
+from ..core.mask_config import MaskConfig
 from ..data.dm_math import PAPER_MODULES, char_vocabulary, read_module, split_module
 from ..data.dm_math_generate import generate
 from ..data.root import data_root, writable_dir
 from ..data.scan import ScanData
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
-from .placement import place
+from ..runs import RunDir, read_json, write_json
+from .config import fill_defaults, to_json
 from .pretrain import pretrain
-from .rundir import RunDir, read_json, write_json
-from .scan import ScanBatches, correct, eval_batches, loss
+from .seq2seq import SequenceBatches, correct, eval_batches, loss
+from .stage import mask_stage
 
 DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
 
 # The paper's per-module settings (§2.5): pretraining batch and steps, linear warm-up steps, and
 # the masks' beta, learning rate, steps and batch size.
+def _module(batch_size, pretrain_steps, warmup, beta, mask_lr, mask_steps, mask_batch_size) -> dict:
+    return {"batch_size": batch_size, "pretrain_steps": pretrain_steps, "warmup": warmup, "mask.beta": beta,
+            "mask.lr": mask_lr, "mask.steps": mask_steps, "mask_batch_size": mask_batch_size}
+
+
 MODULE_SETTINGS = {
-    "arithmetic__add_or_sub": dict(batch_size=256, pretrain_steps=30_000, warmup=0, beta=2e-5, mask_lr=0.03,
-                                   mask_steps=30_000, mask_batch_size=256),
-    "algebra__linear_1d": dict(batch_size=512, pretrain_steps=200_000, warmup=5_000, beta=1e-6, mask_lr=0.02,
-                               mask_steps=50_000, mask_batch_size=400),
-    "calculus__differentiate": dict(batch_size=128, pretrain_steps=40_000, warmup=0, beta=1e-5, mask_lr=0.03,
-                                    mask_steps=40_000, mask_batch_size=128),
-    "comparison__sort": dict(batch_size=256, pretrain_steps=30_000, warmup=0, beta=3e-6, mask_lr=0.03,
-                             mask_steps=30_000, mask_batch_size=256),
-    "polynomials__collect": dict(batch_size=128, pretrain_steps=200_000, warmup=5_000, beta=1e-6, mask_lr=0.02,
-                                 mask_steps=50_000, mask_batch_size=256),
+    "arithmetic__add_or_sub": _module(256, 30_000, 0, 2e-5, 0.03, 30_000, 256),
+    "algebra__linear_1d": _module(512, 200_000, 5_000, 1e-6, 0.02, 50_000, 400),
+    "calculus__differentiate": _module(128, 40_000, 0, 1e-5, 0.03, 40_000, 128),
+    "comparison__sort": _module(256, 30_000, 0, 3e-6, 0.03, 30_000, 256),
+    "polynomials__collect": _module(128, 200_000, 5_000, 1e-6, 0.02, 50_000, 256),
 }
 STAGES = ("control", "easy")  # control: all train difficulties; easy: train_easy only
 
@@ -61,15 +62,12 @@ class Config:
     adam_betas: tuple[float, float] = (0.9, 0.995)
     adam_eps: float = 1e-9
     grad_clip: float = 0.1
-    # None: the module's setting from MODULE_SETTINGS; a number: the same for every module.
+    # None: the module's setting from MODULE_SETTINGS (for_module); a number: the same for every module.
     batch_size: int | None = None
     pretrain_steps: int | None = None
     warmup: int | None = None
-    beta: float | None = None
-    mask_lr: float | None = None
-    mask_steps: int | None = None
     mask_batch_size: int | None = None
-    k: int = 8
+    mask: MaskConfig = MaskConfig(steps=None, k=8, beta=None, lr=None, grad_clip=1.0)
     # The original divides the regulariser by the pretraining batch size even where the mask batch
     # differs (linear_1d, polycollect); modmask divides by the mask batch unless this is set.
     original_regulariser_batch: bool = False
@@ -87,23 +85,24 @@ class Config:
         unknown = [m for m in self.modules if m not in MODULE_SETTINGS]
         if unknown:
             raise ValueError(f"unknown modules {unknown}; the paper's modules: {', '.join(MODULE_SETTINGS)}")
-        if self.k < 1 or (self.mask_batch_size or 8) % self.k:
-            raise ValueError(f"mask_batch_size must be a multiple of k={self.k}")
+        if (self.mask_batch_size or self.mask.k) % self.mask.k:
+            raise ValueError(f"mask_batch_size must be a multiple of mask.k={self.mask.k}")
 
-    def setting(self, module: str, name: str):
-        """A per-module setting: the configured value, or the paper's value for `module` when None."""
-        value = getattr(self, name)
-        return MODULE_SETTINGS[module][name] if value is None else value
+    def for_module(self, module: str) -> "Config":
+        """The settings left None filled with the paper's values for `module`."""
+        defaults = MODULE_SETTINGS[module]
+        reg_batch = self.batch_size or defaults["batch_size"] if self.original_regulariser_batch else None
+        return fill_defaults(self, {**defaults, "mask.reg_batch_size": reg_batch})
 
 
 # small: a 2+2-layer Transformer (d 128) and short schedules, about 12 minutes per module on 2 CPU
 # cores (pretraining 0.39 s per step at batch 64 there); on generated data.
 SMALL = dict(d_model=128, heads=4, ff_size=256, layers=2, lr=5e-4, grad_clip=1.0, batch_size=64,
-             pretrain_steps=1_200, warmup=120, mask_batch_size=64, mask_steps=300, mask_lr=0.03,
+             pretrain_steps=1_200, warmup=120, mask_batch_size=64, mask=dict(steps=300, lr=0.03),
              held_out=1_000, test_examples=500, generate_train=12_000, generate_test=1_000)
 PRESETS = {
     "smoke": dict(modules=("arithmetic__add_or_sub",), d_model=16, heads=2, ff_size=32, layers=1, batch_size=16,
-                  pretrain_steps=20, warmup=5, mask_steps=6, mask_batch_size=16, held_out=20, test_examples=32,
+                  pretrain_steps=20, warmup=5, mask=dict(steps=6), mask_batch_size=16, held_out=20, test_examples=32,
                   generate_train=80, generate_test=20, checkpoint_every=10),
     "small": SMALL,
     "small-lstm": {**SMALL, "model": "lstm", "hidden": 256, "embedding": 32, "lr": 1e-3},
@@ -130,36 +129,26 @@ def _model(config: Config, vocab_size: int, seed: int) -> torch.nn.Module:
         return LSTMEncoderDecoder(vocab_size, vocab_size, config.embedding, config.hidden, dropout=config.dropout)
 
 
-def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress: bool) -> dict:
-    """Pretrain, the two masks, and the hard-test accuracies for one module."""
+def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress: bool, device) -> dict:
+    """Pretrain, the two masks, and the hard-test accuracies for one module (`config` resolved
+    for it: Config.for_module)."""
     with run_dir.timed("data"):
         sets = split_module(read_module(_data_folder(config, module, progress), module), config.held_out)
     vocab = char_vocabulary(sets)
     data = {name: ScanData(pairs, vocab) for name, pairs in sets.items()}
     full = ScanData(sets["train_easy"] + sets["train_medium"] + sets["train_hard"], vocab)
     tests = {d: eval_batches(data[f"test_{d}"], config.test_examples, 256) for d in ("easy", "hard")}
-    model = place(_model(config, len(vocab.in_words) + 1, seed))
+    model = _model(config, len(vocab.in_words) + 1, seed).to(device)
     with run_dir.timed("pretrain"):
-        pretrain(model, ScanBatches(full, config.setting(module, "batch_size"), seed, 1.0), loss, run_dir,
-                 steps=config.setting(module, "pretrain_steps"), lr=config.lr, grad_clip=config.grad_clip,
-                 adam_betas=config.adam_betas, adam_eps=config.adam_eps, warmup=config.setting(module, "warmup"),
+        pretrain(model, SequenceBatches(full, config.batch_size, seed, 1.0), loss, run_dir,
+                 steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
+                 adam_betas=config.adam_betas, adam_eps=config.adam_eps, warmup=config.warmup,
                  checkpoint_every=config.checkpoint_every, progress=progress)
 
-    masks = {}
-    for index, (stage, train) in enumerate({"control": full, "easy": data["train_easy"]}.items()):
-        path = run_dir.file("masks", f"{stage}.safetensors")
-        if not path.exists():
-            batch = config.setting(module, "mask_batch_size")
-            reg_batch = config.setting(module, "batch_size") if config.original_regulariser_batch else None
-            with run_dir.timed(f"mask:{stage}"):
-                trained = train_mask(model, ScanBatches(train, batch, 1234 + seed * 10 + index, 1.0), loss,
-                                     steps=config.setting(module, "mask_steps"), k=config.k,
-                                     beta=config.setting(module, "beta"), lr=config.setting(module, "mask_lr"),
-                                     reg_batch_size=reg_batch, seed=seed * 10 + index,
-                                     progress=f"mask {stage}" if progress else False,
-                                     on_log=lambda r, s=stage: run_dir.log({"phase": f"mask:{s}", **r}))
-            trained.save(path)
-        masks[stage] = TrainedMask.load(path, model).masks
+    masks = {stage: mask_stage(run_dir, stage, model,
+                               SequenceBatches(train, config.mask_batch_size, 1234 + seed * 10 + index, 1.0), loss,
+                               config.mask, seed=seed * 10 + index, progress=progress).masks
+             for index, (stage, train) in enumerate({"control": full, "easy": data["train_easy"]}.items())}
 
     with run_dir.timed("evaluate"):
         accuracy = {name: {d: evaluate(model, mask, tests[d], correct) * 100 for d in tests}
@@ -168,12 +157,14 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
             "sizes": {name: len(pairs) for name, pairs in sets.items()}, "timings": run_dir.timings()}
 
 
-def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     results = {}
     for module in config.modules:
+        module_config = config.for_module(module)
         module_dir = run_dir.child(module)
+        module_dir.check_config(to_json(module_config))  # the values this module ran with
         done = module_dir.path / "results.json"
         if not done.exists():
-            write_json(done, run_module(config, module, module_dir, seed, progress))
+            write_json(done, run_module(module_config, module, module_dir, seed, progress, device))
         results[module] = read_json(done)
     return {"modules": results}

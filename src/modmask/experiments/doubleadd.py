@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from ..core.evaluation import evaluate, inverse
+from ..core.mask_config import MaskConfig
 from ..data.arithmetic import DoubleAddData, digit_loss, digits_correct, only_pair, pair_outputs
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
-from .placement import place
 from .pretrain import pretrain
-from .rundir import RunDir
-from .study import Function, MaskOptions, half_mask_test, mask_statistics, train_masks
+from ..runs import RunDir
+from .study import Function, half_mask_test, mask_statistics, train_masks
 
 DESCRIPTION = "double addition: do networks reuse weights for the same function? (FNN or LSTM)"
 
@@ -38,24 +38,23 @@ class Config:
     valid_size: int = 10_000
     batch_size: int = 128
     pretrain_steps: int = 20_000
-    lr: float = 1e-3
-    grad_clip: float = 1.0
-    mask_steps: int = 20_000
-    mask_lr: float = 1e-2
-    beta: float | None = None  # None: the paper's value, 4e-4 for the FNN and 1e-4 for the LSTM
-    k: int = 4
+    lr: float = 1e-3  # pretraining
+    grad_clip: float = 1.0  # pretraining
+    # beta None: the paper's value for the model (variant_defaults)
+    mask: MaskConfig = MaskConfig(steps=20_000, k=4, beta=None, lr=1e-2, grad_clip=1.0)
     control: bool = True  # also run the copy-weight control
-    compiled: bool = False
-    original_clipping: bool = False
     checkpoint_every: int = 2000
+
+    def variant_defaults(self) -> dict:
+        return {"mask.beta": 4e-4 if self.model == "fnn" else 1e-4}
 
 
 PRESETS = {
     "smoke": dict(hidden=(32, 32), lstm_hidden=16, train_size=20_000, valid_size=1_000,
-                  pretrain_steps=150, mask_steps=40, checkpoint_every=100),
+                  pretrain_steps=150, mask=dict(steps=40), checkpoint_every=100),
     # a narrower FNN than the paper's (800x4 small, 2000x4 big) and half the mask steps: minutes on 2 cores
-    "small": dict(hidden=(200, 200, 100), mask_steps=10_000),
-    "small-lstm": dict(model="lstm", lstm_hidden=128, pretrain_steps=10_000, mask_steps=5_000, control=False),
+    "small": dict(hidden=(200, 200, 100), mask=dict(steps=10_000)),
+    "small-lstm": dict(model="lstm", lstm_hidden=128, pretrain_steps=10_000, mask=dict(steps=5_000), control=False),
     "paper": dict(),
 }
 
@@ -130,18 +129,14 @@ def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str]) -> d
 
 def _study(model, run_dir: RunDir, prefix: str, config: Config, seed: int, train, valid_batches, progress):
     functions = [replace(f, name=prefix + f.name) for f in _functions(train, valid_batches, config, seed)]
-    beta = config.beta if config.beta is not None else (4e-4 if config.model == "fnn" else 1e-4)
-    options = MaskOptions(steps=config.mask_steps, k=config.k, beta=beta, lr=config.mask_lr,
-                          grad_clip=config.grad_clip, compiled=config.compiled,
-                          original_clipping=config.original_clipping)
-    trained = train_masks(model, functions, run_dir, options, seed, progress)
+    trained = train_masks(model, functions, run_dir, config.mask, seed, progress)
     return {name[len(prefix):]: t for name, t in trained.items()}
 
 
-def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     train = DoubleAddData.generate("train", config.train_size)
     valid = fixed_batches(DoubleAddData.generate("valid", config.valid_size), 1000)
-    model = place(build_model(config, seed))
+    model = build_model(config, seed).to(device)
     with run_dir.timed("pretrain"):
         pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
                  steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,

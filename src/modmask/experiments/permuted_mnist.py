@@ -20,16 +20,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from ..core.analysis import union
 from ..core.evaluation import evaluate
+from ..core.mask_config import MaskConfig
 from ..core.masks import Masks
-from ..core.training import MaskTrainer, TrainedMask
 from ..data.mnist import PermutedMNIST, load_mnist, normalise, permuted_mnist_tasks, train_valid_split
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP
-from .rundir import RunDir
+from ..runs import RunDir
+from .stage import mask_stage
 
 DESCRIPTION = "permuted MNIST continual learning: sharing of frozen weights across tasks (FNN)"
 
@@ -38,12 +38,9 @@ DESCRIPTION = "permuted MNIST continual learning: sharing of frozen weights acro
 class Config:
     hidden: tuple[int, ...] = (800, 800, 64)
     tasks: int = 11
-    steps: int = 30_000  # per task
     batch_size: int = 128
-    k: int = 8
-    beta: float = 0.00128  # beta / b = 1e-5
-    lr: float = 0.01
-    grad_clip: float = 1.0
+    # per task; beta / b = 1e-5; lr also that of the free weights, which train with the mask
+    mask: MaskConfig = MaskConfig(steps=30_000, k=8, beta=0.00128, lr=0.01, grad_clip=1.0, biases=True)
     mask_used_init: float = 2.0
     mask_new_init: float = 2.0  # 0: "prefer old", -1: "prefer old even more"
     reset_first_layer: bool = True
@@ -53,8 +50,8 @@ class Config:
 
 
 PRESETS = {
-    "smoke": dict(hidden=(32, 32, 16), tasks=3, steps=30, train_images=2_000),
-    "small": dict(hidden=(100, 100, 32), tasks=6, steps=1_500),
+    "smoke": dict(hidden=(32, 32, 16), tasks=3, mask=dict(steps=30), train_images=2_000),
+    "small": dict(hidden=(100, 100, 32), tasks=6, mask=dict(steps=1_500)),
     "paper": dict(),
     "paper_prefer_old": dict(mask_new_init=0.0),
     "paper_prefer_old_even_more": dict(mask_new_init=-1.0),
@@ -78,7 +75,7 @@ def _first_layer(name: str) -> bool:
     return name.startswith("layers.0.")
 
 
-def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     mnist = load_mnist(config.data, verify=config.verify_data)
     images, labels = mnist["train"]
     images, labels = images[:config.train_images], labels[:config.train_images]
@@ -95,17 +92,15 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     first_layers: list[dict[str, torch.Tensor]] = []
     free: list[dict[str, float]] = []
     for task in range(config.tasks):
-        logits_path = run_dir.file("masks", f"task-{task}.safetensors")
         weights_path = run_dir.file("checkpoints", f"after-task-{task}.safetensors")
-        if logits_path.exists() and weights_path.exists():  # resume: this task is done
+        mask_path = run_dir.file("masks", f"task-{task}.safetensors")
+        done = weights_path.exists() and mask_path.exists()
+        if done:  # resume: the weights after this task (the mask stage loads its mask)
             model.load_state_dict(load_file(str(weights_path)))
-            mask = TrainedMask.load(logits_path, model).masks
-        else:
-            mask = _learn_task(model, masks, task, config, run_dir, seed,
-                               PermutedMNIST(train_x, labels[train_idx], orders[task]), progress)
-            tmp = weights_path.with_name(weights_path.name + ".tmp")
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            tmp.replace(weights_path)
+        else:  # the model holds the weights after the task before; a half-written task starts again
+            mask_path.unlink(missing_ok=True)
+        mask = _learn_task(model, masks, task, config, run_dir, seed,
+                           PermutedMNIST(train_x, labels[train_idx], orders[task]), weights_path, done, progress)
         masks.append(mask)
         first_layers.append({n: p.detach().clone() for n, p in model.named_parameters() if _first_layer(n)})
         used = union(masks)
@@ -134,9 +129,10 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
             "density": [m.densities() for m in masks], "timings": run_dir.timings()}
 
 
-def _learn_task(model, masks, task, config, run_dir, seed, data, progress) -> Masks:
-    """Re-initialise the free weights, then train them jointly with the task's mask. Seeded per
-    task, so a resumed run draws what an uninterrupted one draws."""
+def _learn_task(model, masks, task, config, run_dir, seed, data, weights_path, done, progress) -> Masks:
+    """Re-initialise the free weights, then train them jointly with the task's mask (a mask stage
+    that saves the trained weights before its mask). Seeded per task, so a resumed run draws what
+    an uninterrupted one draws."""
     generator = torch.Generator().manual_seed(seed * 1000 + task)
     params = dict(model.named_parameters())
     if masks:
@@ -147,23 +143,20 @@ def _learn_task(model, masks, task, config, run_dir, seed, data, progress) -> Ma
                     used[n][:] = False
     else:
         used = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
-    reinitialise(model, {n: ~u for n, u in used.items()}, generator)
+    if not done:
+        reinitialise(model, {n: ~u for n, u in used.items()}, generator)
     new_init = config.mask_new_init if masks else config.mask_used_init  # task 0: 2 everywhere
     init_logits = {n: torch.where(u, config.mask_used_init, new_init) for n, u in used.items()}
-    trainer = MaskTrainer(model, F.cross_entropy, biases=True, k=config.k, beta=config.beta, lr=config.lr,
-                          grad_clip=config.grad_clip, seed=seed * 1000 + task, init_logits=init_logits,
-                          trainable={n: ~u for n, u in used.items()})
+
+    def keep_weights(trained):
+        with torch.no_grad():
+            for name, weights in trained.weights.items():
+                params[name].copy_(weights)
+        tmp = weights_path.with_name(weights_path.name + ".tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        tmp.replace(weights_path)
+
     batches = RandomBatches(data, config.batch_size, 1234 + seed * 1000 + task)
-    with run_dir.timed(f"task:{task}"):
-        model.eval()
-        for step in tqdm(range(config.steps), desc=f"task {task}", disable=not progress, leave=False):
-            losses = trainer.step(next(batches))
-            if step % 200 == 0 or step == config.steps - 1:
-                run_dir.log({"phase": f"task:{task}", "step": step, "loss": losses["loss"].item(),
-                             "density": trainer.density()})
-    with torch.no_grad():
-        for name, weights in trainer.weights_by_name().items():
-            params[name].copy_(weights)
-    mask = trainer.result()
-    mask.save(run_dir.file("masks", f"task-{task}.safetensors"))
-    return mask.masks
+    return mask_stage(run_dir, f"task-{task}", model, batches, F.cross_entropy, config.mask, seed=seed * 1000 + task,
+                      progress=progress, label=f"task {task}", before_save=keep_weights, log_every=200,
+                      init_logits=init_logits, trainable={n: ~u for n, u in used.items()}).masks

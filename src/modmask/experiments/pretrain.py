@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.masking import to_device
-from .rundir import RunDir
+from ..runs import RunDir
 
 
 def _save_partial(path, model, optimizer, batches, step) -> None:

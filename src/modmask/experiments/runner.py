@@ -1,98 +1,121 @@
-"""Running an experiment: resolve the config, run each seed in its own run directory (resuming
-what is there), and aggregate the seeds' results (mean and standard deviation).
+"""Running an experiment: resolve the config once (`plan`), run each seed in its own run
+directory (resuming what is there), and aggregate the finished seeds (mean and standard deviation).
 
-`run_seed` runs one seed and `collect` aggregates finished seeds, so a sweep can run the seeds of
-one run directory as separate tasks (experiments/sweep.py); `run_experiment` is both in a row.
+`run_seed` runs one seed and `collect` aggregates, so a sweep can run the seeds of one run
+directory as separate tasks (experiments/sweep.py); `run_experiment` is both in a row.
 """
 
 from __future__ import annotations
 
-import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import Any, Iterable, Mapping, Sequence
 
+import torch
+
+from ..runs import RunDir, aggregate, read_json, seed_dir, seed_finished, write_json
+from ..runs.catalogue import experiment_module
+from ..runs.legacy import legacy_keys, upgrade
 from ..tracking import open_trackers
-from . import registry
-from .config import resolve, to_json
-from .rundir import RunDir, read_json, write_json
+from .config import ConfigError, build, parse_overrides, resolve, to_json
 
 
-def aggregate(values: list[Any]) -> Any:
-    """Mean/std over seeds, leaf by leaf: numbers -> {"mean", "std"}; dicts and lists recurse;
-    anything else (names) is taken from the first seed."""
-    first = values[0]
-    if isinstance(first, bool) or first is None:
-        return first
-    if isinstance(first, (int, float)):
-        numbers = [float(v) for v in values if v is not None]
-        if not numbers:
-            return None
-        return {"mean": statistics.fmean(numbers), "std": statistics.pstdev(numbers) if len(numbers) > 1 else 0.0}
-    if isinstance(first, dict):
-        return {k: aggregate([v.get(k) for v in values]) for k in first}
-    if isinstance(first, list):
-        return [aggregate([v[i] for v in values]) for i in range(len(first))]
-    return first
+@dataclass(frozen=True)
+class Plan:
+    """One experiment's resolved run: the module, the config and its stored form, the directory."""
+
+    name: str
+    module: ModuleType
+    preset: str
+    config: Any
+    out: Path
+
+    @property
+    def described(self) -> dict:
+        """The config as config.json holds it."""
+        return {"experiment": self.name, "preset": self.preset, **to_json(self.config)}
+
+    def normalise(self, saved: dict) -> dict:
+        """A stored config.json in today's form (legacy keys, per-variant defaults, new keys at
+        their defaults), for the resume check."""
+        upgraded = upgrade(saved)
+        return {"experiment": upgraded.get("experiment"), "preset": upgraded.get("preset"),
+                **to_json(build(self.module.Config, upgraded))}
+
+    def check(self, path: Path) -> RunDir:
+        """The run directory at `path`, its config.json written or checked against this plan."""
+        run = RunDir(path)
+        run.check_config(self.described, self.normalise)
+        return run
 
 
-def describe(name: str, preset: str, overrides: dict) -> dict:
-    """The resolved config as stored in config.json (raises ConfigError for a bad preset or key)."""
-    module = registry.get(name)
-    return {"experiment": name, "preset": preset, **to_json(resolve(module.Config, module.PRESETS, preset, overrides))}
+def overrides(name: str, pairs: Sequence[str]) -> dict:
+    """Typed overrides (dotted keys) from `key=value` texts; flat legacy keys are accepted."""
+    return parse_overrides(experiment_module(name).Config, list(pairs), legacy_keys(name))
 
 
-def defaults(name: str) -> dict:
-    """Every config key at its default value (no preset, no override)."""
-    return to_json(registry.get(name).Config())
+def plan(name: str, preset: str, values: Mapping[str, Any] | None, out: str | Path) -> Plan:
+    """Resolve the config (raises ConfigError for a bad preset, key or value) and check (or write)
+    out/config.json: a directory that holds a run with other settings is refused."""
+    module = experiment_module(name)
+    config = resolve(module.Config, module.PRESETS, preset, values, legacy_keys(name))
+    result = Plan(name, module, preset, config, Path(out))
+    result.check(result.out)
+    return result
 
 
-def prepare(name: str, preset: str, overrides: dict, out: str | Path) -> dict:
-    """Check (or write) out/config.json; refuses a directory that holds a run with other settings."""
-    described = describe(name, preset, overrides)
-    RunDir(out).check_config(described, defaults(name))
-    return described
+def check_seeds(seeds: Iterable[int]) -> list[int]:
+    seeds = list(seeds)
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"seeds must be one or more numbers from 0 (got {seeds}): use --seeds N (N >= 1) "
+                          f"and --seed-start S (S >= 0)")
+    return seeds
 
 
-def seed_finished(out: str | Path, seed: int) -> bool:
-    return (Path(out) / f"seed-{seed}" / "results.json").exists()
-
-
-def run_seed(name: str, preset: str, overrides: dict, out: str | Path, seed: int, progress: bool = True,
+def run_seed(plan: Plan, seed: int, *, device: torch.device | str = "cpu", progress: bool = True,
              track: Sequence[str] = ()) -> dict:
     """Run (or resume) one seed into out/seed-<seed> and return its results; a finished seed is
     only read. `track`: tracker names (modmask.tracking) that also receive the metrics."""
-    module = registry.get(name)
-    config = resolve(module.Config, module.PRESETS, preset, overrides)
-    described = prepare(name, preset, overrides, out)
-    run = RunDir(Path(out) / f"seed-{seed}")
-    run.check_config(described, defaults(name))
+    run = plan.check(seed_dir(plan.out, seed))
     results_path = run.path / "results.json"
-    if results_path.exists():
-        return read_json(results_path)
-    with open_trackers(track, run.path, f"{Path(out).name}/seed-{seed}", described) as trackers:
-        run.on_log = trackers.log
-        results = module.run(config, run, seed, progress)
-    write_json(results_path, results)
+    if not results_path.exists():
+        with open_trackers(track, run.path, f"{plan.out.name}/seed-{seed}", plan.described) as trackers:
+            run.on_log = trackers.log
+            results = plan.module.run(plan.config, run, seed, progress=progress, device=torch.device(device))
+        write_json(results_path, results)
     return read_json(results_path)
 
 
-def collect(name: str, preset: str, overrides: dict, out: str | Path, seeds: int) -> dict:
-    """Aggregate seeds 0..seeds-1 (all finished) into out/results.json and return the summary."""
-    described = prepare(name, preset, overrides, out)
-    missing = [seed for seed in range(seeds) if not seed_finished(out, seed)]
+def finished_seeds(out: str | Path) -> list[int]:
+    """The seeds of a run directory that have results, in order."""
+    found = [int(p.name[len("seed-"):]) for p in Path(out).glob("seed-*") if p.name[len("seed-"):].isdigit()]
+    return sorted(s for s in found if seed_finished(out, s))
+
+
+def collect(plan: Plan, seeds: Sequence[int] | None = None) -> dict:
+    """Aggregate the given seeds (default: every finished seed of the directory, so seeds run on
+    other machines join in) into out/results.json and return the summary."""
+    seeds = check_seeds(finished_seeds(plan.out) if seeds is None else seeds)
+    missing = [seed for seed in seeds if not seed_finished(plan.out, seed)]
     if missing:
-        raise FileNotFoundError(f"{out}: seed(s) {missing} have no results.json yet")
-    per_seed = [read_json(Path(out) / f"seed-{seed}" / "results.json") for seed in range(seeds)]
-    summary = {"experiment": name, "preset": preset, "config": described, "seeds": seeds,
-               "aggregate": aggregate(per_seed), "per_seed": per_seed}
-    write_json(Path(out) / "results.json", summary)
+        raise FileNotFoundError(f"{plan.out}: seed(s) {missing} have no results.json yet")
+    for seed in seeds:
+        plan.check(seed_dir(plan.out, seed))  # a seed copied in from elsewhere must have the same settings
+    per_seed = [read_json(seed_dir(plan.out, seed) / "results.json") for seed in seeds]
+    summary = {"experiment": plan.name, "preset": plan.preset, "config": plan.described, "seeds": len(seeds),
+               "seed_list": seeds, "aggregate": aggregate(per_seed), "per_seed": per_seed}
+    write_json(plan.out / "results.json", summary)
     return summary
 
 
-def run_experiment(name: str, preset: str, overrides: dict, out: str | Path, seeds: int = 1,
-                   progress: bool = True, track: Sequence[str] = ()) -> dict:
-    """Run (or resume) `seeds` seeds of an experiment into out/seed-<i>; write out/results.json."""
-    prepare(name, preset, overrides, out)
-    for seed in range(seeds):
-        run_seed(name, preset, overrides, out, seed, progress, track)
-    return collect(name, preset, overrides, out, seeds)
+def run_experiment(name: str, preset: str, values: Mapping[str, Any] | None, out: str | Path,
+                   seeds: Iterable[int] = (0,), *, device: torch.device | str = "cpu", progress: bool = True,
+                   track: Sequence[str] = ()) -> dict:
+    """Run (or resume) the given seeds of an experiment into out/seed-<i>; write out/results.json
+    over every finished seed there."""
+    seeds = check_seeds(seeds)
+    resolved = plan(name, preset, values, out)
+    for seed in seeds:
+        run_seed(resolved, seed, device=device, progress=progress, track=track)
+    return collect(resolved)

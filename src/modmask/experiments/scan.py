@@ -15,14 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from ..core.evaluation import evaluate
-from ..core.training import TrainedMask, train_mask
-from ..data.sampling import RandomBatches, fixed_batches
+from ..core.mask_config import MaskConfig
 from ..data.scan import ScanData, ScanVocabulary
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
-from ..models.seq2seq import sequence_correct, sequence_loss
-from .placement import place
+from ..runs import RunDir
 from .pretrain import pretrain
-from .rundir import RunDir
+from .seq2seq import SequenceBatches, correct, eval_batches, loss
+from .stage import mask_stage
 
 DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
 
@@ -32,8 +31,8 @@ TOKEN_ORDER = ("I_TURN_LEFT", "I_TURN_RIGHT", "I_JUMP", "I_WALK", "I_RUN", "I_LO
 
 # Per-model defaults of the settings left None in Config (paper §2.3 for the LSTM, §2.4 for the
 # Transformer, which always trains with teacher forcing).
-MODEL_DEFAULTS = {"lstm": dict(dropout=0.5, beta=3e-5, teacher_forcing=0.5),
-                  "transformer": dict(dropout=0.1, beta=6e-4, teacher_forcing=1.0)}
+MODEL_DEFAULTS = {"lstm": {"dropout": 0.5, "mask.beta": 3e-5, "teacher_forcing": 0.5},
+                  "transformer": {"dropout": 0.1, "mask.beta": 6e-4, "teacher_forcing": 1.0}}
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,10 @@ class Config:
     dropout: float | None = None  # None: the model's default
     batch_size: int = 256
     pretrain_steps: int = 25_000
-    lr: float = 1e-3
-    grad_clip: float = 5.0
+    lr: float = 1e-3  # pretraining
+    grad_clip: float = 5.0  # pretraining
     teacher_forcing: float | None = None  # probability per batch; None: the model's default
-    mask_steps: int = 25_000
-    mask_lr: float = 1e-2
-    beta: float | None = None  # None: the model's default
-    k: int = 4
+    mask: MaskConfig = MaskConfig(steps=25_000, k=4, beta=None, lr=1e-2, grad_clip=5.0)  # beta: the model's
     baseline: bool = True  # also train from scratch on the baseline splits
     baseline_splits: tuple[str, ...] = ("jump", "length", "turn_left")  # a subset saves time
     test_examples: int = 0  # evaluate on at most this many test examples per split (0: all)
@@ -68,70 +64,26 @@ class Config:
         if unknown:
             raise ValueError(f"unknown baseline_splits {unknown}; choose from {', '.join(SPLITS[1:])}")
 
-    def setting(self, name: str) -> float:
-        """A per-model setting: the configured value, or the model's default when None."""
-        value = getattr(self, name)
-        return MODEL_DEFAULTS[self.model][name] if value is None else value
+    def variant_defaults(self) -> dict:
+        return MODEL_DEFAULTS[self.model]
 
 
 # small: the paper's architectures, batch 64, 4k pretraining steps and 4 x 800 mask steps; the
 # from-scratch baseline is left to --set baseline=true (or baseline_splits=jump for one split). The
 # mask lr is 3e-2: at the paper's 1e-2 a few hundred steps left the masks 95-98% full and showed no
 # gap between full-problem and split masks (measured; docs/results.md).
-SMALL = dict(batch_size=64, pretrain_steps=4_000, mask_steps=800, mask_lr=3e-2, test_examples=500, baseline=False)
+SMALL = dict(batch_size=64, pretrain_steps=4_000, mask=dict(steps=800, lr=3e-2), test_examples=500, baseline=False)
 
 PRESETS = {
-    "smoke": dict(embedding=8, hidden=16, batch_size=32, pretrain_steps=30, mask_steps=8, test_examples=64,
+    "smoke": dict(embedding=8, hidden=16, batch_size=32, pretrain_steps=30, mask=dict(steps=8), test_examples=64,
                   checkpoint_every=20),
     "smoke-transformer": dict(model="transformer", d_model=16, heads=2, ff_size=32, layers=1, batch_size=32,
-                              pretrain_steps=30, mask_steps=8, test_examples=64, checkpoint_every=20),
+                              pretrain_steps=30, mask=dict(steps=8), test_examples=64, checkpoint_every=20),
     "small": SMALL,
     "small-transformer": {**SMALL, "model": "transformer"},
     "paper": dict(),
     "paper-transformer": dict(model="transformer"),
 }
-
-
-class ScanBatches:
-    """Endless SCAN training batches as ((src, src_lengths, steps, teacher or None), (targets,
-    lengths)), teacher forcing chosen per batch with probability p; seeded and resumable."""
-
-    def __init__(self, data: ScanData, batch_size: int, seed: int, teacher_forcing: float):
-        self.batches = RandomBatches(data, batch_size, seed)
-        self.coin = torch.Generator().manual_seed(seed + 1)
-        self.teacher_forcing = teacher_forcing
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        (src, src_lengths), (targets, lengths) = next(self.batches)
-        teach = torch.rand((), generator=self.coin).item() < self.teacher_forcing
-        return (src, src_lengths, targets.shape[1], targets if teach else None), (targets, lengths)
-
-    def state(self):
-        return torch.cat([self.batches.state(), self.coin.get_state()])
-
-    def load_state(self, state):
-        size = len(self.batches.state())
-        self.batches.load_state(state[:size])
-        self.coin.set_state(state[size:].clone())  # set_state needs a tensor of its own
-
-
-def eval_batches(data: ScanData, limit: int, batch_size: int = 512) -> list:
-    """Greedy-decoding batches: ((src, src_lengths, steps, None), (targets, lengths))."""
-    if limit:
-        data = ScanData(data.pairs[:limit], data.vocab)
-    return [((src, src_lengths, targets.shape[1], None), (targets, lengths))
-            for (src, src_lengths), (targets, lengths) in fixed_batches(data, batch_size)]
-
-
-def loss(outputs, targets):
-    return sequence_loss(outputs, *targets)
-
-
-def correct(outputs, targets):
-    return sequence_correct(outputs, *targets)
 
 
 def _model(config: Config, vocab: ScanVocabulary, seed: int) -> torch.nn.Module:
@@ -140,37 +92,26 @@ def _model(config: Config, vocab: ScanVocabulary, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         if config.model == "transformer":
             return TransformerEncoderDecoder(*sizes, config.d_model, config.heads, config.ff_size, config.layers,
-                                             dropout=config.setting("dropout"))
-        return LSTMEncoderDecoder(*sizes, config.embedding, config.hidden, dropout=config.setting("dropout"))
+                                             dropout=config.dropout)
+        return LSTMEncoderDecoder(*sizes, config.embedding, config.hidden, dropout=config.dropout)
 
 
-def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
+def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     vocab = ScanVocabulary.load(config.data)
     train = {s: ScanData.load(s, "train", vocab, config.data) for s in SPLITS}
     test = {s: eval_batches(ScanData.load(s, "test", vocab, config.data), config.test_examples) for s in SPLITS}
-    model = place(_model(config, vocab, seed))
-    teacher = config.setting("teacher_forcing")
+    model = _model(config, vocab, seed).to(device)
+    teacher = config.teacher_forcing
     settings = dict(lr=config.lr, grad_clip=config.grad_clip, checkpoint_every=config.checkpoint_every,
                     progress=progress)
     with run_dir.timed("pretrain"):
-        pretrain(model, ScanBatches(train["simple"], config.batch_size, seed, teacher), loss,
+        pretrain(model, SequenceBatches(train["simple"], config.batch_size, seed, teacher), loss,
                  run_dir, steps=config.pretrain_steps, **settings)
 
-    masks = {}
-    for index, split in enumerate(SPLITS):
-        path = run_dir.file("masks", f"{split}.safetensors")
-        if path.exists():
-            masks[split] = TrainedMask.load(path, model).masks
-            continue
-        with run_dir.timed(f"mask:{split}"):
-            trained = train_mask(model, ScanBatches(train[split], config.batch_size, 1234 + seed * 10 + index,
-                                                    teacher), loss,
-                                 steps=config.mask_steps, k=config.k, beta=config.setting("beta"), lr=config.mask_lr,
-                                 grad_clip=config.grad_clip, seed=seed * 10 + index,
-                                 progress=f"mask {split}" if progress else False,
-                                 on_log=lambda r, s=split: run_dir.log({"phase": f"mask:{s}", **r}))
-        trained.save(path)
-        masks[split] = trained.masks
+    masks = {split: mask_stage(run_dir, split, model, SequenceBatches(train[split], config.batch_size,
+                                                             1234 + seed * 10 + index, teacher), loss,
+                               config.mask, seed=seed * 10 + index, progress=progress).masks
+             for index, split in enumerate(SPLITS)}
 
     accuracy = {"no mask": {s: evaluate(model, {}, test[s], correct) * 100 for s in SPLITS}}
     for name, mask in masks.items():
@@ -184,9 +125,9 @@ def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> di
     baseline = {}
     if config.baseline:
         for split in config.baseline_splits:
-            scratch = place(_model(config, vocab, seed))
+            scratch = _model(config, vocab, seed).to(device)
             with run_dir.timed(f"baseline:{split}"):
-                pretrain(scratch, ScanBatches(train[split], config.batch_size, seed, teacher),
+                pretrain(scratch, SequenceBatches(train[split], config.batch_size, seed, teacher),
                          loss, run_dir.child(f"baseline-{split}"), steps=config.pretrain_steps, **settings)
             baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
     return {"accuracy": accuracy, "output_removed": removed, "baseline": baseline,

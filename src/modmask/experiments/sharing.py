@@ -12,8 +12,10 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from ..core.mask_config import MaskConfig
 from . import addmul
-from .rundir import RunDir
+from .config import build
+from ..runs import RunDir
 
 DESCRIPTION = "add/mul FNN: weight sharing against network size or beta (sweep)"
 
@@ -29,18 +31,17 @@ class Config:
     sizes: tuple[str, ...] = ("small", "medium", "big", "huge")  # names or "400-400-200"
     beta_sizes: tuple[str, ...] = ("medium", "big")  # networks of the beta sweep
     betas: tuple[float, ...] = PAPER_BETAS
-    beta: float = 1e-4  # beta of the size sweep
     train_size: int = 1_000_000
     pretrain_steps: int = 20_000
-    mask_steps: int = 20_000
+    mask: MaskConfig = MaskConfig(steps=20_000, beta=1e-4)  # mask.beta: the size sweep's
     checkpoint_every: int = 2000
 
 
 PRESETS = {
     "smoke": dict(sizes=("16-16", "32-32"), beta_sizes=("16-16",), betas=(1e-4, 1e-3), train_size=20_000,
-                  pretrain_steps=100, mask_steps=30, checkpoint_every=100),
+                  pretrain_steps=100, mask=dict(steps=30), checkpoint_every=100),
     "small": dict(sizes=("100-100-50", "200-200-100", "400-400-200"), beta_sizes=("200-200-100",),
-                  betas=(3e-5, 1e-4, 3e-4, 1e-3), pretrain_steps=10_000, mask_steps=3_000),
+                  betas=(3e-5, 1e-4, 3e-4, 1e-3), pretrain_steps=10_000, mask=dict(steps=3_000)),
     "paper": dict(),
 }
 
@@ -56,7 +57,7 @@ def hidden(size: str) -> tuple[int, ...]:
 
 def points(config: Config) -> list[dict]:
     if config.sweep == "size":
-        return [{"size": s, "beta": config.beta} for s in config.sizes]
+        return [{"size": s, "beta": config.mask.beta} for s in config.sizes]
     if config.sweep == "beta":
         return [{"size": s, "beta": b} for s in config.beta_sizes for b in config.betas]
     raise ValueError(f"sweep must be 'size' or 'beta', not {config.sweep!r}")
@@ -70,18 +71,18 @@ def _share_pretrained(source: RunDir, target: RunDir) -> None:
         os.link(done, link)
 
 
-def run(config: Config, run_dir: RunDir, seed: int, progress: bool = True) -> dict:
-    base = addmul.Config(**addmul.PRESETS["small"])
+def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=None) -> dict:
+    base = build(addmul.Config, addmul.PRESETS["small"])
     results, first_of_size, timings = [], {}, {}
     for index, point in enumerate(points(config)):
         point_dir = run_dir.child(f"point-{index}-{point['size']}-beta{point['beta']:g}")
         if point["size"] in first_of_size:
             _share_pretrained(first_of_size[point["size"]], point_dir)
         first_of_size.setdefault(point["size"], point_dir)
-        study = dataclasses.replace(base, hidden=hidden(point["size"]), beta=point["beta"],
-                                    train_size=config.train_size, pretrain_steps=config.pretrain_steps,
-                                    mask_steps=config.mask_steps, checkpoint_every=config.checkpoint_every)
-        outcome = addmul.run(study, point_dir, seed, progress)
+        study = dataclasses.replace(base, hidden=hidden(point["size"]), train_size=config.train_size,
+                                    pretrain_steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every,
+                                    mask=dataclasses.replace(config.mask, beta=point["beta"]))
+        outcome = addmul.run(study, point_dir, seed, progress=progress, device=device)
         total = outcome["masks"]["overlap"]["add|mul"][-1]
         results.append({**point, "shared_add": total["shared_add"], "shared_mul": total["shared_mul"],
                         "iou": total["iou"], "full_accuracy": outcome["accuracy"]["Full"]["iid"],

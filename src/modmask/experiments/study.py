@@ -11,17 +11,20 @@ report (figures/*.png, report.md), since reports sit in the layer above the expe
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
 from ..core.analysis import iou, overlap_table, probability_histogram, shared_fraction
 from ..core.evaluation import evaluate, half_masks, inverse, split_layers
+from ..core.mask_config import MaskConfig
 from ..core.masks import Masks
-from ..core.training import TrainedMask, train_mask
-from .rundir import RunDir, write_json
+from ..core.training import TrainedMask
+from ..runs import RunDir, write_json
+from .stage import mask_stage
 
 
 @dataclass(frozen=True)
@@ -45,45 +48,12 @@ class Function:
         return self.label or self.name
 
 
-@dataclass(frozen=True)
-class MaskOptions:
-    """Mask-training settings shared by every function of a study (see train_mask)."""
-
-    steps: int = 20_000
-    k: int = 4
-    beta: float = 1e-4
-    lr: float = 1e-2
-    reg_batch_size: int | None = None
-    grad_clip: float | None = 1.0
-    biases: bool = False
-    norms: bool = True
-    parameters: Any = None
-    path: str = "auto"
-    compiled: bool = False
-    original_clipping: bool = False
-    mode: str = "eval"
-
-    def train_kwargs(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "steps"}
-
-
-def train_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, options: MaskOptions,
+def train_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, config: MaskConfig,
                 seed: int = 0, progress: bool = True) -> dict[str, TrainedMask]:
-    """One mask per function; a mask whose file exists is loaded, not retrained (resume)."""
-    trained = {}
-    for index, function in enumerate(functions):
-        path = run.file("masks", f"{function.name}.safetensors")
-        if path.exists():
-            trained[function.name] = TrainedMask.load(path, model)
-            continue
-        with run.timed(f"mask:{function.name}"):
-            mask = train_mask(model, function.train, function.loss, steps=options.steps,
-                              seed=seed * 1000 + index, progress=f"mask {function.title}" if progress else False,
-                              on_log=lambda r, n=function.name: run.log({"phase": f"mask:{n}", **r}),
-                              **options.train_kwargs())
-        mask.save(path)
-        trained[function.name] = mask
-    return trained
+    """One mask per function (mask_stage: a finished mask is loaded, not retrained)."""
+    return {function.name: mask_stage(run, function.name, model, function.train, function.loss, config,
+                                      seed=seed * 1000 + index, progress=progress, label=function.title)
+            for index, function in enumerate(functions)}
 
 
 def removal_matrix(model: nn.Module, functions: Sequence[Function], trained: dict[str, TrainedMask],
@@ -135,14 +105,16 @@ def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Cal
 
 
 def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int = 0,
-              compare: Sequence[str] | None = None, progress: bool = True, **mask_options) -> dict:
+              compare: Sequence[str] | None = None, progress: bool = True, mask: MaskConfig | None = None,
+              **mask_settings) -> dict:
     """Train a mask per function on the frozen `model` and analyse them; see the module docstring.
 
-    mask_options: MaskOptions fields (steps, k, beta, lr, ...). compare: the functions whose
-    masks are compared with each other (default: all). Returns the results (also in results.json).
+    mask: a MaskConfig; mask_settings: its fields (steps, k, beta, lr, ...), over `mask` where both
+    are given. compare: the functions whose masks are compared with each other (default: all).
+    Returns the results (also in results.json).
     """
     run = RunDir(out)
-    options = MaskOptions(**mask_options)
+    options = dataclasses.replace(mask or MaskConfig(), **mask_settings)
     names = [f.name for f in functions]
     if len(set(names)) != len(names):
         raise ValueError(f"function names must be unique, got {names}")

@@ -24,23 +24,23 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..allocator import keep_freed_memory
+from ..runs import seed_finished, value_text
+from ..runs.catalogue import experiment_module
+from ..runs.legacy import legacy_keys
+from ..runs.sweep_file import write_sweep_file
 from ..tracking import check_available
-from . import registry
 from .config import ConfigError, field_types, parse_overrides
-from .rundir import read_json, write_json
-from .runner import collect, prepare, run_seed, seed_finished
+from .placement import resolve_device
+from .runner import collect, overrides, plan, run_seed
 
-SWEEP_FILE = "sweep.json"
-KILL_ONCE_ENV = "MODMASK_TEST_KILL_ONCE"  # test hook, see _kill_once
 log = logging.getLogger(__name__)
 
 
@@ -61,7 +61,7 @@ def _is_tuple(kind) -> bool:
     return typing.get_origin(kind) is tuple
 
 
-def parse_grid(config_class, specs: Sequence[str]) -> dict[str, list]:
+def parse_grid(config_class, specs: Sequence[str], aliases: dict[str, str] | None = None) -> dict[str, list]:
     """['beta=1e-4,1e-3', 'hidden=16,16;32,32'] -> {'beta': [1e-4, 1e-3], 'hidden': [(16, 16), (32, 32)]}.
 
     Values are separated by ',' or ';' (';' only for tuple keys such as `hidden`, whose values
@@ -73,26 +73,17 @@ def parse_grid(config_class, specs: Sequence[str]) -> dict[str, list]:
         if "=" not in spec:
             raise ConfigError(f"grid {spec!r} is not key=value1,value2,...")
         key, text = spec.split("=", 1)
-        if key not in kinds:
+        canonical = (aliases or {}).get(key, key)  # the point names keep the key as given
+        if canonical not in kinds:
             parse_overrides(config_class, [spec])  # raises the error that lists the valid keys
-        parts = re.split(";" if _is_tuple(kinds[key]) else "[,;]", text)
-        values = [parse_overrides(config_class, [f"{key}={part.strip()}"])[key] for part in parts if part.strip()]
+        parts = re.split(";" if _is_tuple(kinds[canonical]) else "[,;]", text)
+        values = [parse_overrides(config_class, [f"{canonical}={part.strip()}"])[canonical]
+                  for part in parts if part.strip()]
         if not values:
             raise ConfigError(f"grid {spec!r} has no values")
         axes.setdefault(key, [])
         axes[key] += [v for v in values if v not in axes[key]]
     return axes
-
-
-def value_text(value: Any) -> str:
-    """A grid value as it appears in folder names: 0.0001, 16x16, true."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower()
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return "x".join(value_text(v) for v in value)
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
 
 
 def expand(axes: dict[str, list]) -> list[Point]:
@@ -106,19 +97,6 @@ def expand(axes: dict[str, list]) -> list[Point]:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
-
-
-def _write_sweep_file(out: Path, description: dict) -> None:
-    """Write sweep.json, or refuse a directory that holds another sweep (seeds may change)."""
-    path = out / SWEEP_FILE
-    if path.exists():
-        saved = read_json(path)
-        changed = sorted(k for k in set(saved) | set(description)
-                         if k != "seeds" and saved.get(k) != description.get(k))
-        if changed:
-            raise SweepError(f"{out} holds a sweep with other settings ({', '.join(changed)}); use another "
-                             f"--out directory or the same settings to resume it")
-    write_json(path, description)
 
 
 def import_ray():
@@ -144,42 +122,25 @@ def start_ray(address: str | None = None, workers: int | None = None, cpus_per_r
     return True
 
 
-def _kill_once(marker: str, metrics: Path) -> None:
-    """Test hook (MODMASK_TEST_KILL_ONCE=<marker file>): the first task to create the marker file
-    kills its own worker process as soon as its run has written metrics, as a lost worker would."""
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-
-    def watch():
-        while not (metrics.exists() and metrics.stat().st_size > 0):
-            time.sleep(0.005)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def run_task(experiment: str, preset: str, overrides: dict, out: str, seed: int, threads: int = 1,
-             track: Sequence[str] = (), kill_once: str | None = None) -> float:
+def run_task(experiment: str, preset: str, values: dict, out: str, seed: int, threads: int = 1,
+             track: Sequence[str] = ()) -> float:
     """One run (one seed of one point) in a Ray worker; returns its wall time in seconds."""
     import torch
 
     keep_freed_memory()
     torch.set_num_threads(max(1, threads))  # the task's share of the CPUs, not the whole node
-    if kill_once:
-        _kill_once(kill_once, Path(out) / f"seed-{seed}" / "metrics.jsonl")
     start = time.perf_counter()
-    run_seed(experiment, preset, overrides, out, seed, progress=False, track=track)
+    run_seed(plan(experiment, preset, values, out), seed, device=resolve_device("auto"), progress=False,
+             track=track)
     return time.perf_counter() - start
 
 
-def plan(experiment: str, preset: str, grid: Sequence[str] = (), sets: Sequence[str] = ()) -> tuple[dict, dict, list[Point]]:
+def plan_grid(experiment: str, grid: Sequence[str] = (), sets: Sequence[str] = ()) -> tuple[dict, dict, list[Point]]:
     """(fixed overrides, grid axes, points) from the --set and --grid texts."""
-    module = registry.get(experiment)
-    fixed = parse_overrides(module.Config, list(sets))
-    axes = parse_grid(module.Config, grid)
-    both = sorted(set(fixed) & set(axes))
+    fixed = overrides(experiment, sets)
+    aliases = legacy_keys(experiment)
+    axes = parse_grid(experiment_module(experiment).Config, grid, aliases)
+    both = sorted(set(fixed) & {aliases.get(k, k) for k in axes})
     if both:
         raise ConfigError(f"{', '.join(both)} is both set (--set) and swept (--grid)")
     return fixed, axes, expand(axes)
@@ -188,22 +149,23 @@ def plan(experiment: str, preset: str, grid: Sequence[str] = (), sets: Sequence[
 def run_sweep(experiment: str, preset: str, grid: Sequence[str] = (), seeds: int = 1, out: str | Path = "runs/sweep",
               *, sets: Sequence[str] = (), address: str | None = None, workers: int | None = None,
               cpus_per_run: float = 1.0, gpus_per_run: float = 0.0, retries: int = 2,
-              track: Sequence[str] = ()) -> dict:
+              track: Sequence[str] = (), task: Callable[..., float] = run_task) -> dict:
     """Run (or resume) every grid point x seed as a Ray task into out/<point>/seed-<i>.
 
-    Returns {"out", "runs", "skipped", "ran", "failed": ["<point>/seed-<i>: error", ...]}; each
-    point whose seeds all finished gets its results.json (mean and std over seeds)."""
+    `task` is what each Ray task runs (run_task's arguments; tests wrap it). Returns {"out", "runs",
+    "skipped", "ran", "failed": ["<point>/seed-<i>: error", ...]}; each point whose seeds all
+    finished gets its results.json (mean and std over seeds)."""
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
-    fixed, axes, points = plan(experiment, preset, grid, sets)
+    fixed, axes, points = plan_grid(experiment, grid, sets)
     check_available(track)
     ray = import_ray()
     out = Path(out).resolve()  # workers may run in another working directory
-    for point in points:  # resolves each point's config and refuses a folder with other settings
-        prepare(experiment, preset, {**fixed, **point.values}, out / point.name)
-    _write_sweep_file(out, {"experiment": experiment, "preset": preset, "set": _jsonable(fixed),
-                            "grid": _jsonable(axes), "seeds": seeds,
-                            "points": [{"name": p.name, "values": _jsonable(p.values)} for p in points]})
+    # resolves each point's config and refuses a folder with other settings
+    plans = {point.name: plan(experiment, preset, {**fixed, **point.values}, out / point.name) for point in points}
+    write_sweep_file(out, {"experiment": experiment, "preset": preset, "set": _jsonable(fixed),
+                           "grid": _jsonable(axes), "seeds": seeds,
+                           "points": [{"name": p.name, "values": _jsonable(p.values)} for p in points]})
     runs = [(p, s) for p in points for s in range(seeds)]
     todo = [(p, s) for p, s in runs if not seed_finished(out / p.name, s)]
     log.info("sweep %s: %d run(s), %d finished before (skipped), %d to run", out, len(runs), len(runs) - len(todo),
@@ -212,27 +174,29 @@ def run_sweep(experiment: str, preset: str, grid: Sequence[str] = (), seeds: int
     if todo:
         started = start_ray(address, workers, cpus_per_run)
         try:
-            failed = _run_tasks(ray, experiment, preset, fixed, out, todo, cpus_per_run, gpus_per_run, retries, track)
+            failed = _run_tasks(ray, task, experiment, preset, fixed, out, todo, cpus_per_run, gpus_per_run,
+                                retries, track)
         finally:
             if started:
                 ray.shutdown()
     for point in points:
         if all(seed_finished(out / point.name, s) for s in range(seeds)):
-            collect(experiment, preset, {**fixed, **point.values}, out / point.name, seeds)
+            collect(plans[point.name], range(seeds))
     return {"out": out, "runs": len(runs), "skipped": len(runs) - len(todo), "ran": len(todo) - len(failed),
             "failed": failed}
 
 
-def _run_tasks(ray, experiment, preset, fixed, out: Path, todo, cpus_per_run, gpus_per_run, retries, track) -> list[str]:
+def _run_tasks(ray, task, experiment, preset, fixed, out: Path, todo, cpus_per_run, gpus_per_run, retries,
+               track) -> list[str]:
     """Submit every run, wait for all; returns the runs that failed after their retries."""
-    task = ray.remote(run_task)
+    remote = ray.remote(task)
     resources = dict(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=retries, retry_exceptions=True)
-    kill_once = os.environ.get(KILL_ONCE_ENV)
     pending = {}
     for point, seed in todo:
         name = f"{point.name}/seed-{seed}"
-        ref = task.options(name=name, **resources).remote(experiment, preset, {**fixed, **point.values}, str(out / point.name),
-                                             seed, max(1, int(cpus_per_run)), tuple(track), kill_once)
+        ref = remote.options(name=name, **resources).remote(experiment, preset, {**fixed, **point.values},
+                                                            str(out / point.name), seed, max(1, int(cpus_per_run)),
+                                                            tuple(track))
         pending[ref] = name
     failed, done = [], 0
     while pending:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from ..experiments.rundir import read_json
-
-REPORTS = {"addmul": "modmask.reporting.addmul", "doubleadd": "modmask.reporting.doubleadd",
-           "sharing": "modmask.reporting.sharing", "permuted_mnist": "modmask.reporting.permuted_mnist",
-           "cifar": "modmask.reporting.cifar", "scan": "modmask.reporting.scan",
-           "dm_math": "modmask.reporting.dm_math"}
+from ..runs import SWEEP_FILE, read_json
+from ..runs.catalogue import report_module
+from ..runs.legacy import upgrade
 
 
 def write_report(out: str | Path) -> Path:
     """(Re)build report.md and figures/ of an experiment run directory from its results.json, or
     of a sweep directory (one holding sweep.json) from its points' results."""
     out = Path(out)
-    if (out / "sweep.json").exists():
+    if (out / SWEEP_FILE).exists():
         from . import sweep
 
         return sweep.write_report(out)
@@ -27,6 +23,9 @@ def write_report(out: str | Path) -> Path:
                                 f"(`modmask run ... --out {out}` writes it)")
     summary = read_json(path)
     name = summary.get("experiment")
-    if name not in REPORTS:
-        raise ValueError(f"{path} is not the result of a known experiment ({name!r})")
-    return importlib.import_module(REPORTS[name]).write_report(out, summary)
+    try:
+        writer = report_module(name)
+    except KeyError:
+        raise ValueError(f"{path} is not the result of a known experiment ({name!r})") from None
+    # a run made before the mask settings were nested reports like a new one
+    return writer.write_report(out, {**summary, "config": upgrade(summary["config"])})

@@ -82,8 +82,8 @@ def write_report(out: Path, summary: dict) -> Path:
     text = [
         f"# Addition / multiplication: {model}", "",
         f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
-        f"{config['pretrain_steps']} steps, {config['mask_steps']} steps per mask, beta {config['beta']}, "
-        f"k {config['k']}.", "",
+        f"{config['pretrain_steps']} steps, {config['mask']['steps']} steps per mask, beta {config['mask']['beta']}, "
+        f"k {config['mask']['k']}.", "",
         "## Finding", "", PAPER_FINDING, "", finding(acc, agg["masks"]["overlap"]["add|mul"][-1]), "",
         "## Accuracy under each mask [%]", "",
         table(["validation set", *CONDITIONS], accuracy_rows), "",

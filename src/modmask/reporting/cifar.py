@@ -61,7 +61,7 @@ def write_report(out: Path, summary: dict) -> Path:
                  else "the held-out 20% of the training images")
     text = [f"# CIFAR-10 class removal: {model_name(summary['config'])}", "",
             f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
-            f"{summary['config']['pretrain_steps']} steps, {summary['config']['mask_steps']} steps per mask; "
+            f"{summary['config']['pretrain_steps']} steps, {summary['config']['mask']['steps']} steps per mask; "
             f"evaluated on {evaluated}.", "",
             "## Finding", "", PAPER_FINDING, "",
             f"Measured: mean relative drop of the removed class {np.mean([mean(r['target_drop']) for r in removal]):.1f}%; "

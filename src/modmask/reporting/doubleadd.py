@@ -51,7 +51,7 @@ def write_report(out: Path, summary: dict) -> Path:
     text = [
         f"# Double addition: {model}", "",
         f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
-        f"{config['pretrain_steps']} steps, {config['mask_steps']} steps per mask, k {config['k']}.", "",
+        f"{config['pretrain_steps']} steps, {config['mask']['steps']} steps per mask, k {config['mask']['k']}.", "",
         "## Finding", "", PAPER_FINDING, "", finding(agg), "",
         "## Per-pair accuracy under each mask [%]", "",
         _accuracy_section(agg["accuracy"], figures / "accuracy.png", "Per-pair accuracy"), "",

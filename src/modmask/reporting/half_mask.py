@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..experiments.rundir import read_json
+from ..runs import read_json
 from . import plots
 from .tables import fmt, mean, std, table
 

@@ -35,7 +35,7 @@ def write_report(out: Path, summary: dict) -> Path:
     accuracy_rows = [[f"T{q + 1}", fmt(a)] for q, a in enumerate(agg["accuracy"])]
     text = [f"# Permuted MNIST: FNN 784-{'-'.join(str(h) for h in config['hidden'])}-10", "",
             f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); {config['tasks']} tasks, "
-            f"{config['steps']} steps each, k {config['k']}, beta {config['beta']}, new-weight logits "
+            f"{config['mask']['steps']} steps each, k {config['mask']['k']}, beta {config['mask']['beta']}, new-weight logits "
             f"{config['mask_new_init']}.", "",
             "## Finding", "", PAPER_FINDING, "",
             "## Sharing with earlier tasks", "",

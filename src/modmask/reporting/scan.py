@@ -36,7 +36,7 @@ def write_report(out: Path, summary: dict) -> Path:
     model = {"transformer": "Transformer"}.get(summary["config"].get("model"), "LSTM")
     text = [f"# SCAN: {model} encoder-decoder", "",
             f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
-            f"{summary['config']['pretrain_steps']} steps on simple, {summary['config']['mask_steps']} steps per mask.", "",
+            f"{summary['config']['pretrain_steps']} steps on simple, {summary['config']['mask']['steps']} steps per mask.", "",
             "## Finding", "", PAPER_FINDING, "",
             f"Measured: on the jump test set the full-problem mask reaches {full:.1f}% and the jump mask {own:.1f}%; "
             f"the jump mask removes {mean(removed['I_JUMP']):.1f}% of I_JUMP's output weights "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..experiments.rundir import write_text
+from ..runs import write_text
 from . import plots
 from .tables import fmt, mean, std, table, timings_table
 

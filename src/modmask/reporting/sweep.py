@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..experiments.rundir import read_json, write_json
-from ..experiments.runner import aggregate
-from ..experiments.sweep import SWEEP_FILE, value_text
+from ..runs import SWEEP_FILE, aggregate, read_json, value_text, write_json
+
+
 from . import plots
 from .study import save_report
 from .tables import fmt, mean, std, table

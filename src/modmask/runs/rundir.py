@@ -26,6 +26,17 @@ def _clean(value):
     return value
 
 
+def _flat(values: dict, prefix: str = "") -> dict:
+    """Nested dicts as dotted keys (JSON round-tripped, so tuples and lists compare equal)."""
+    flat = {}
+    for key, value in json.loads(json.dumps(_clean(values))).items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -46,6 +57,8 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike, on_log: Callable[[dict], None] | None = None):
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path} is a file, not a run directory: choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         self.on_log = on_log  # also receives every logged record (experiment tracking, modmask.tracking)
 
@@ -59,16 +72,16 @@ class RunDir:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def check_config(self, config: dict, defaults: dict | None = None) -> None:
-        """Write config.json, or refuse to resume a run made with other settings. A key missing
-        from the saved config is accepted when `config` holds its default (`defaults`): a setting
-        added to modmask after the run was made, so run directories stay resumable across versions."""
+    def check_config(self, config: dict, normalise: Callable[[dict], dict] | None = None) -> None:
+        """Write config.json, or refuse to resume a run made with other settings. `normalise` turns
+        the saved config into today's form (legacy keys, settings added since, which take their
+        defaults), so run directories stay resumable across versions."""
         path = self.path / "config.json"
         if path.exists():
             saved = read_json(path)
-            defaults = defaults or {}
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k)
-                             and not (k not in saved and k in defaults and config.get(k) == defaults[k]))
+            saved = _flat(normalise(saved) if normalise else saved)
+            wanted = _flat(config)
+            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             if changed:
                 raise ValueError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
                                  f"use another --out directory or the same settings to resume it")

@@ -1,0 +1,52 @@
+"""Batches, loss and metric of the sequence-to-sequence studies (SCAN, DeepMind Mathematics):
+teacher forcing drawn per batch, greedy-decoding evaluation batches, sequence accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.sampling import RandomBatches, fixed_batches
+from ..data.scan import ScanData
+from ..models.seq2seq import sequence_correct, sequence_loss
+
+
+class SequenceBatches:
+    """Endless sequence-to-sequence training batches as ((src, src_lengths, steps, teacher or None), (targets,
+    lengths)), teacher forcing chosen per batch with probability p; seeded and resumable."""
+
+    def __init__(self, data: ScanData, batch_size: int, seed: int, teacher_forcing: float):
+        self.batches = RandomBatches(data, batch_size, seed)
+        self.coin = torch.Generator().manual_seed(seed + 1)
+        self.teacher_forcing = teacher_forcing
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        (src, src_lengths), (targets, lengths) = next(self.batches)
+        teach = torch.rand((), generator=self.coin).item() < self.teacher_forcing
+        return (src, src_lengths, targets.shape[1], targets if teach else None), (targets, lengths)
+
+    def state(self):
+        return torch.cat([self.batches.state(), self.coin.get_state()])
+
+    def load_state(self, state):
+        size = len(self.batches.state())
+        self.batches.load_state(state[:size])
+        self.coin.set_state(state[size:].clone())  # set_state needs a tensor of its own
+
+
+def eval_batches(data: ScanData, limit: int, batch_size: int = 512) -> list:
+    """Greedy-decoding batches: ((src, src_lengths, steps, None), (targets, lengths))."""
+    if limit:
+        data = ScanData(data.pairs[:limit], data.vocab)
+    return [((src, src_lengths, targets.shape[1], None), (targets, lengths))
+            for (src, src_lengths), (targets, lengths) in fixed_batches(data, batch_size)]
+
+
+def loss(outputs, targets):
+    return sequence_loss(outputs, *targets)
+
+
+def correct(outputs, targets):
+    return sequence_correct(outputs, *targets)
