@@ -9,7 +9,7 @@ import numpy as np
 from ..core.training import TrainedMask
 from . import plots
 from .study import half_mask_section, histogram_figure, overlap_section, save_report
-from .tables import fmt, mean, std, table, timings_table
+from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]
 PAPER_FINDING = ("The paper (poster, P_specialize): \"there is some separation, but it is not perfect\": "
@@ -81,7 +81,7 @@ def write_report(out: Path, summary: dict) -> Path:
              else f"LSTM 2x{config['lstm_hidden']}")
     text = [
         f"# Addition / multiplication: {model}", "",
-        f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
+        f"{run_line(summary)}; pretraining "
         f"{config['pretrain_steps']} steps, {config['mask']['steps']} steps per mask, beta {config['mask']['beta']}, "
         f"k {config['mask']['k']}.", "",
         "## Finding", "", PAPER_FINDING, "", finding(acc, agg["masks"]["overlap"]["add|mul"][-1]), "",
@@ -101,6 +101,6 @@ def write_report(out: Path, summary: dict) -> Path:
         "![confusion](figures/confusion.png)", "",
         "## Half-mask test (Full mask)", "", half_mask_section(agg["half_mask"], figures), "",
         "## Mask probabilities", "", histogram_figure(agg["masks"], figures / "histogram.png"), "",
-        "## Timings (seconds per seed)", "", timings_table(agg["timings"]), "",
+        *timings_section(agg["timings"]),
     ]
     return save_report(out, text)

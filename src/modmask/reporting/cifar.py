@@ -8,7 +8,7 @@ import numpy as np
 
 from . import plots
 from .study import half_mask_section, save_report
-from .tables import fmt, mean, std, table, timings_table
+from .tables import fmt, mean, run_line, std, table, timings_section
 
 PAPER_FINDING = ("The paper (poster): CNNs on CIFAR-10 rely heavily on class-exclusive weights; removing "
                  "them causes a large relative drop on the removed class while the largest relative drop "
@@ -60,7 +60,7 @@ def write_report(out: Path, summary: dict) -> Path:
     evaluated = ("the official test set" if agg.get("evaluated_on") == "test"
                  else "the held-out 20% of the training images")
     text = [f"# CIFAR-10 class removal: {model_name(summary['config'])}", "",
-            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
+            f"{run_line(summary)}; pretraining "
             f"{summary['config']['pretrain_steps']} steps, {summary['config']['mask']['steps']} steps per mask; "
             f"evaluated on {evaluated}.", "",
             "## Finding", "", PAPER_FINDING, "",
@@ -76,5 +76,5 @@ def write_report(out: Path, summary: dict) -> Path:
             f"IoU of two masks trained with different seeds on {' and '.join(agg['stability_classes'])}: "
             f"{fmt(agg['stability_iou'], 3)}.", "",
             "## Half-mask test (reference mask)", "", half_mask_section(agg["half_mask"], figures), "",
-            "## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
+            *timings_section(agg["timings"])]
     return save_report(out, text)

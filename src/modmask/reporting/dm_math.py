@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import plots
 from .study import save_report
-from .tables import fmt, mean, std, table, timings_table
+from .tables import fmt, mean, run_line, std, table, timings_section
 
 BARS = {"pretrained": "train (no mask)", "control": "control (mask on all train data)",
         "easy": "mask trained on train-easy"}
@@ -33,7 +33,7 @@ def write_report(out: Path, summary: dict) -> Path:
     source = config["data"] or (f"generated with DeepMind's generator, {config['generate_train']} examples per "
                                 f"train difficulty")
     text = [f"# DeepMind Mathematics: {config['model']} encoder-decoder", "",
-            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std). Data: {source}.",
+            f"{run_line(summary)}. Data: {source}.",
             "", "## Finding", "", PAPER_FINDING, "",
             "Measured, on the hard test set: " + "; ".join(
                 f"{m}: control {mean(modules[m]['accuracy']['control']['hard']):.1f}%, easy-trained mask "
@@ -42,5 +42,5 @@ def write_report(out: Path, summary: dict) -> Path:
             table(["module", *BARS.values(), "control density", "easy density"], rows), "",
             "![accuracy](figures/accuracy_hard.png)", ""]
     for m in names:
-        text += [f"### Timings, {m} (seconds per seed)", "", timings_table(modules[m]["timings"]), ""]
+        text += timings_section(modules[m]["timings"], f"# Timings, {m} (seconds per seed)")
     return save_report(out, text)

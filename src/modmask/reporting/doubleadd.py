@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import plots
 from .study import half_mask_section, histogram_figure, overlap_section, save_report
-from .tables import fmt, mean, std, table, timings_table
+from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]
 PAIRS = ("pair 1", "pair 2")
@@ -50,7 +50,7 @@ def write_report(out: Path, summary: dict) -> Path:
              else f"LSTM 2x{config['lstm_hidden']} ({config['lstm_mode']})")
     text = [
         f"# Double addition: {model}", "",
-        f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
+        f"{run_line(summary)}; pretraining "
         f"{config['pretrain_steps']} steps, {config['mask']['steps']} steps per mask, k {config['mask']['k']}.", "",
         "## Finding", "", PAPER_FINDING, "", finding(agg), "",
         "## Per-pair accuracy under each mask [%]", "",
@@ -70,5 +70,5 @@ def write_report(out: Path, summary: dict) -> Path:
                  overlap_section(agg["control"]["masks"], control_dir, out), ""]
     text += ["## Half-mask test (Full mask)", "", half_mask_section(agg["half_mask"], figures), "",
              "## Mask probabilities", "", histogram_figure(agg["masks"], figures / "histogram.png"), "",
-             "## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
+             *timings_section(agg["timings"])]
     return save_report(out, text)

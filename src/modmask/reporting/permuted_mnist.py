@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import plots
 from .study import save_report
-from .tables import fmt, mean, std, table, timings_table
+from .tables import fmt, mean, run_line, std, table, timings_section
 
 PAPER_FINDING = ("The poster: \"no weight sharing up until there are enough free weights\": each new task's "
                  "mask uses few of the earlier tasks' (frozen) weights while free weights remain, and shares "
@@ -34,7 +34,7 @@ def write_report(out: Path, summary: dict) -> Path:
                     + [fmt(agg["free"][p - 1][layers[0]], 3)] for p in tasks]
     accuracy_rows = [[f"T{q + 1}", fmt(a)] for q, a in enumerate(agg["accuracy"])]
     text = [f"# Permuted MNIST: FNN 784-{'-'.join(str(h) for h in config['hidden'])}-10", "",
-            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); {config['tasks']} tasks, "
+            f"{run_line(summary)}; {config['tasks']} tasks, "
             f"{config['mask']['steps']} steps each, k {config['mask']['k']}, beta {config['mask']['beta']}, new-weight logits "
             f"{config['mask_new_init']}.", "",
             "## Finding", "", PAPER_FINDING, "",
@@ -43,5 +43,5 @@ def write_report(out: Path, summary: dict) -> Path:
             "![sharing](figures/sharing.png)", "", "![free](figures/free.png)", "",
             "## Accuracy of every task with its own mask, after all tasks [%]", "",
             table(["task", "accuracy"], accuracy_rows), "",
-            "## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
+            *timings_section(agg["timings"])]
     return save_report(out, text)

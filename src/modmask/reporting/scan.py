@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import plots
 from .study import save_report
-from .tables import fmt, mean, std, table, timings_table
+from .tables import fmt, mean, run_line, std, table, timings_section
 
 SPLITS = ("simple", "jump", "length", "turn_left")
 SHOWN = ("turn_left", "jump", "length")
@@ -35,7 +35,7 @@ def write_report(out: Path, summary: dict) -> Path:
     own, full = mean(acc["jump"]["jump"]), mean(acc["simple"]["jump"])
     model = {"transformer": "Transformer"}.get(summary["config"].get("model"), "LSTM")
     text = [f"# SCAN: {model} encoder-decoder", "",
-            f"Preset `{summary['preset']}`, {summary['seeds']} seed(s) (mean ± std); pretraining "
+            f"{run_line(summary)}; pretraining "
             f"{summary['config']['pretrain_steps']} steps on simple, {summary['config']['mask']['steps']} steps per mask.", "",
             "## Finding", "", PAPER_FINDING, "",
             f"Measured: on the jump test set the full-problem mask reaches {full:.1f}% and the jump mask {own:.1f}%; "
@@ -46,5 +46,5 @@ def write_report(out: Path, summary: dict) -> Path:
             "## Output tokens", "", "![removed](figures/output_removed.png)", ""]
     if agg.get("baseline"):
         text += ["From scratch on the split: " + ", ".join(f"{s} {fmt(v)}%" for s, v in agg["baseline"].items()), ""]
-    text += ["## Timings (seconds per seed)", "", timings_table(agg["timings"]), ""]
+    text += [*timings_section(agg["timings"])]
     return save_report(out, text)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..runs import write_text
 from . import plots
-from .tables import fmt, mean, std, table, timings_table
+from .tables import fmt, mean, std, table, timings_section
 
 
 def removal_section(metric: dict, titles: dict, figure: Path | None = None) -> str:
@@ -91,5 +91,5 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
                                                       figures / "removal.png"),
             "", "## Masks", "", overlap_section(results["masks"], figures), "",
             histogram_figure(results["masks"], figures / "histogram.png"), "",
-            "## Timings", "", timings_table(results["timings"]), ""]
+            *timings_section(results["timings"], "Timings")]
     return save_report(run_dir, text)

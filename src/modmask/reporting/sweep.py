@@ -11,13 +11,13 @@ from pathlib import Path
 from ..runs import SWEEP_FILE, aggregate, read_json, value_text, write_json
 
 
-from . import plots
+from .sharing import SHARING, sharing_plot
 from .study import save_report
-from .tables import fmt, mean, std, table
+from .tables import fmt, table
 
-SHARING = {"shared (+ mask)": "shared_add", "shared (* mask)": "shared_mul", "IoU": "iou"}
 # grid key -> (figure name, x-axis label, log scale) of the add/mul sharing figures
-SHARING_AXES = {"hidden": ("size", "network (hidden sizes)", False), "beta": ("beta", "beta", True)}
+SHARING_AXES = {"hidden": ("size", "network (hidden sizes)", False), "beta": ("beta", "beta", True),
+                "mask.beta": ("beta", "beta", True)}
 GENERIC_COLUMNS = 8
 
 
@@ -88,11 +88,8 @@ def _sharing_figures(out: Path, sweep: dict, points: list[dict], summaries: list
         for rest, members in groups.items():
             xs = [value_text(points[i]["values"][key]) if key == "hidden" else points[i]["values"][key] for i in members]
             name = f"sharing_vs_{label}" + (f"-{rest}" if rest else "") + ".png"
-            plots.line_plot(out / "figures" / name, xs,
-                            {m: [mean(summaries[i][m]) * 100 for i in members] for m in SHARING},
-                            {m: [std(summaries[i][m]) * 100 for i in members] for m in SHARING},
-                            xlabel=xlabel, ylabel="[%]", logx=logx,
-                            title="Sharing between the + and * masks" + (f" ({rest})" if rest else ""))
+            sharing_plot(out / "figures" / name, xs, [{k: summaries[i][m] for m, k in SHARING.items()} for i in members],
+                         xlabel=xlabel, logx=logx, title="Sharing between the + and * masks" + (f" ({rest})" if rest else ""))
             lines += [f"![sharing vs {label}](figures/{name})", ""]
     return lines
 

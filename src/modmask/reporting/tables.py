@@ -37,3 +37,13 @@ def timings_table(timings: dict) -> str:
     rows = [(phase, fmt(value, 1)) for phase, value in timings.items()]
     total = sum(mean(v) or 0 for v in timings.values())
     return table(["phase", "seconds"], rows + [("total", f"{total:.1f}")])
+
+
+def run_line(summary: dict) -> str:
+    """'Preset `small`, 3 seeds (mean ± std over n=3)'; one seed shows its values as they are."""
+    n = summary["seeds"]
+    return f"Preset `{summary['preset']}`, " + ("1 seed" if n == 1 else f"{n} seeds (mean ± std over n={n})")
+
+
+def timings_section(timings: dict, title: str = "Timings (seconds per seed)") -> list[str]:
+    return [f"## {title}", "", timings_table(timings), ""]
