@@ -292,3 +292,14 @@ def test_at_density_breaks_ties_by_position_and_refuses_bad_densities():
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
             trained.at_density(bad)
+
+
+@pytest.mark.parametrize("exact_work", [chance.EXACT_WORK, 0])
+def test_p_values_are_calibrated_under_chance(monkeypatch, exact_work):
+    """For independent random masks, p < alpha happens in about (at most) a fraction alpha of draws."""
+    monkeypatch.setattr(chance, "EXACT_WORK", exact_work)
+    a, b = _prefix_masks({"w": 400, "v": 300}, {"w": (40, 120), "v": (90, 60)})
+    g = torch.Generator().manual_seed(2)
+    ps = [overlap_chance(random_masks(a, g), random_masks(b, g))["total"]["p"] for _ in range(400)]
+    assert 0.04 < sum(p < 0.1 for p in ps) / len(ps) < 0.16
+    assert sum(p < 0.5 for p in ps) / len(ps) < 0.58
