@@ -303,3 +303,13 @@ def test_p_values_are_calibrated_under_chance(monkeypatch, exact_work):
     ps = [overlap_chance(random_masks(a, g), random_masks(b, g))["total"]["p"] for _ in range(400)]
     assert 0.04 < sum(p < 0.1 for p in ps) / len(ps) < 0.16
     assert sum(p < 0.5 for p in ps) / len(ps) < 0.58
+
+
+def test_iou_and_overlap_table_refuse_masks_of_other_shapes():
+    wide = _m(w=[[1, 0, 0, 0]], v=[1, 0, 0])  # [1, 4] would broadcast against [4] without the check
+    with pytest.raises(ValueError, match=r"tensor 'w' has shape \(4,\) in masks a but \(1, 4\) in b"):
+        iou(A, wide)
+    with pytest.raises(ValueError, match="tensor 'w'"):
+        iomin(A, wide)
+    with pytest.raises(ValueError, match="'add'.*tensor 'v' is in masks 'add' but not in 'mul'"):
+        overlap_table(A, _m(w=[1, 0, 0, 0]), ("add", "mul"))

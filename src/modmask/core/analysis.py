@@ -23,12 +23,12 @@ def _ratio(num: int, den: int) -> float:
 
 
 def _per_layer(a: Masks, b: Masks, score) -> dict[str, float]:
-    if set(a) != set(b):
-        raise ValueError(f"masks cover different tensors: {sorted(set(a) ^ set(b))}")
+    check_same_tensors(a, b, "masks a", "b")  # also shapes: bool ops would broadcast silently
     return {n: score(a[n], b[n]) for n in a}
 
 
 def _pooled(a: Masks, b: Masks, num, den) -> float:
+    check_same_tensors(a, b, "masks a", "b")
     return _ratio(sum(num(a[n], b[n]) for n in a), sum(den(a[n], b[n]) for n in a))
 
 
@@ -56,6 +56,7 @@ def iomin(a: Masks, b: Masks, per_layer: bool = False):
     sum of intersections over min(sum |a|, sum |b|)."""
     if per_layer:
         return _per_layer(a, b, lambda x, y: _ratio(_inter(x, y), _smaller(x, y)))
+    check_same_tensors(a, b, "masks a", "b")
     return _ratio(sum(_inter(a[n], b[n]) for n in a), min(a.count(), b.count()))
 
 
@@ -96,6 +97,7 @@ def overlap_table(a: Masks, b: Masks, labels: tuple[str, str] = ("a", "b"), chan
     (observed / chance IoU), the observed and chance `intersection`, and `z` and `p` of the
     intersection (see `overlap_chance`)."""
     la, lb = labels
+    check_same_tensors(a, b, f"masks {la!r}", f"{lb!r}")
     rows = []
     for name in a:
         x, y = a[name], b[name]
