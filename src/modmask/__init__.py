@@ -4,12 +4,14 @@ Differentiable binary weight masks (Csordás, van Steenkiste, Schmidhuber, ICLR 
 unmodified PyTorch model, the analysis of the masks, and the paper's case studies.
 """
 
-from .core.analysis import (exclusive, iomin, iou, overlap_table, probability_histogram,
-                            shared_fraction, stability, union)
-from .core.evaluation import collect, evaluate, half_masks, inverse, split_layers
+from .core.analysis import (check_comparable, exclusive, iomin, iou, overlap_chance, overlap_matrix,
+                            overlap_table, probability_histogram, shared_fraction, shared_fraction_chance,
+                            stability, union)
+from .core.evaluation import collect, evaluate, half_masks, inverse, random_control, split_layers
 from .core.masking import masked_call
 from .core.mask_config import MaskConfig
-from .core.masks import Masks
+from .core.masks import Masks, random_masks
+from .core.stats import mean_std_text, summarize
 from .core.selection import select_parameters
 from .core.training import MaskTrainer, TrainedMask, train_mask
 
@@ -21,4 +23,6 @@ __all__ = [
     "Masks", "MaskConfig", "TrainedMask", "MaskTrainer", "train_mask", "select_parameters", "masked_call", "evaluate", "collect",
     "inverse", "half_masks", "split_layers", "iou", "iomin", "shared_fraction", "exclusive", "union",
     "stability", "overlap_table", "probability_histogram", "Function", "run_study",
+    "overlap_chance", "overlap_matrix", "shared_fraction_chance", "check_comparable", "random_masks",
+    "random_control", "summarize", "mean_std_text",
 ]

@@ -152,3 +152,24 @@ def test_confusion_grid_rejects_std_shape_mismatch(tmp_path):
     with pytest.raises(ValueError, match="std"):
         plots.confusion_grid(tmp_path / "x.png", {"m": np.zeros((2, 3))}, ["a", "b"], ["x", "y", "z"],
                              stds={"m": np.zeros((3, 2))})
+
+
+def test_overlap_heatmap_writes_png_with_chance_annotations(tmp_path):
+    from modmask import Masks, overlap_matrix
+
+    g = torch.Generator().manual_seed(0)
+    masks = {name: Masks({"w": torch.rand(20, 10, generator=g) < p, "v": torch.rand(30, generator=g) < p})
+             for name, p in [("Full", 0.4), ("Pair 1", 0.2), ("Pair 2", 0.25)]}
+    matrix = overlap_matrix(masks)
+    observed = {"IoU": matrix["iou"], "IoMin": matrix["iomin"]}
+    chance = {"IoU": matrix["iou_chance"], "IoMin": matrix["iomin_chance"]}
+    out = plots.overlap_heatmap(tmp_path / "overlap.png", matrix["labels"], observed, chance, title="overlap")
+    assert_png(out, tmp_path)
+    texts = plots._overlap_texts(np.array(matrix["iou"]), np.array(matrix["iou_chance"]), "{:.2f}")
+    assert texts[0, 1] == f"{matrix['iou'][0][1]:.2f}\nchance {matrix['iou_chance'][0][1]:.2f}"
+    assert texts.shape == (3, 3)
+    with pytest.raises(ValueError, match="'IoMin'"):
+        plots.overlap_heatmap(tmp_path / "x.png", matrix["labels"], observed,
+                              {"IoU": matrix["iou_chance"], "IoMin": [[0.0]]})
+    with pytest.raises(ValueError, match="chance has scores"):
+        plots.overlap_heatmap(tmp_path / "x.png", matrix["labels"], observed, {"IoU": matrix["iou_chance"]})

@@ -2,7 +2,9 @@
 
 Evaluation is deterministic: a mask is the boolean `logit > 0` (the original code uses `>= 0` in
 evaluation and `> 0` in analysis; they differ only for logits exactly 0, and we use one rule).
-Tensors without an entry in the masks keep their full weights.
+Tensors without an entry in the masks keep their full weights. `random_control` gives the reference
+of a mask or inverse-mask result: the same evaluation with random masks of the same per-tensor
+counts (docs/controls.md).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 from torch import nn
 
 from .masking import masked_call, model_mode, to_device
-from .masks import Masks
+from .masks import Masks, random_masks
+from .stats import summarize
 
 MetricFn = Callable[[Any, Any], torch.Tensor]
 
@@ -51,6 +54,44 @@ def inverse(masks: Masks, full: Masks | None = None, keep_full_on: Sequence[str]
             raise ValueError("keep_full_on needs the full mask")
         inverted = inverted.replace(full, keep_full_on)
     return inverted
+
+
+def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: MetricFn, draws: int = 5,
+                   seed: int = 0, keep: bool = False, full: Masks | None = None,
+                   keep_full_on: Sequence[str] = (), within: Masks | None = None, mode: str = "eval") -> dict:
+    """The metric with random weights removed (or kept) instead of the mask's: the control of an
+    inverse-mask (or mask) result. Returns {"mean", "std", "values", "draws"} over `draws` random
+    masks with the same number of weights as `masks` in every tensor; std is the sample std
+    (None for one draw). Draw r is the r-th mask from one generator seeded with `seed`, so the
+    same seed gives the same values and more draws extend the list.
+
+    keep=False (random removal, next to `evaluate(model, inverse(masks, full, keep_full_on), ...)`):
+        each draw R is removed exactly as the inverse removes the mask, `inverse(R, full,
+        keep_full_on)`: on tensors in `keep_full_on` the Full mask is kept (as in the real inverse,
+        so the control differs from it only where the mask was removed), everywhere else all
+        weights but R's. `full` is used only with `keep_full_on`, as in `inverse`.
+    keep=True (random keep, next to `evaluate(model, masks, ...)`): each draw is kept instead of
+        the mask; `full` and `keep_full_on` do not apply.
+    within: draw the random weights only among those `within` keeps (e.g. the Full mask: remove
+        as many weights the network uses as the mask does, a stricter control than anywhere).
+    batches: re-iterable (a list or a DataLoader), since every draw evaluates all of it.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1 (the number of random masks R), got {draws}")
+    if keep and keep_full_on:
+        raise ValueError("keep_full_on applies to random removal only (keep=False): a kept random "
+                         "mask replaces the mask itself, which has no Full-mask tensors")
+    if iter(batches) is batches:
+        raise ValueError("random_control evaluates the batches once per draw: pass a list or a "
+                         "DataLoader, not an iterator or generator")
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(draws):
+        drawn = random_masks(masks, generator, within)
+        condition = drawn if keep else inverse(drawn, full, keep_full_on)
+        values.append(evaluate(model, condition, batches, metric, mode))
+    summary = summarize(values)
+    return {"mean": summary["mean"], "std": summary["std"], "values": values, "draws": draws}
 
 
 def split_layers(names: Sequence[str], rounding: str = "ceil") -> tuple[list[str], list[str]]:

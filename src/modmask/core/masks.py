@@ -142,3 +142,43 @@ def check_fits(masks: Mapping[str, torch.Tensor], model: torch.nn.Module, source
         if tuple(mask.shape) != tuple(params[name].shape):
             raise ValueError(f"{source} was made for another model: {name!r} has shape "
                              f"{tuple(mask.shape)} in the masks but {tuple(params[name].shape)} in the model")
+
+
+def random_masks(masks: Masks, generator: torch.Generator | int = 0, within: Masks | None = None) -> Masks:
+    """Masks with the same number of kept weights in every tensor as `masks`, at uniformly random
+    positions (the reference of the chance levels and of the random controls).
+
+    generator: a `torch.Generator` (CPU; draws advance it) or an int seed. within: draw each
+    tensor's positions only among the weights `within` keeps there (e.g. the Full mask, for a
+    control that removes weights the network uses); it needs at least as many as `masks` keeps.
+    """
+    if not isinstance(generator, torch.Generator):
+        generator = torch.Generator().manual_seed(int(generator))
+    if within is not None:
+        check_same_tensors(masks, within, "the masks", "within")
+    drawn = {}
+    for name, mask in masks.items():
+        k = int(mask.sum())
+        pool = (torch.arange(mask.numel()) if within is None
+                else within[name].flatten().cpu().nonzero().squeeze(1))
+        if k > len(pool):
+            raise ValueError(f"tensor {name!r}: the mask keeps {k} weights but `within` keeps only "
+                             f"{len(pool)} there, so no random mask of that size fits inside it")
+        flat = torch.zeros(mask.numel(), dtype=torch.bool)
+        flat[pool[torch.randperm(len(pool), generator=generator)[:k]]] = True
+        drawn[name] = flat.view(mask.shape).to(mask.device)
+    return Masks(drawn)
+
+
+def check_same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], label_a: str = "a",
+                       label_b: str = "b") -> None:
+    """Raise ValueError naming the first tensor that one of two masks lacks or has in another shape."""
+    for name in [*a, *(n for n in b if n not in a)]:
+        if name not in a or name not in b:
+            has, lacks = (label_a, label_b) if name in a else (label_b, label_a)
+            raise ValueError(f"{label_a} and {label_b} do not match: tensor {name!r} is in {has} "
+                             f"but not in {lacks} (masks of different models or parameter selections?)")
+        if a[name].shape != b[name].shape:
+            raise ValueError(f"{label_a} and {label_b} do not match: tensor {name!r} has shape "
+                             f"{tuple(a[name].shape)} in {label_a} but {tuple(b[name].shape)} in {label_b} "
+                             f"(masks of different models?)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,31 @@ class TrainedMask:
     def masks(self) -> Masks:
         """The final binary mask, logit > 0."""
         return Masks.from_logits({n: l.detach().cpu() for n, l in self.logits.items()})  # analysis on the CPU
+
+    def at_density(self, density: float, per_layer: bool = False) -> Masks:
+        """The mask of a chosen size: the top `density` fraction of the logits, kept regardless of
+        their sign (so masks of different functions can be compared at equal size).
+
+        Pooled (default): round(density * N) weights of all N masked weights, highest logits first,
+        so tensors keep different fractions; per_layer: round(density * n) in every tensor of n.
+        Ties are broken by position: the earlier tensor (in `logits` order), then the lower flat index.
+        """
+        if not 0 < density <= 1:  # also refuses NaN
+            raise ValueError(f"density must be in (0, 1] (a fraction of the masked weights), got {density}")
+        logits = {n: l.detach().cpu().flatten() for n, l in self.logits.items()}
+
+        def top(values: torch.Tensor) -> torch.Tensor:
+            # A stable sort of the negated logits keeps equal logits in position order.
+            keep = torch.zeros(len(values), dtype=torch.bool)
+            keep[torch.sort(-values.double(), stable=True).indices[:math.floor(density * len(values) + 0.5)]] = True
+            return keep
+
+        if per_layer:
+            kept = {n: top(v) for n, v in logits.items()}
+        else:
+            flat = top(torch.cat(list(logits.values())))
+            kept = dict(zip(logits, flat.split([len(v) for v in logits.values()])))
+        return Masks({n: kept[n].view(self.logits[n].shape) for n in logits})
 
     def probs(self) -> torch.Tensor:
         """[N] keep probabilities sigmoid(logits) of all masked weights, flattened."""

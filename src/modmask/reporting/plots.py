@@ -276,3 +276,52 @@ def line_plot(path, x: list, series: dict[str, list[float]], errors: dict[str, l
     if series:
         ax.legend()
     return _save(fig, path)
+
+
+def _overlap_texts(observed: np.ndarray, chance: np.ndarray, fmt: str) -> np.ndarray:
+    """Annotation per cell: the observed score, and its chance level below it."""
+    return np.array([[f"{fmt.format(v)}\nchance {fmt.format(chance[r, c])}" for c, v in enumerate(row)]
+                     for r, row in enumerate(observed)], dtype=object)
+
+
+def overlap_heatmap(path, labels: list[str], observed: dict[str, np.ndarray], chance: dict[str, np.ndarray],
+                    title: str = "", fmt: str = "{:.2f}") -> Path:
+    """Overlap between any number of masks: one heat map per score (e.g. {"IoU": [L, L], "IoMin":
+    [L, L]}, as `overlap_matrix` gives them), each cell annotated with the observed score and,
+    below it, the chance level of independent random masks of the same per-tensor counts.
+
+    `chance` has the same keys and shapes as `observed`. Colours show the observed score on one
+    fixed 0..1 scale for all panels, so panels and figures compare directly.
+    """
+    shape = (len(labels), len(labels))
+    if set(chance) != set(observed):
+        raise ValueError(f"chance has scores {sorted(chance)} but observed has {sorted(observed)}")
+    arrays = {k: _as_numpy(m).astype(float) for k, m in observed.items()}
+    levels = {k: _as_numpy(m).astype(float) for k, m in chance.items()}
+    for what, group in (("observed", arrays), ("chance", levels)):
+        for k, m in group.items():
+            if m.shape != shape:
+                raise ValueError(f"{what} {k!r} has shape {m.shape}, but {len(labels)} labels give {shape}")
+    norm = Normalize(0.0, 1.0)
+    fontsize = 8 if len(labels) <= 6 else 6
+    cell = max(0.8, 11 * 0.6 * fontsize / 72 + 0.15)  # room for "chance 0.00"
+    panel = 1.4 + cell * len(labels)
+    fig = _new_figure(panel * max(len(arrays), 1) + 1.0, panel * 0.85 + 0.5)
+    axes = fig.subplots(1, max(len(arrays), 1), squeeze=False).ravel()
+    image = None
+    for ax, (name, m) in zip(axes, arrays.items()):
+        image = ax.imshow(m, cmap="viridis", norm=norm, aspect="auto")
+        texts = _overlap_texts(m, levels[name], fmt)
+        for (r, c), v in np.ndenumerate(m):
+            red, green, blue, _ = image.cmap(norm(v))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
+            ax.text(c, r, texts[r, c], ha="center", va="center", fontsize=fontsize,
+                    color="white" if dark else "black")
+        ax.set_xticks(range(len(labels)), [_wrap(label) for label in labels],
+                      rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+        ax.set_yticks(range(len(labels)), [_wrap(label) for label in labels])
+        ax.set_title(name)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8)
+    fig.suptitle(title)
+    return _save(fig, path)
