@@ -35,3 +35,24 @@ def test_cifar_smoke_end_to_end(image_folder, tmp_path):
     from modmask.core.training import TrainedMask
     masks = TrainedMask.load(tmp_path / "seed-0/masks/without-3.safetensors").logits
     assert "output.weight" not in masks and "convs.0.weight" in masks
+
+
+def test_balanced_subset_of_class_sorted_labels():
+    from modmask.data.sampling import balanced_subset
+
+    labels = torch.arange(10).repeat_interleave(60)  # sorted by class, as an image folder is
+    subset = balanced_subset(labels, 205)
+    assert torch.bincount(labels[subset]).tolist() == [21] * 5 + [20] * 5
+    assert torch.equal(subset, subset.sort().values) and len(set(subset.tolist())) == 205
+    assert torch.equal(subset, balanced_subset(labels, 205))  # seeded
+    with pytest.raises(ValueError, match="cannot be taken"):
+        balanced_subset(labels, 601)
+
+
+def test_cifar_smoke_on_a_class_sorted_folder_with_fewer_images(image_folder, tmp_path):
+    """The first 200 images of a class-sorted folder hold classes 0-3 only (no dog for the
+    cat/dog stability pair, no class 9 to remove): the subset must be balanced."""
+    assert cli.main(["run", "cifar", "--preset", "smoke", "--out", str(tmp_path), "--quiet",
+                     "--set", f"data={image_folder}", "--set", "train_images=200"]) == 0
+    agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
+    assert len(agg["removal"]) == 10 and 0 <= agg["stability_iou"]["mean"] <= 1

@@ -108,7 +108,8 @@ def _grad_sum_backward(grad_masked, a, b, c, d, uniforms):
 
 
 def _weights_backward(grad_masked, logits, uniforms):
-    return torch.where(hard_samples(logits, uniforms), grad_masked, 0.0).sum(0)
+    """sum_k h_k g_k: [k, n] -> [n] (the same comparison-into-float trick as the forward)."""
+    return _masked_forward(keep_thresholds(logits), grad_masked, uniforms).sum(0)
 
 
 _COMPILED_BACKWARD = []
