@@ -7,7 +7,7 @@ import modmask
 
 CORE = Path(modmask.__file__).parent / "core"
 ALLOWED = {"torch", "numpy", "safetensors", "tqdm", "__future__"}
-STDLIB_OK = {"contextlib", "dataclasses", "fnmatch", "functools", "itertools", "json", "logging",
+STDLIB_OK = {"contextlib", "dataclasses", "fnmatch", "functools", "inspect", "itertools", "json", "logging",
              "math", "os", "pathlib", "statistics", "typing", "collections"}
 
 
