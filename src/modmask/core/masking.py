@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn import functional as F
 from torch.utils._pytree import tree_map
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,24 @@ def fused_attention_disabled():
         torch.backends.mha.set_fastpath_enabled(enabled)
 
 
+class _ContiguousAttention(torch.overrides.TorchFunctionMode):
+    """nn.MultiheadAttention's inputs made contiguous before F.multi_head_attention_forward.
+
+    With batch_first=True the layer hands that function transposed views [T, B, E]. ATen folds a
+    3-D input of F.linear into one matrix product only when it is contiguous or the weight requires
+    grad, which a weight batched by vmap does not report: the in-projection then broadcasts the
+    [k, 3E, E] weights to [k, T, 3E, E] and runs ~50x slower. A contiguous copy is folded."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.multi_head_attention_forward:
+            query, key, value = args[:3]
+            query_c = query.contiguous()
+            key_c = query_c if key is query else key.contiguous()  # keep `is`: it selects the packed projection
+            value_c = key_c if value is key else value.contiguous()
+            args = (query_c, key_c, value_c, *args[3:])
+        return func(*args, **(kwargs or {}))
+
+
 def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kwargs):
     """The model's output with weights W * mask for every listed tensor, full weights elsewhere."""
     params = frozen_parameters(model)
@@ -213,7 +232,8 @@ def call_vmap(model: nn.Module, weights: Mapping[str, torch.Tensor], others: Map
         rebuild[:] = [rebuild_one]
         return tuple(tensors)
 
-    with fused_attention_disabled():
+    attention = any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    with fused_attention_disabled(), _ContiguousAttention() if attention else contextlib.nullcontext():
         outputs = vmap(one_sample, in_dims=(0, _batched_dims(args), _batched_dims(kwargs)),
                        randomness="different")(dict(weights), args, kwargs)
     return rebuild[0]([t.reshape(-1, *t.shape[2:]) for t in outputs])  # [k, B/k, ...] -> [B, ...]
