@@ -5,6 +5,12 @@
 Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=..`, both measured in
 the same run (K=4, batch 128). A plain step is forward, backward and an Adam update of all weights;
 a mask step is modmask's MaskTrainer.step (K samples, straight-through, Adam on the logits).
+
+The real-model lines (`--models hf-gpt2,hf-bert,torch-transformer`, not in the default list;
+hf-* need `pip install transformers`) are language models of 4 layers, d_model 512, 8 heads,
+vocabulary 4,096, on 8 sequences of 64 tokens (`--batch` does not apply): GPT-2 (causal), BERT
+(no padding) and an nn.TransformerEncoder, each with a next-token cross-entropy over the vocabulary.
+`hf-bert-padded` adds a 2D attention mask with padding, which puts BERT on the sequential path.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch.nn import functional as F
 
 from modmask import MaskTrainer
 from modmask.allocator import keep_freed_memory
+from modmask.core.masking import without_cache
 from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier, SimpleCNN
 
 
@@ -35,9 +42,47 @@ class SequenceClassifier(nn.Module):
         return self.output(hidden[:, -1])
 
 
+class TokenEncoder(nn.Module):
+    """Token ids [B, T] -> logits [B, T, vocab]: nn.Embedding, nn.TransformerEncoder, Linear."""
+
+    def __init__(self, vocab: int, d: int, layers: int, heads: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True)
+        self.body, self.output = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        return self.output(self.body(self.embedding(ids)))
+
+
+def language_model(name: str, vocab: int = 4096, d: int = 512, layers: int = 4, heads: int = 8):
+    """The real-model lines: (model, inputs, targets, loss_fn) for 8 sequences of 64 tokens."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (8, 64), generator=g)
+    logits = lambda out: out.logits if hasattr(out, "logits") else out  # noqa: E731
+    loss = lambda out, t: F.cross_entropy(logits(out).flatten(0, 1), t.flatten())  # noqa: E731
+    if name == "torch-transformer":
+        return TokenEncoder(vocab, d, layers, heads), ids, ids, loss
+    import transformers
+
+    if name == "hf-gpt2":
+        config = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=d, n_layer=layers, n_head=heads,
+                                         bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(config), {"input_ids": ids}, ids, loss
+    config = transformers.BertConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers,
+                                     num_attention_heads=heads, intermediate_size=4 * d, max_position_embeddings=64)
+    inputs = {"input_ids": ids}
+    if name == "hf-bert-padded":
+        inputs["attention_mask"] = torch.ones_like(ids)
+        inputs["attention_mask"][::2, 48:] = 0
+    return transformers.BertForMaskedLM(config), inputs, ids, loss
+
+
 def make(name: str, batch: int):
     """(model, inputs, targets, loss_fn) for one benchmark model."""
     g = torch.Generator().manual_seed(0)
+    if name.startswith(("hf-", "torch-")):
+        return language_model(name)
     if name.startswith("mlp"):
         hidden = [800] * 4 if name == "mlp-800x4" else [400, 400, 200]
         model = MLP(42, hidden, 20)
@@ -75,7 +120,8 @@ def bench(name: str, steps: int, k: int, batch: int, compiled: bool) -> str:
 
     def plain_step():
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        # the same call the mask step makes: keyword batches, and no key/value cache
+        loss_fn(model(**without_cache(model, x)) if isinstance(x, dict) else model(x), y).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 

@@ -73,6 +73,11 @@ def test_the_checker_sees_relative_and_absolute_imports(tmp_path):
     assert ("runs", True) in found and ("tracking", True) in found and ("torch", False) in found
 
 
+def test_the_core_never_imports_transformers():
+    for path in (PACKAGE / "core").glob("*.py"):
+        assert "transformers" not in {t for t, internal in _imports(path) if not internal}, path.name
+
+
 def test_import_modmask_is_light():
     code = "import sys, modmask; print(sorted(m for m in ('matplotlib', 'ray', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .masking import masked_call, model_mode, to_device
+from .masking import as_arguments, masked_call, model_mode, to_device, unpack_batch, without_cache
 from .masks import Masks, random_masks
 from .stats import summarize
 
@@ -25,13 +25,16 @@ MetricFn = Callable[[Any, Any], torch.Tensor]
 @torch.no_grad()
 def collect(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, batches: Iterable,
             fn: MetricFn, mode: str = "eval") -> torch.Tensor:
-    """fn(outputs, targets) -> [b, ...] per batch, concatenated along dim 0 (on the CPU)."""
+    """fn(outputs, targets) -> [b, ...] per batch, concatenated along dim 0 (on the CPU). Batches
+    as in train_mask: (inputs, targets), inputs a tensor, tuple or dict of keyword arguments, or a
+    dict alone (targets None); models that take `use_cache` are called with use_cache=False."""
     device = next(model.parameters()).device
     parts = []
     with model_mode(model, mode):
-        for inputs, targets in batches:
-            args = inputs if isinstance(inputs, tuple) else (inputs,)
-            outputs = masked_call(model, masks or {}, *to_device(args, device))
+        for batch in batches:
+            inputs, targets = unpack_batch(batch)
+            args, kwargs = to_device(as_arguments(inputs), device)
+            outputs = masked_call(model, masks or {}, *args, **without_cache(model, kwargs))
             parts.append(fn(outputs, to_device(targets, device)).cpu())
     if not parts:
         raise ValueError("no batch to evaluate on")

@@ -8,23 +8,39 @@ K functional calls, one per chunk, whose outputs are concatenated, so the loss a
 are exactly those of the batched path.
 
 Inputs and outputs are batch-first: every tensor argument is split along dim 0; non-tensor
-arguments are passed through unchanged.
+arguments are passed through unchanged. A batch's inputs are a tensor, a tuple of positional
+arguments or a dict of keyword arguments (Hugging Face style). Outputs may be tensors or nested
+tuples, lists and dicts of them, dict subclasses such as Hugging Face's `ModelOutput` included
+(duck-typed: the core never imports transformers); anything else in them (a key/value cache, a
+number) does not cross vmap and comes back as None. Key/value caches are not built at all: a
+model whose forward takes `use_cache` is called with `use_cache=False` unless the batch says otherwise.
+PyTorch's fused attention kernels (`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`) have no
+backward and no vmap rule, so their fast path is switched off around every masked call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn import functional as F
 from torch.utils._pytree import tree_map
 
 log = logging.getLogger(__name__)
 
 _UNBATCHABLE = (nn.RNNBase,)  # fused cuDNN/ATen RNN kernels take weights as flat lists
+_CONSTANTS = (type(None), bool, int, float, str)  # output values that are kept as they are
+
+Arguments = tuple[tuple, dict]  # (positional, keyword) arguments of one model call
+
+
+class OutputError(ValueError):
+    """The model's output cannot be used for mask training (e.g. it holds no tensor)."""
 
 
 @contextlib.contextmanager
@@ -51,6 +67,122 @@ def to_device(value, device):
     return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
 
 
+def unpack_batch(batch) -> tuple[Any, Any]:
+    """(inputs, targets) of a batch: a pair, or a dict of keyword arguments alone (Hugging Face
+    style, labels inside; targets None, the loss reads e.g. `outputs.loss`)."""
+    if isinstance(batch, Mapping):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(f"a batch must be a pair (inputs, targets) or a dict of keyword arguments; got "
+                     f"{type(batch).__name__}{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}")
+
+
+def as_arguments(inputs) -> Arguments:
+    """A batch's inputs as (positional, keyword) arguments: a tensor -> one positional argument, a
+    tuple -> positional arguments, a dict (or any mapping, e.g. HF's BatchEncoding) -> keyword arguments."""
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    return (inputs if isinstance(inputs, tuple) else (inputs,)), {}
+
+
+def without_cache(model: nn.Module, kwargs: dict) -> dict:
+    """kwargs plus use_cache=False when the model's forward takes `use_cache` (HF decoders) and the
+    caller did not set it: a key/value cache serves generation only, and it is no tensor vmap can return."""
+    if "use_cache" in kwargs:
+        return kwargs
+    try:
+        accepted = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature (C extension, ...)
+        return kwargs
+    return {**kwargs, "use_cache": False} if "use_cache" in accepted else kwargs
+
+
+def _container(kind: type, items):
+    """A container of type `kind` holding `items` (a dict for mappings, a list otherwise)."""
+    if kind in (dict, list, tuple):
+        return kind(items)
+    if issubclass(kind, Mapping):
+        try:
+            return kind(**items)  # dataclass-like dicts such as ModelOutput take keyword arguments
+        except TypeError:
+            return kind(items)
+    return kind(*items) if hasattr(kind, "_fields") else kind(items)  # namedtuple or list subclass
+
+
+def flatten_output(value: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
+    """(tensors, rebuild): the tensors of a nested output (tuples, lists, dicts and dict subclasses
+    such as ModelOutput) in order, and a function that builds the same structure around new tensors.
+    None, numbers and strings are kept; every other value (a cache object, ...) is rebuilt as None."""
+    tensors: list[torch.Tensor] = []
+
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            tensors.append(v)
+            index = len(tensors) - 1
+            return lambda ts: ts[index]
+        if isinstance(v, Mapping):
+            kind, parts = type(v), {key: walk(item) for key, item in v.items()}
+            return lambda ts: _container(kind, {key: part(ts) for key, part in parts.items()})
+        if isinstance(v, (tuple, list)):
+            kind, parts = type(v), [walk(item) for item in v]
+            return lambda ts: _container(kind, [part(ts) for part in parts])
+        kept = v if isinstance(v, _CONSTANTS) else None
+        return lambda ts: kept
+
+    return tensors, walk(value)
+
+
+def describe_output(value: Any) -> str:
+    """A short description of an output's structure, for error messages: `ModelOutput(logits: [8, 3])`."""
+    if isinstance(value, torch.Tensor):
+        return str(list(value.shape))
+    if isinstance(value, Mapping):
+        return f"{type(value).__name__}({', '.join(f'{k}: {describe_output(v)}' for k, v in value.items())})"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__}({', '.join(describe_output(v) for v in value)})"
+    return type(value).__name__
+
+
+def _tensors_of(output: Any) -> tuple[list[torch.Tensor], Callable]:
+    """flatten_output, refusing an output with no tensor in it."""
+    tensors, rebuild = flatten_output(output)
+    if not tensors:
+        raise OutputError(f"the model's output holds no tensor a loss could use (got {describe_output(output)}); "
+                          f"return the logits, or pass arguments that make the model compute them")
+    return tensors, rebuild
+
+
+@contextlib.contextmanager
+def fused_attention_disabled():
+    """PyTorch's fused attention fast path off (it has no backward and no vmap rule); restores the
+    user's setting of torch.backends.mha.set_fastpath_enabled afterwards."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+class _ContiguousAttention(torch.overrides.TorchFunctionMode):
+    """nn.MultiheadAttention's inputs made contiguous before F.multi_head_attention_forward.
+
+    With batch_first=True the layer hands that function transposed views [T, B, E]. ATen folds a
+    3-D input of F.linear into one matrix product only when it is contiguous or the weight requires
+    grad, which a weight batched by vmap does not report: the in-projection then broadcasts the
+    [k, 3E, E] weights to [k, T, 3E, E] and runs ~50x slower. A contiguous copy is folded."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.multi_head_attention_forward:
+            query, key, value = args[:3]
+            query_c = query.contiguous()
+            key_c = query_c if key is query else key.contiguous()  # keep `is`: it selects the packed projection
+            value_c = key_c if value is key else value.contiguous()
+            args = (query_c, key_c, value_c, *args[3:])
+        return func(*args, **(kwargs or {}))
+
+
 def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kwargs):
     """The model's output with weights W * mask for every listed tensor, full weights elsewhere."""
     params = frozen_parameters(model)
@@ -59,44 +191,69 @@ def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kw
     return functional_call(model, params, args, kwargs)
 
 
-def split_batch(args: tuple, k: int) -> tuple[tuple, int]:
-    """Every tensor argument [B, ...] -> [k, B/k, ...]; other arguments unchanged. Returns (chunks, B)."""
-    sizes = {a.shape[0] for a in args if isinstance(a, torch.Tensor)}
-    if len(sizes) != 1:
-        raise ValueError(f"tensor arguments must share one batch size (dim 0); got sizes {sorted(sizes)}")
-    batch = sizes.pop()
+def split_batch(arguments: Arguments, k: int) -> tuple[Arguments, int]:
+    """Every tensor argument [B, ...] -> [k, B/k, ...] (positional and keyword alike); other arguments,
+    0-dim tensors included, unchanged. Returns (chunks, B)."""
+    args, kwargs = arguments
+    named = {**{f"argument {i}": a for i, a in enumerate(args)}, **kwargs}
+    sizes = {name: a.shape[0] for name, a in named.items() if isinstance(a, torch.Tensor) and a.dim()}
+    if len(set(sizes.values())) != 1:
+        found = ", ".join(f"{name}: {size}" for name, size in sizes.items()) or "no batched tensor"
+        raise ValueError(f"the tensors of a batch's inputs must share one batch size (dim 0); got {found}")
+    batch = next(iter(sizes.values()))
     if batch < k or batch % k:
         raise ValueError(f"batch size {batch} must be a multiple of k={k} (each of the k mask samples "
                          f"gets B/k examples); choose a batch size divisible by k")
-    chunks = tuple(a.view(k, batch // k, *a.shape[1:]) if isinstance(a, torch.Tensor) else a for a in args)
-    return chunks, batch
+
+    def split(a):
+        return a.reshape(k, batch // k, *a.shape[1:]) if isinstance(a, torch.Tensor) and a.dim() else a
+
+    return (tuple(split(a) for a in args), {n: split(a) for n, a in kwargs.items()}), batch
 
 
-def _merge(outputs: Any) -> Any:
-    """[k, B/k, ...] -> [B, ...] for every tensor in an output structure."""
-    return tree_map(lambda t: t.reshape(-1, *t.shape[2:]) if isinstance(t, torch.Tensor) else t, outputs)
+def _batched_dims(values):
+    """vmap in_dims: 0 for the split tensors, None for everything else."""
+    dims = (0 if isinstance(v, torch.Tensor) and v.dim() > 1 else None for v in
+            (values.values() if isinstance(values, dict) else values))
+    return dict(zip(values, dims)) if isinstance(values, dict) else tuple(dims)
 
 
 def call_vmap(model: nn.Module, weights: Mapping[str, torch.Tensor], others: Mapping[str, torch.Tensor],
-              chunks: tuple):
-    """weights: name -> [k, *shape]; chunks from split_batch. Returns outputs [B, ...]."""
+              chunks: Arguments):
+    """weights: name -> [k, *shape]; chunks from split_batch. Returns outputs [B, ...] (an output
+    without a batch dimension, e.g. a loss the model computes itself, comes back as [k, ...])."""
+    args, kwargs = chunks
+    kwargs = without_cache(model, kwargs)
+    rebuild: list[Callable] = []
 
-    def one_sample(sample_weights, *sample_args):
-        return functional_call(model, {**others, **sample_weights}, sample_args)
+    def one_sample(sample_weights, sample_args, sample_kwargs):
+        tensors, rebuild_one = _tensors_of(functional_call(model, {**others, **sample_weights},
+                                                           sample_args, sample_kwargs))
+        rebuild[:] = [rebuild_one]
+        return tuple(tensors)
 
-    in_dims = (0, *(0 if isinstance(a, torch.Tensor) else None for a in chunks))
-    return _merge(vmap(one_sample, in_dims=in_dims, randomness="different")(dict(weights), *chunks))
+    attention = any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    with fused_attention_disabled(), _ContiguousAttention() if attention else contextlib.nullcontext():
+        outputs = vmap(one_sample, in_dims=(0, _batched_dims(args), _batched_dims(kwargs)),
+                       randomness="different")(dict(weights), args, kwargs)
+    return rebuild[0]([t.reshape(-1, *t.shape[2:]) for t in outputs])  # [k, B/k, ...] -> [B, ...]
 
 
 def call_sequential(model: nn.Module, weights: Mapping[str, torch.Tensor],
-                    others: Mapping[str, torch.Tensor], chunks: tuple):
+                    others: Mapping[str, torch.Tensor], chunks: Arguments):
     """Same result as call_vmap, as k separate calls; for modules vmap cannot batch."""
     k = next(iter(weights.values())).shape[0]
-    outputs = []
-    for i in range(k):
-        args = tuple(a[i] if isinstance(a, torch.Tensor) else a for a in chunks)
-        outputs.append(functional_call(model, {**others, **{n: w[i] for n, w in weights.items()}}, args))
-    return tree_map(lambda *ts: torch.cat(ts) if isinstance(ts[0], torch.Tensor) else ts[0], *outputs)
+    args, kwargs = chunks
+    kwargs = without_cache(model, kwargs)
+    parts = []
+    with fused_attention_disabled():
+        for i in range(k):
+            sample_args = tuple(a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args)
+            sample_kwargs = {n: a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for n, a in kwargs.items()}
+            tensors, rebuild = _tensors_of(functional_call(model, {**others, **{n: w[i] for n, w in weights.items()}},
+                                                           sample_args, sample_kwargs))
+            parts.append(tensors)
+    return rebuild([torch.cat(ts) if ts[0].dim() else torch.stack(ts) for ts in zip(*parts)])
 
 
 def unbatchable_modules(model: nn.Module) -> list[str]:
@@ -105,29 +262,46 @@ def unbatchable_modules(model: nn.Module) -> list[str]:
             if isinstance(m, _UNBATCHABLE)]
 
 
+def _same_outputs(model, weights, others, chunks) -> bool:
+    """Whether the vmap and the sequential path give the same outputs on these chunks."""
+    with torch.no_grad():
+        batched, _ = flatten_output(call_vmap(model, weights, others, chunks))
+        single, _ = flatten_output(call_sequential(model, weights, others, chunks))
+    return len(batched) == len(single) and all(
+        a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(batched, single))
+
+
+def _vmap_problem(model, weights, others, chunks) -> str | None:
+    """Why vmap cannot run this model, or None: known-bad modules, then a probe of both paths."""
+    bad = unbatchable_modules(model)
+    if bad:
+        return f"{', '.join(bad)} cannot be batched over mask samples with torch.vmap"
+    try:
+        if _same_outputs(model, weights, others, chunks):
+            return None
+        if any(m.training for m in model.modules()):  # dropout draws differ between the paths
+            with model_mode(model, "eval"):
+                if _same_outputs(model, weights, others, chunks):
+                    return None
+        return "torch.vmap gives different outputs from separate calls for this model"
+    except OutputError:
+        raise
+    except Exception as error:  # any failure of vmap means: not batchable
+        if "data-dependent control flow" in str(error):
+            return ("torch.vmap fails on this model: it branches on the values of a tensor (Hugging Face "
+                    "models do so on a 2D attention_mask with padding; a 4D mask avoids it, see docs/real_models.md)")
+        return f"torch.vmap fails on this model ({type(error).__name__}: {str(error)[:200]})"
+
+
 def choose_path(model: nn.Module, weights: Mapping[str, torch.Tensor], others: Mapping[str, torch.Tensor],
-                chunks: tuple, path: str = "auto") -> str:
+                chunks: Arguments, path: str = "auto") -> str:
     """'vmap' or 'sequential' for this model: known-bad modules, then a probe that runs both
     paths on the first batch and compares their outputs (catches silent vmap fallbacks too)."""
     if path == "sequential":
         return path
     if path not in ("auto", "vmap"):
         raise ValueError(f"path must be 'auto', 'vmap' or 'sequential', not {path!r}")
-    problem = None
-    bad = unbatchable_modules(model)
-    if bad:
-        problem = f"{', '.join(bad)} cannot be batched over mask samples with torch.vmap"
-    else:
-        try:
-            with torch.no_grad():
-                batched = call_vmap(model, weights, others, chunks)
-                single = call_sequential(model, weights, others, chunks)
-            same = tree_map(lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-                            if isinstance(a, torch.Tensor) else True, batched, single)
-            if not all(torch.utils._pytree.tree_leaves(same)):
-                problem = "torch.vmap gives different outputs from separate calls for this model"
-        except Exception as error:  # any failure of vmap means: not batchable
-            problem = f"torch.vmap fails on this model ({type(error).__name__}: {str(error)[:200]})"
+    problem = _vmap_problem(model, weights, others, chunks)
     if problem is None:
         return "vmap"
     fix = ("use path='sequential' (exact, slower), or write the layer with plain tensor ops "

@@ -4,6 +4,14 @@ Default, as in the paper: every weight (a parameter with two or more dimensions)
 except embeddings, plus the affine parameters of normalisation layers; biases only when asked
 (`biases=True`; the paper masks them for CIFAR and permuted MNIST only). A user can instead give
 a glob pattern, a list of names, or a predicate `(name, parameter) -> bool`.
+
+Models the project did not write are recognised by duck typing (the core imports torch only):
+embeddings are `nn.Embedding`s, parameters of a module whose class name says `Embed` (HF's
+`ViTEmbeddings` position table and class token, TransformerLens's `Embed`/`PosEmbed`) and parameters
+named `*embed*` (`pos_embedding`); an output layer tied to the input embedding is the same tensor,
+which `named_parameters` lists once, under the embedding's name, so it is left out with it. Norms are
+PyTorch's norm layers and any module whose class name ends in `Norm` (`LlamaRMSNorm`, `T5LayerNorm`).
+HF's `Conv1D` (GPT-2) weights are [in, out] matrices and are masked like any other weight.
 """
 
 from __future__ import annotations
@@ -19,22 +27,29 @@ ParameterFilter = Union[str, Iterable[str], Callable[[str, nn.Parameter], bool],
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
-def _owners(model: nn.Module) -> dict[str, nn.Module]:
+def owners(model: nn.Module) -> dict[str, nn.Module]:
     """parameter name -> the module that holds it."""
-    owners = {}
+    found = {}
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):
-            owners[f"{module_name}.{param_name}" if module_name else param_name] = module
-    return owners
+            found[f"{module_name}.{param_name}" if module_name else param_name] = module
+    return found
+
+
+def _is_embedding(name: str, owner: nn.Module | None) -> bool:
+    """Lookup tables and learned positions (see the module docstring); `unembed` is an output layer."""
+    own_name = name.rsplit(".", 1)[-1].lower()
+    return (isinstance(owner, nn.Embedding) or "Embed" in type(owner).__name__
+            or ("embed" in own_name and "unembed" not in own_name))
 
 
 def default_filter(biases: bool = False, norms: bool = True) -> Callable[[str, nn.Parameter], bool]:
     """The paper's rule as a predicate; see the module docstring."""
 
     def keep(name: str, parameter: nn.Parameter, owner: nn.Module | None = None) -> bool:
-        if isinstance(owner, nn.Embedding) or "embedding" in name.lower():
+        if _is_embedding(name, owner):
             return False
-        if isinstance(owner, _NORMS):
+        if isinstance(owner, _NORMS) or type(owner).__name__.endswith("Norm"):
             return norms
         if parameter.dim() >= 2:
             return True
@@ -52,9 +67,9 @@ def select_parameters(model: nn.Module, include: ParameterFilter = None, *, bias
     """
     named = dict(model.named_parameters())
     if include is None:
-        owners = _owners(model)
+        holders = owners(model)
         rule = default_filter(biases=biases, norms=norms)
-        chosen = [n for n, p in named.items() if rule(n, p, owners.get(n))]
+        chosen = [n for n, p in named.items() if rule(n, p, holders.get(n))]
     elif isinstance(include, str):
         chosen = [n for n in named if fnmatch.fnmatchcase(n, include)]
     elif callable(include):

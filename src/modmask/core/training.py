@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from .mask_config import MASK_SETTINGS, MaskConfig
 from .gumbel import UniformSource, sample_masked_weights
-from .masking import (call_sequential, call_vmap, choose_path, frozen_parameters,
-                      model_mode, split_batch, to_device)
+from .masking import (as_arguments, call_sequential, call_vmap, choose_path, describe_output,
+                      frozen_parameters, model_mode, split_batch, to_device, unpack_batch)
 from .masks import Masks, check_fits
-from .selection import ParameterFilter, select_parameters
+from .selection import ParameterFilter, owners, select_parameters
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 LOGITS_FORMAT = "modmask.logits/1"
@@ -146,8 +146,10 @@ class MaskTrainer:
             params[name] = params[name] * mask.to(params[name].device)
         self.device = params[names[0]].device
         # Matrices are kept transposed ([in, out] in memory): the gradient of a matrix used as
-        # `x @ W.t()` arrives in that layout, so the backward reads it without a copy.
-        self.transposed = {n for n in names if params[n].dim() == 2}
+        # `x @ W.t()` arrives in that layout, so the backward reads it without a copy. Hugging Face's
+        # Conv1D (GPT-2) already stores [in, out] and computes `x @ W`: its weights stay as they are.
+        holders = owners(model)
+        self.transposed = {n for n in names if params[n].dim() == 2 and type(holders.get(n)).__name__ != "Conv1D"}
         self.weights = {n: self._physical(n, params[n]) for n in names}
         self.others = {n: p for n, p in params.items() if n not in self.weights}
         self.logits = {n: (self._physical(n, init_logits[n]).to(w) if init_logits and n in init_logits
@@ -180,9 +182,11 @@ class MaskTrainer:
                 for n, w in self.weights.items()}
 
     def step(self, batch) -> dict:
-        """One update on (inputs, targets); returns the task loss and regulariser as tensors."""
-        inputs, targets = to_device(batch, self.device)
-        chunks, batch_size = split_batch(inputs if isinstance(inputs, tuple) else (inputs,), self.k)
+        """One update on (inputs, targets) or on a dict of keyword arguments; returns the task loss
+        and regulariser as tensors."""
+        inputs, targets = unpack_batch(batch)
+        chunks, batch_size = split_batch(to_device(as_arguments(inputs), self.device), self.k)
+        targets = to_device(targets, self.device)
         masked = {}
         for name, weights in self.weights.items():
             sample = sample_masked_weights(self.logits[name], weights, self.source.draw(self.k, weights.shape),
@@ -191,7 +195,7 @@ class MaskTrainer:
         if self.path is None:
             self.path = choose_path(self.model, masked, self.others, chunks, self.requested_path)
         run = call_vmap if self.path == "vmap" else call_sequential
-        task_loss = self.loss_fn(run(self.model, masked, self.others, chunks), targets)
+        task_loss = self._loss(run(self.model, masked, self.others, chunks), targets)
         if not torch.isfinite(task_loss):
             raise FloatingPointError(f"mask training loss is {task_loss.item()}: check the loss "
                                      f"function and the data, or lower the learning rate")
@@ -204,6 +208,18 @@ class MaskTrainer:
             torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
         self.optimizer.step()
         return {"loss": task_loss.detach(), "regulariser": regulariser.detach()}
+
+    def _loss(self, outputs, targets) -> torch.Tensor:
+        """loss_fn(outputs, targets), with errors that show what the model returned."""
+        try:
+            loss = self.loss_fn(outputs, targets)
+        except (AttributeError, KeyError, IndexError, TypeError) as error:
+            raise ValueError(f"loss_fn failed on the model's outputs {describe_output(outputs)} "
+                             f"({type(error).__name__}: {error}); entries that were not tensors are None") from error
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError(f"loss_fn must return a scalar tensor (the mean over the batch); got "
+                             f"{describe_output(loss)}")
+        return loss.reshape(())
 
     def density(self) -> float:
         """Fraction of masked weights with logit > 0."""
@@ -221,9 +237,12 @@ def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, config: Mas
                **options) -> TrainedMask:
     """Learn which weights of `model` the function behind `batches` needs.
 
-    batches: iterable of (inputs, targets); inputs is a tensor [B, ...] or a tuple of arguments
-        (tensors are split into k chunks along dim 0). Re-iterated when exhausted.
-    loss_fn(outputs [B, ...], targets) -> scalar, the mean over the batch.
+    batches: iterable of (inputs, targets); inputs is a tensor [B, ...], a tuple of positional
+        arguments or a dict of keyword arguments (tensors are split into k chunks along dim 0). A
+        batch may also be a dict of keyword arguments alone (targets None). Re-iterated when exhausted.
+    loss_fn(outputs [B, ...], targets) -> scalar, the mean over the batch. outputs has the model's
+        structure (e.g. a ModelOutput: read `outputs.logits`); non-tensor entries (caches) are None,
+        and a loss the model computes itself (`outputs.loss`) is [k], one per sample: take its mean.
     config: a MaskConfig (steps, k, beta, lr, grad_clip, ..., see there); any of its fields given as
         keyword options override it, e.g. train_mask(model, batches, loss_fn, steps=2000, beta=1e-4).
     progress: False, True or a bar label. on_log(record) receives the record logged every
