@@ -13,6 +13,7 @@ the frozen weights' gradients accumulate over all steps and take part in global-
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +23,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .gumbel import UniformSource, sample_masked_weights
 from .masking import (call_sequential, call_vmap, choose_path, frozen_parameters,
                       model_mode, split_batch, to_device)
 from .masks import Masks, check_fits
+from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_samples_per_pass, free_memory,
+                     memory_plan)
 from .selection import ParameterFilter, select_parameters
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 LOGITS_FORMAT = "modmask.logits/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +78,17 @@ class TrainedMask:
         return cls({n: tensors[n] for n in json.loads(meta["names"])})
 
 
+def _rows(tensor, batch_size: int, start: int, stop: int):
+    """Rows start..stop-1 of a target tensor [B, ...] (other values unchanged)."""
+    if not isinstance(tensor, torch.Tensor):
+        return tensor
+    if tensor.dim() == 0 or tensor.shape[0] != batch_size:
+        raise ValueError(f"with samples_per_pass below k the targets are split along dim 0 like the inputs, but a "
+                         f"target tensor has shape {tuple(tensor.shape)} for batch size {batch_size}; give targets "
+                         f"[B, ...] or use samples_per_pass=k")
+    return tensor[start:stop]
+
+
 def _batches_forever(batches: Iterable):
     while True:
         empty = True
@@ -97,9 +113,16 @@ class MaskTrainer:
                  compiled: bool = False, original_clipping: bool = False,
                  init_logits: Mapping[str, torch.Tensor] | None = None,
                  trainable: Mapping[str, torch.Tensor] | None = None,
-                 fixed_masks: Mapping[str, torch.Tensor] | None = None):
+                 fixed_masks: Mapping[str, torch.Tensor] | None = None,
+                 samples_per_pass: int | str | None = None, precision: str = "fp32"):
         if k < 1:
             raise ValueError(f"k must be positive (got k={k})")
+        if samples_per_pass not in (None, "auto") and samples_per_pass not in divisors(k):
+            raise ValueError(f"samples_per_pass must divide k={k} (one of {divisors(k)}) or be 'auto', "
+                             f"not {samples_per_pass!r}")
+        self.samples_per_pass = samples_per_pass or k  # 'auto' is resolved on the first batch
+        self.dtype = as_dtype(precision)
+        self.plan = None  # the MemoryPlan, made on the first batch
         if trainable is not None and original_clipping:
             raise ValueError("trainable weights and original_clipping cannot be combined")
         self.model, self.loss_fn, self.k, self.beta = model, loss_fn, k, beta
@@ -149,30 +172,73 @@ class MaskTrainer:
                 for n, w in self.weights.items()}
 
     def step(self, batch) -> dict:
-        """One update on (inputs, targets); returns the task loss and regulariser as tensors."""
+        """One update on (inputs, targets); returns the task loss and regulariser as tensors.
+
+        The k samples run in groups of `samples_per_pass`, each group's masked copies made when it
+        runs and freed after its backward; the gradients add up to those of one pass over all k
+        (same noise; each group's loss weighted by its share of the batch, exact for a loss that
+        is a mean over examples). Clipping and the update follow the last group.
+        """
         inputs, targets = to_device(batch, self.device)
         chunks, batch_size = split_batch(inputs if isinstance(inputs, tuple) else (inputs,), self.k)
-        masked = {}
-        for name, weights in self.weights.items():
-            sample = sample_masked_weights(self.logits[name], weights, self.source.draw(self.k, weights.shape),
-                                           self.compiled)
-            masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
-        if self.path is None:
-            self.path = choose_path(self.model, masked, self.others, chunks, self.requested_path)
-        run = call_vmap if self.path == "vmap" else call_sequential
-        task_loss = self.loss_fn(run(self.model, masked, self.others, chunks), targets)
-        if not torch.isfinite(task_loss):
-            raise FloatingPointError(f"mask training loss is {task_loss.item()}: check the loss "
-                                     f"function and the data, or lower the learning rate")
-        regulariser = self.beta / (self.reg_batch_size or batch_size) * sum(l.sum() for l in self.logits.values())
+        if self.plan is None:
+            self._plan_memory((inputs, targets))
+        noise = self.source.reserve(self.k, [w.shape for w in self.weights.values()])
         self.optimizer.zero_grad(set_to_none=True)
-        (task_loss + regulariser).backward()
+        task_loss = 0.0
+        for lo in range(0, self.k, self.samples_per_pass):
+            loss = self._group_loss(noise, chunks, targets, batch_size, lo, lo + self.samples_per_pass)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"mask training loss is {loss.item()}: check the loss "
+                                         f"function and the data, or lower the learning rate")
+            loss.backward()
+            task_loss = task_loss + loss.detach()
+        regulariser = self.beta / (self.reg_batch_size or batch_size) * sum(l.sum() for l in self.logits.values())
+        regulariser.backward()
         for name, frozen in self.frozen_entries.items():
             self.weights[name].grad[frozen] = 0.0
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
         self.optimizer.step()
-        return {"loss": task_loss.detach(), "regulariser": regulariser.detach()}
+        return {"loss": task_loss, "regulariser": regulariser.detach()}
+
+    def _group_loss(self, noise, chunks: tuple, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
+        """The task loss of samples lo..hi-1 on their chunks, times their share of the batch."""
+        low = self.dtype if self.dtype != torch.float32 else None
+        masked = {}
+        for index, (name, weights) in enumerate(self.weights.items()):
+            sample = sample_masked_weights(self.logits[name], weights, noise.take(index, lo, hi), self.compiled, low)
+            masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
+        group = chunks if hi - lo == self.k else tuple(a[lo:hi] if isinstance(a, torch.Tensor) else a for a in chunks)
+        if self.path is None:  # the probe compares the paths in fp32 (bf16 roundings differ between them)
+            with torch.no_grad():
+                probe = {n: w.float() for n, w in masked.items()} if low else masked
+            self.path = choose_path(self.model, probe, self.others, group, self.requested_path)
+            del probe
+        run = call_vmap if self.path == "vmap" else call_sequential
+        with autocast(self.device, self.dtype):
+            outputs = run(self.model, masked, self.others, group)
+        if low:  # the loss in fp32
+            outputs = tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
+                               outputs)
+        if hi - lo == self.k:
+            return self.loss_fn(outputs, targets)
+        rows = batch_size // self.k
+        return self.loss_fn(outputs, tree_map(lambda t: _rows(t, batch_size, lo * rows, hi * rows), targets)) \
+            * ((hi - lo) / self.k)
+
+    def _plan_memory(self, batch) -> None:
+        """Make the memory plan on the first batch, resolve samples_per_pass='auto', log the plan
+        in one line and, on a GPU, stop if it cannot fit."""
+        plan = memory_plan(self.model, k=self.k, batch=batch, parameters=list(self.logits), dtype=self.dtype,
+                           samples_per_pass=self.k if self.samples_per_pass == "auto" else self.samples_per_pass)
+        free = free_memory(self.device)
+        if self.samples_per_pass == "auto":
+            self.samples_per_pass = fit_samples_per_pass(plan, free)
+            plan = plan.with_settings(samples_per_pass=self.samples_per_pass)
+        self.plan = plan
+        log.info("modmask: %s", plan.summary())
+        check_fits_device(plan, self.device, free)
 
     def density(self) -> float:
         """Fraction of masked weights with logit > 0."""
