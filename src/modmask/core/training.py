@@ -160,6 +160,10 @@ class MaskTrainer:
             for tensor in frozen:
                 tensor.requires_grad_(True)  # detached leaves or copies: the model's tensors get nothing
             self.clipped += frozen
+        if self.dtype != torch.float32 and not original_clipping:
+            # bf16 copies of the unmasked tensors too: under vmap, a bias kept in fp32 would
+            # promote every linear layer's bf16 output back to fp32 (autocast does not see the add)
+            self.others = {n: p.to(self.dtype) if p.is_floating_point() else p for n, p in self.others.items()}
         self.source = UniformSource(seed, self.device)
 
     def _physical(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -212,9 +216,9 @@ class MaskTrainer:
         group = chunks if hi - lo == self.k else tuple(a[lo:hi] if isinstance(a, torch.Tensor) else a for a in chunks)
         if self.path is None:  # the probe compares the paths in fp32 (bf16 roundings differ between them)
             with torch.no_grad():
-                probe = {n: w.float() for n, w in masked.items()} if low else masked
-            self.path = choose_path(self.model, probe, self.others, group, self.requested_path)
-            del probe
+                up = lambda tensors: {n: t.float() if low and t.is_floating_point() else t  # noqa: E731
+                                      for n, t in tensors.items()}
+                self.path = choose_path(self.model, up(masked), up(self.others), group, self.requested_path)
         run = call_vmap if self.path == "vmap" else call_sequential
         with autocast(self.device, self.dtype):
             outputs = run(self.model, masked, self.others, group)
@@ -266,7 +270,16 @@ def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, *, steps: i
         beta / b * sum(logits), b defaulting to the batch size; lr (1e-2), init_logit (2.0),
         grad_clip (1.0), seed; path: 'auto' (vmap, or sequential with a warning when the model
         cannot be batched), 'vmap' (error instead) or 'sequential'; compiled: fuse the elementwise
-        mask work with torch.compile; original_clipping: emulate the original code's clipping.
+        mask work with torch.compile; original_clipping: emulate the original code's clipping;
+        samples_per_pass: how many of the k samples run together (a divisor of k, default k; 'auto':
+        the most that fit the device's free memory by the memory plan). Fewer hold fewer masked
+        copies (extra memory samples_per_pass x |W| instead of k x |W|) and give the same result
+        (same noise, gradients summed over the groups; exact for a loss that is a mean over
+        examples, while the model's own randomness, e.g. dropout, is drawn per group);
+        precision: 'fp32' (default) or 'bf16': the model's forward under torch.autocast, masked
+        copies and unmasked tensors in bf16, logits, Adam and the regulariser in fp32.
+    The memory plan (modmask.memory_plan) is logged in one line before the first step; on a GPU
+    a plan that does not fit stops there with a MemoryError that names the settings that would.
     """
     if steps < 1:
         raise ValueError(f"steps must be positive (got {steps})")
