@@ -9,7 +9,7 @@ forward of one sample's slice of the batch counts the bytes autograd saves
 (`torch.autograd.graph.saved_tensors_hooks`), scaled by the samples per pass.
 
     bytes = model + copies + |W| (4 logits + 8 Adam + 4 gradient)
-            + s |W| (c + 2) + s A_1 + s n_max (c + 16)
+            + s |W| (c + 2) + s A_1 + n_max (32 + s (c + 12))
 
 with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16), A_1 one
 sample's saved activations, n_max the largest masked tensor, and `copies` the trainer's transposed
@@ -66,8 +66,9 @@ class MemoryPlan:
             "masked copies": s * c * self.masked,
             "noise": s * 2 * self.masked,  # int16 codes, saved for the backward
             "activations": s * (self.activations_per_sample or 0),
-            # one tensor's backward: its gradient, the soft samples and s(1 - s) in fp32, a layout copy
-            "backward buffers": s * (c + 16) * self.largest,
+            # one tensor's backward: six per-weight fp32 constants, their sum and the logits' gradient,
+            # and per sample its gradient, the soft samples (two fp32 buffers) and s(1 - s)
+            "backward buffers": (32 + s * (c + 12)) * self.largest,
         }
 
     @property
@@ -250,8 +251,8 @@ def check_fits_device(plan: MemoryPlan, device: torch.device, free: int | None) 
     if plan.dtype != torch.bfloat16:
         fixes.append(f"precision='bf16' (needs about {_megabytes(fewer.with_settings(dtype=torch.bfloat16).needed)} "
                      f"at samples_per_pass=1)")
-    per_weight = fewer.with_settings(dtype=torch.bfloat16).needed / max(plan.masked, 1)
-    fixes.append(f"fewer selected tensors (parameters=..., e.g. the MLP weights only): each masked weight "
-                 f"costs about {per_weight:.0f} bytes beyond the model at samples_per_pass=1, bf16")
+    fixes.append("fewer selected tensors (parameters=..., e.g. the MLP weights only): each masked weight "
+                 "costs 24 bytes (logit, its gradient, Adam, a layout copy) plus 4 per sample per pass in "
+                 "bf16 (6 in fp32)")
     raise MemoryError(f"mask training needs {_megabytes(plan.needed)} more on {device} but "
                       f"{_megabytes(free)} is free ({plan.summary()}); change: " + "; or ".join(fixes))
