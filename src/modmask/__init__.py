@@ -11,6 +11,7 @@ from .core.evaluation import collect, evaluate, half_masks, inverse, random_cont
 from .core.masking import masked_call
 from .core.mask_config import MaskConfig
 from .core.masks import Masks, random_masks
+from .core.memory import MemoryPlan, memory_plan
 from .core.stats import mean_std_text, summarize
 from .core.selection import select_parameters
 from .core.training import MaskTrainer, TrainedMask, train_mask
@@ -20,7 +21,8 @@ from .study import Function, run_study
 __version__ = "0.1.0"
 
 __all__ = [
-    "Masks", "MaskConfig", "TrainedMask", "MaskTrainer", "train_mask", "select_parameters", "masked_call", "evaluate", "collect",
+    "Masks", "MaskConfig", "TrainedMask", "MaskTrainer", "train_mask", "memory_plan", "MemoryPlan", "select_parameters",
+    "masked_call", "evaluate", "collect",
     "inverse", "half_masks", "split_layers", "iou", "iomin", "shared_fraction", "exclusive", "union",
     "stability", "overlap_table", "probability_histogram", "Function", "run_study",
     "overlap_chance", "overlap_matrix", "shared_fraction_chance", "check_comparable", "random_masks",

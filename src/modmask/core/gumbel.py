@@ -29,25 +29,68 @@ class UniformSource:
     """Draws 16-bit uniforms as int16 tensors; seeded, independent of global RNG state.
 
     On the CPU the bits come from numpy's PCG64, about six times faster than `torch.rand` here;
-    on other devices from a `torch.Generator` on that device.
+    on other devices from a `torch.Generator` on that device (`host_bits=True`: from PCG64 on the
+    host, copied over, so a GPU run sees the CPU's noise; slow, for tests).
+
+    One step's noise is `reserve(k, shapes)`: it fixes the uniforms of all k samples of every
+    tensor, but makes them only when asked, a range of samples at a time, so sample groups
+    (`samples_per_pass`) hold one group's noise only and still see exactly the noise of one
+    full draw.
     """
 
-    def __init__(self, seed: int, device: torch.device | str = "cpu"):
+    def __init__(self, seed: int, device: torch.device | str = "cpu", host_bits: bool | None = None):
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            self._bits = np.random.PCG64(seed)
-        else:
+        self.host_bits = self.device.type == "cpu" if host_bits is None else host_bits
+        self._bits = np.random.PCG64(seed)  # on devices: one 64-bit seed per step from here
+        if not self.host_bits:
             self._generator = torch.Generator(self.device)
-            self._generator.manual_seed(seed)
+
+    def reserve(self, k: int, shapes: list[tuple[int, ...]]) -> "StepNoise":
+        """The noise of one step: int16 [k, *shape] for each shape, made on demand by `take`."""
+        shapes = [tuple(s) for s in shapes]
+        if self.host_bits:
+            # PCG64 makes 64 bits per step; tensor i's uniforms are the 16-bit quarters of a run of
+            # words, as one `random_raw` per tensor in order would give
+            words = [(k * math.prod(s) + 3) // 4 for s in shapes]
+            state = self._bits.state
+            self._bits.advance(sum(words))
+            return StepNoise(self, k, shapes, state=state, offsets=np.cumsum([0, *words[:-1]]).tolist())
+        return StepNoise(self, k, shapes, base=int(self._bits.random_raw()) >> 1)
 
     def draw(self, k: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Returns int16 [k, *shape]; value v stands for the uniform (v + 32768.5) / 65536."""
-        count = k * math.prod(shape)
-        if self.device.type == "cpu":
-            raw = self._bits.random_raw((count + 3) // 4).view(np.int16)[:count]
-            return torch.from_numpy(raw).view(k, *shape)
-        out = torch.empty(k, *shape, dtype=torch.int16, device=self.device)
-        return out.random_(-32768, 32768, generator=self._generator)
+        return self.reserve(k, [shape]).take(0, 0, k)
+
+
+class StepNoise:
+    """The uniforms of one step (see UniformSource.reserve); `take(i, lo, hi)` makes samples
+    lo..hi-1 of tensor i, the same values whichever ranges are asked for."""
+
+    def __init__(self, source: UniformSource, k: int, shapes: list[tuple[int, ...]], state=None,
+                 offsets=None, base: int = 0):
+        self.source, self.k, self.shapes = source, k, shapes
+        self._state, self._offsets, self._base = state, offsets, base
+
+    def take(self, index: int, lo: int, hi: int) -> torch.Tensor:
+        """int16 [hi - lo, *shapes[index]]."""
+        shape, source = self.shapes[index], self.source
+        if not 0 <= lo < hi <= self.k:
+            raise ValueError(f"sample range {lo}..{hi} is outside 0..{self.k}")
+        if not source.host_bits:
+            # one seed per (step, tensor, sample): any range of samples is made alone, identically
+            out = torch.empty(hi - lo, *shape, dtype=torch.int16, device=source.device)
+            for j in range(lo, hi):
+                source._generator.manual_seed((self._base + index * self.k + j) % 2**63)
+                out[j - lo].random_(-32768, 32768, generator=source._generator)
+            return out
+        size = math.prod(shape)
+        first, count = lo * size, (hi - lo) * size
+        bits = np.random.PCG64(0)
+        bits.state = self._state
+        bits.advance(self._offsets[index] + first // 4)
+        skip = first % 4
+        raw = bits.random_raw((skip + count + 3) // 4).view(np.int16)[skip:skip + count]
+        return torch.from_numpy(raw).view(hi - lo, *shape).to(source.device)
 
 
 def uniform_values(uniforms: torch.Tensor) -> torch.Tensor:
@@ -94,11 +137,11 @@ def _soft_from_codes(a, b, c, d, uniforms):
 
 # The kernels get per-weight quantities ([n], computed once per step) and per-sample uniforms
 # ([k, n]), so the work over k x n is a comparison forward and a few products backward.
-def _masked_forward(thresholds, weights, uniforms):
+def _masked_forward(thresholds, weights, uniforms, dtype):
     # comparing straight into a float tensor, then scaling in place, is about four times faster
     # on the CPU than torch.where(uniforms > thresholds, weights, 0) (measured: 1.8 vs 7.2 ms for
-    # k x n = 4 x 640,000)
-    hard = torch.empty(uniforms.shape, dtype=weights.dtype, device=weights.device)
+    # k x n = 4 x 640,000). In bf16 the product is rounded once, as autocast would round W * h.
+    hard = torch.empty(uniforms.shape, dtype=dtype or weights.dtype, device=weights.device)
     return torch.gt(uniforms, thresholds, out=hard).mul_(weights)
 
 
@@ -109,7 +152,7 @@ def _grad_sum_backward(grad_masked, a, b, c, d, uniforms):
 
 def _weights_backward(grad_masked, logits, uniforms):
     """sum_k h_k g_k: [k, n] -> [n] (the same comparison-into-float trick as the forward)."""
-    return _masked_forward(keep_thresholds(logits), grad_masked, uniforms).sum(0)
+    return _masked_forward(keep_thresholds(logits), grad_masked, uniforms, grad_masked.dtype).sum(0)
 
 
 _COMPILED_BACKWARD = []
@@ -131,11 +174,11 @@ class _StraightThroughMask(torch.autograd.Function):
 
     # The kernels see flat views ([n] and [k, n]), so one compiled kernel serves every shape.
     @staticmethod
-    def forward(ctx, logits, weights, uniforms, compiled):
+    def forward(ctx, logits, weights, uniforms, compiled, dtype):
         ctx.save_for_backward(logits, weights, uniforms)
         ctx.compiled = compiled
         k = uniforms.shape[0]
-        flat = _masked_forward(keep_thresholds(logits.reshape(-1)), weights.reshape(-1), uniforms.view(k, -1))
+        flat = _masked_forward(keep_thresholds(logits.reshape(-1)), weights.reshape(-1), uniforms.view(k, -1), dtype)
         return flat.view(uniforms.shape)
 
     @staticmethod
@@ -143,7 +186,7 @@ class _StraightThroughMask(torch.autograd.Function):
         logits, weights, uniforms = ctx.saved_tensors
         k = uniforms.shape[0]
         flat_logits, flat_uniforms = logits.reshape(-1), uniforms.view(k, -1)
-        flat_grad = grad_masked.reshape(k, -1)  # (a gradient in another layout is copied)
+        flat_grad = grad_masked.reshape(k, -1).to(logits.dtype)  # (another layout or type is copied)
         grad_logits = grad_weights = None
         if ctx.needs_input_grad[0]:
             # W is the same for every sample: multiply it in after the sum over k
@@ -152,19 +195,21 @@ class _StraightThroughMask(torch.autograd.Function):
             grad_logits = (grad_sum * weights.reshape(-1)).view(logits.shape)
         if ctx.needs_input_grad[1]:  # only for the original code's clipping quirk
             grad_weights = _weights_backward(flat_grad, flat_logits, flat_uniforms).view(weights.shape)
-        return grad_logits, grad_weights, None, None
+        return grad_logits, grad_weights, None, None, None
 
 
 def sample_masked_weights(logits: torch.Tensor, weights: torch.Tensor, uniforms: torch.Tensor,
-                          compiled: bool = False) -> torch.Tensor:
+                          compiled: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
     """K masked copies of a weight tensor.
 
     logits: [*shape] float (requires grad); weights: [*shape] frozen; uniforms: int16 [k, *shape].
     Returns [k, *shape] = weights * h_k with h_k the hard Gumbel-sigmoid sample k; the gradient
     reaches the logits through the soft sample (straight-through). `compiled` fuses the
-    backward's elementwise work with torch.compile (a one-off compile of some seconds).
+    backward's elementwise work with torch.compile (a one-off compile of some seconds). `dtype`:
+    the copies' float type (default the weights'; torch.bfloat16 for a bf16 forward, which halves
+    their memory; the gradient to the logits is computed in the logits' type).
     """
-    return _StraightThroughMask.apply(logits, weights, uniforms, compiled)
+    return _StraightThroughMask.apply(logits, weights, uniforms, compiled, dtype)
 
 
 def gumbel_sigmoid_reference(logits: torch.Tensor, k: int, generator: torch.Generator | None = None,

@@ -25,7 +25,10 @@ class MaskConfig:
     batched), 'vmap' (error instead) or 'sequential'. compiled: fuse the elementwise mask work with
     torch.compile. original_clipping: emulate the original code's clipping (docs/deviations.md).
     mode: the model's mode while masks train ('eval' as in the paper; 'train' keeps e.g. random
-    teacher forcing active)."""
+    teacher forcing active). samples_per_pass: how many of the k samples run together (a divisor
+    of k; None: all k; 'auto': the most that fit the device's free memory), which bounds the masked
+    copies in memory to samples_per_pass x |W| with the same result. precision: 'fp32' or 'bf16'
+    (the model's forward under autocast; logits and Adam stay fp32)."""
 
     steps: int = 20_000
     k: int = 4
@@ -41,6 +44,8 @@ class MaskConfig:
     compiled: bool = False
     original_clipping: bool = False
     mode: str = "eval"
+    samples_per_pass: int | str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self):
         problems = [f"{name} must be positive (got {getattr(self, name)})" for name in ("steps", "k", "lr")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .mask_config import MASK_SETTINGS, MaskConfig
@@ -31,10 +33,13 @@ from .gumbel import UniformSource, sample_masked_weights
 from .masking import (as_arguments, call_sequential, call_vmap, choose_path, describe_output,
                       frozen_parameters, model_mode, split_batch, to_device, unpack_batch)
 from .masks import Masks, check_fits
+from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_samples_per_pass, free_memory,
+                     memory_plan)
 from .selection import ParameterFilter, owners, select_parameters
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 LOGITS_FORMAT = "modmask.logits/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,6 +109,17 @@ class TrainedMask:
         return cls({n: tensors[n] for n in json.loads(meta["names"])})
 
 
+def _rows(tensor, batch_size: int, start: int, stop: int):
+    """Rows start..stop-1 of a target tensor [B, ...] (other values unchanged)."""
+    if not isinstance(tensor, torch.Tensor):
+        return tensor
+    if tensor.dim() == 0 or tensor.shape[0] != batch_size:
+        raise ValueError(f"with samples_per_pass below k the targets are split along dim 0 like the inputs, but a "
+                         f"target tensor has shape {tuple(tensor.shape)} for batch size {batch_size}; give targets "
+                         f"[B, ...] or use samples_per_pass=k")
+    return tensor[start:stop]
+
+
 def _batches_forever(batches: Iterable):
     while True:
         empty = True
@@ -128,9 +144,16 @@ class MaskTrainer:
                  compiled: bool = False, original_clipping: bool = False,
                  init_logits: Mapping[str, torch.Tensor] | None = None,
                  trainable: Mapping[str, torch.Tensor] | None = None,
-                 fixed_masks: Mapping[str, torch.Tensor] | None = None):
+                 fixed_masks: Mapping[str, torch.Tensor] | None = None,
+                 samples_per_pass: int | str | None = None, precision: str = "fp32"):
         if k < 1:
             raise ValueError(f"k must be positive (got k={k})")
+        if samples_per_pass not in (None, "auto") and samples_per_pass not in divisors(k):
+            raise ValueError(f"samples_per_pass must divide k={k} (one of {divisors(k)}) or be 'auto', "
+                             f"not {samples_per_pass!r}")
+        self.samples_per_pass = samples_per_pass or k  # 'auto' is resolved on the first batch
+        self.dtype = as_dtype(precision)
+        self.plan = None  # the MemoryPlan, made on the first batch
         if trainable is not None and original_clipping:
             raise ValueError("trainable weights and original_clipping cannot be combined")
         self.model, self.loss_fn, self.k, self.beta = model, loss_fn, k, beta
@@ -170,6 +193,10 @@ class MaskTrainer:
             for tensor in frozen:
                 tensor.requires_grad_(True)  # detached leaves or copies: the model's tensors get nothing
             self.clipped += frozen
+        if self.dtype != torch.float32 and not original_clipping:
+            # bf16 copies of the unmasked tensors too: under vmap, a bias kept in fp32 would
+            # promote every linear layer's bf16 output back to fp32 (autocast does not see the add)
+            self.others = {n: p.to(self.dtype) if p.is_floating_point() else p for n, p in self.others.items()}
         self.source = UniformSource(seed, self.device)
 
     def _physical(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -183,31 +210,74 @@ class MaskTrainer:
 
     def step(self, batch) -> dict:
         """One update on (inputs, targets) or on a dict of keyword arguments; returns the task loss
-        and regulariser as tensors."""
+        and regulariser as tensors.
+
+        The k samples run in groups of `samples_per_pass`, each group's masked copies made when it
+        runs and freed after its backward; the gradients add up to those of one pass over all k
+        (same noise; each group's loss weighted by its share of the batch, exact for a loss that
+        is a mean over examples). Clipping and the update follow the last group.
+        """
         inputs, targets = unpack_batch(batch)
         chunks, batch_size = split_batch(to_device(as_arguments(inputs), self.device), self.k)
         targets = to_device(targets, self.device)
-        masked = {}
-        for name, weights in self.weights.items():
-            sample = sample_masked_weights(self.logits[name], weights, self.source.draw(self.k, weights.shape),
-                                           self.compiled)
-            masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
-        if self.path is None:
-            self.path = choose_path(self.model, masked, self.others, chunks, self.requested_path)
-        run = call_vmap if self.path == "vmap" else call_sequential
-        task_loss = self._loss(run(self.model, masked, self.others, chunks), targets)
-        if not torch.isfinite(task_loss):
-            raise FloatingPointError(f"mask training loss is {task_loss.item()}: check the loss "
-                                     f"function and the data, or lower the learning rate")
-        regulariser = self.beta / (self.reg_batch_size or batch_size) * sum(l.sum() for l in self.logits.values())
+        if self.plan is None:
+            self._plan_memory(chunks)
+        noise = self.source.reserve(self.k, [w.shape for w in self.weights.values()])
         self.optimizer.zero_grad(set_to_none=True)
-        (task_loss + regulariser).backward()
+        task_loss = 0.0
+        for lo in range(0, self.k, self.samples_per_pass):
+            loss = self._group_loss(noise, chunks, targets, batch_size, lo, lo + self.samples_per_pass)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"mask training loss is {loss.item()}: check the loss "
+                                         f"function and the data, or lower the learning rate")
+            loss.backward()
+            task_loss = task_loss + loss.detach()
+        regulariser = self.beta / (self.reg_batch_size or batch_size) * sum(l.sum() for l in self.logits.values())
+        regulariser.backward()
         for name, frozen in self.frozen_entries.items():
             self.weights[name].grad[frozen] = 0.0
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
         self.optimizer.step()
-        return {"loss": task_loss.detach(), "regulariser": regulariser.detach()}
+        return {"loss": task_loss, "regulariser": regulariser.detach()}
+
+    def _group_loss(self, noise, chunks: tuple, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
+        """The task loss of samples lo..hi-1 on their chunks, times their share of the batch."""
+        low = self.dtype if self.dtype != torch.float32 else None
+        masked = {}
+        for index, (name, weights) in enumerate(self.weights.items()):
+            sample = sample_masked_weights(self.logits[name], weights, noise.take(index, lo, hi), self.compiled, low)
+            masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
+        group = chunks if hi - lo == self.k else _samples(chunks, lo, hi)
+        if self.path is None:  # the probe compares the paths in fp32 (bf16 roundings differ between them)
+            with torch.no_grad():
+                up = lambda tensors: {n: t.float() if low and t.is_floating_point() else t  # noqa: E731
+                                      for n, t in tensors.items()}
+                self.path = choose_path(self.model, up(masked), up(self.others), group, self.requested_path)
+        run = call_vmap if self.path == "vmap" else call_sequential
+        with autocast(self.device, self.dtype):
+            outputs = run(self.model, masked, self.others, group)
+        if low:  # the loss in fp32
+            outputs = tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
+                               outputs)
+        if hi - lo == self.k:
+            return self._loss(outputs, targets)
+        rows = batch_size // self.k
+        return self._loss(outputs, tree_map(lambda t: _rows(t, batch_size, lo * rows, hi * rows), targets)) \
+            * ((hi - lo) / self.k)
+
+    def _plan_memory(self, chunks) -> None:
+        """Make the memory plan on the first batch (its chunks from split_batch), resolve
+        samples_per_pass='auto', log the plan in one line and, on a GPU, stop if it cannot fit."""
+        plan = memory_plan(self.model, k=self.k, chunks=chunks, parameters=list(self.logits), dtype=self.dtype,
+                           samples_per_pass=self.k if self.samples_per_pass == "auto" else self.samples_per_pass)
+        free = free_memory(self.device)
+        if self.samples_per_pass == "auto":
+            self.samples_per_pass = fit_samples_per_pass(plan, free)
+            plan = plan.with_settings(samples_per_pass=self.samples_per_pass)
+        self.plan = plan
+        log.info("modmask: %s", plan.summary())
+        check_fits_device(plan, self.device, free)
 
     def _loss(self, outputs, targets) -> torch.Tensor:
         """loss_fn(outputs, targets), with errors that show what the model returned."""
@@ -232,6 +302,13 @@ class MaskTrainer:
                            self.weights_by_name() if self.frozen_entries else None)
 
 
+def _samples(chunks, lo: int, hi: int):
+    """Mask samples lo..hi-1 of split arguments: every split tensor [k, B/k, ...] -> [hi-lo, B/k, ...]."""
+    args, kwargs = chunks
+    take = lambda a: a[lo:hi] if isinstance(a, torch.Tensor) and a.dim() else a  # noqa: E731
+    return tuple(take(a) for a in args), {n: take(a) for n, a in kwargs.items()}
+
+
 def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, config: MaskConfig | None = None, *,
                progress: bool | str = True, log_every: int = 100, on_log: Callable[[dict], None] | None = None,
                **options) -> TrainedMask:
@@ -248,6 +325,16 @@ def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, config: Mas
     progress: False, True or a bar label. on_log(record) receives the record logged every
         `log_every` steps (step, loss, regulariser, density).
     options beyond MaskConfig's fields go to MaskTrainer: seed, init_logits, trainable, fixed_masks.
+    Two of MaskConfig's fields in detail:
+        samples_per_pass: how many of the k samples run together (a divisor of k, default k; 'auto':
+        the most that fit the device's free memory by the memory plan). Fewer hold fewer masked
+        copies (extra memory samples_per_pass x |W| instead of k x |W|) and give the same result
+        (same noise, gradients summed over the groups; exact for a loss that is a mean over
+        examples, while the model's own randomness, e.g. dropout, is drawn per group);
+        precision: 'fp32' (default) or 'bf16': the model's forward under torch.autocast, masked
+        copies and unmasked tensors in bf16, logits, Adam and the regulariser in fp32.
+    The memory plan (modmask.memory_plan) is logged in one line before the first step; on a GPU
+    a plan that does not fit stops there with a MemoryError that names the settings that would.
     """
     settings = {n: options.pop(n) for n in MASK_SETTINGS if n in options}
     config = dataclasses.replace(config, **settings) if config else MaskConfig(**settings)

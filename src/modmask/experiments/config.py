@@ -25,10 +25,16 @@ class ConfigError(ValueError):
 
 def _convert(name: str, text: str, kind) -> Any:
     origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):  # Optional[X]: "none" or an X
-        if text.lower() == "none":
+    if origin in (typing.Union, types.UnionType):  # "none", or the first of the types that takes the text
+        if text.lower() == "none" and type(None) in typing.get_args(kind):
             return None
-        return _convert(name, text, next(a for a in typing.get_args(kind) if a is not type(None)))
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        for option in options[:-1]:
+            try:
+                return _convert(name, text, option)
+            except ConfigError:
+                pass
+        return _convert(name, text, options[-1])
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
             return True

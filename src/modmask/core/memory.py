@@ -1,0 +1,263 @@
+"""How much memory mask training needs, by part, before the first step runs.
+
+One mask-training step holds, besides the frozen model: a logit per masked weight, Adam's two
+moments and the logits' gradient (fp32), and for the samples that run together
+(`samples_per_pass` of the K) one masked copy of every masked tensor (`samples_per_pass x |W|`)
+with its 16-bit noise codes, the activations those samples save for the backward pass, and the
+backward's temporary buffers of one tensor. The activations are measured, not guessed: one probe
+forward of one sample's slice of the batch counts the bytes autograd saves
+(`torch.autograd.graph.saved_tensors_hooks`), scaled by the samples per pass.
+
+    bytes = model + copies + |W| (4 logits + 8 Adam + 4 gradient)
+            + s |W| (c + 2) + s A_1 + n_max (32 + s (c + 12))
+
+with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16), A_1 one
+sample's saved activations, n_max the largest masked tensor, and `copies` the trainer's transposed
+copies of masked matrices (kept so their gradients arrive without a copy; see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils._pytree import tree_leaves
+
+from .masking import as_arguments, frozen_parameters, split_batch, unpack_batch, without_cache
+from .selection import ParameterFilter, select_parameters
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SAFETY = 0.9  # the share of free memory a plan may use (fragmentation, the allocator's blocks)
+
+
+def _megabytes(n: int) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The bytes of each part of one mask-training step (`parts`) and their `total`."""
+
+    model: int                 # bytes of the model's parameters and buffers
+    copies: int                # bytes of the trainer's transposed copies of masked matrices
+    masked: int                # |W|: number of masked weights
+    largest: int               # elements of the largest masked tensor
+    activations_per_sample: int | None  # bytes one sample's forward saves; None: not probed
+    k: int
+    samples_per_pass: int
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def parts(self) -> dict[str, int]:
+        s, c = self.samples_per_pass, torch.finfo(self.dtype).bits // 8
+        return {
+            "frozen weights": self.model,
+            "weight copies": self.copies,
+            "logits": 4 * self.masked,
+            "optimizer": 8 * self.masked,  # Adam's two moments
+            "logit gradients": 4 * self.masked,
+            "masked copies": s * c * self.masked,
+            "noise": s * 2 * self.masked,  # int16 codes, saved for the backward
+            "activations": s * (self.activations_per_sample or 0),
+            # one tensor's backward: six per-weight fp32 constants, their sum and the logits' gradient,
+            # and per sample its gradient, the soft samples (two fp32 buffers) and s(1 - s)
+            "backward buffers": (32 + s * (c + 12)) * self.largest,
+        }
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def resident(self) -> int:
+        """Bytes that exist once the trainer is built (model, copies, logits)."""
+        parts = self.parts
+        return parts["frozen weights"] + parts["weight copies"] + parts["logits"]
+
+    @property
+    def needed(self) -> int:
+        """Bytes the first step still has to allocate."""
+        return self.total - self.resident
+
+    def with_settings(self, *, samples_per_pass: int | None = None, dtype: torch.dtype | None = None) -> "MemoryPlan":
+        """The plan with other settings (activations scale with the float size: an estimate)."""
+        activations = self.activations_per_sample
+        if dtype is not None and activations is not None:
+            activations = activations * (torch.finfo(dtype).bits // 8) // (torch.finfo(self.dtype).bits // 8)
+        return dataclasses.replace(self, samples_per_pass=samples_per_pass or self.samples_per_pass,
+                                   dtype=dtype or self.dtype, activations_per_sample=activations)
+
+    def summary(self) -> str:
+        """One line: the total, then every non-zero part."""
+        parts = ", ".join(f"{name} {_megabytes(n)}" for name, n in self.parts.items() if n)
+        probed = "" if self.activations_per_sample is not None else " (activations not probed: no batch)"
+        return (f"memory plan: {_megabytes(self.total)} = {parts}; k={self.k}, "
+                f"samples_per_pass={self.samples_per_pass}, {str(self.dtype).replace('torch.', '')}, "
+                f"{self.masked:,} masked weights{probed}")
+
+    __str__ = summary
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch.float32 / torch.bfloat16, or the precision names 'fp32' / 'bf16'."""
+    if isinstance(dtype, str):
+        if dtype not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {dtype!r}")
+        return PRECISIONS[dtype]
+    if dtype not in PRECISIONS.values():
+        raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, not {dtype}")
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """The forward's context: nothing for fp32, torch.autocast for bf16 (checked on the device)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision='bf16' needs a GPU with bfloat16 support; {torch.cuda.get_device_name(device)} "
+                         f"has none: use precision='fp32' (and samples_per_pass=1 to save memory)")
+    available = getattr(torch.amp, "is_autocast_available", lambda t: t in ("cpu", "cuda"))
+    if not available(device.type):
+        raise ValueError(f"precision='bf16' needs torch.autocast, which {device.type} does not support: "
+                         f"use precision='fp32'")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+_VIEWS = {"TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0", "ExpandBackward0",
+          "UnsqueezeBackward0", "AliasBackward0"}
+
+
+def _is_weight_cast(tensor: torch.Tensor, leaves: set[int]) -> bool:
+    """Whether `tensor` is (a view of) autocast's cast of one of the leaves (ids)."""
+    node = tensor.grad_fn
+    while node is not None and type(node).__name__ in _VIEWS:
+        node = node.next_functions[0][0]
+    if node is None or type(node).__name__ != "ToCopyBackward0":
+        return False
+    source = node.next_functions[0][0]
+    return getattr(source, "variable", None) is not None and id(source.variable) in leaves
+
+
+def saved_bytes(forward, exclude: set[int], leaves: set[int]):
+    """(bytes autograd saves for the backward while `forward()` runs, its result).
+
+    Each storage counts once; storages in `exclude` (data pointers: the weights) do not count,
+    nor do autocast's casts of the leaves (ids in `leaves`), which stand in for masked copies.
+    """
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in exclude and not _is_weight_cast(tensor, leaves):
+            seen.setdefault(pointer, storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = forward()
+    return sum(seen.values()), result
+
+
+def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: torch.dtype = torch.float32,
+                      kwargs: dict | None = None) -> int:
+    """Bytes one sample's forward on `args` and `kwargs` (one sample's slice of the batch) saves
+    for the backward, with gradients to the tensors `names` as in mask training, plus its outputs."""
+    params = frozen_parameters(model)
+    for name in names:
+        params[name] = params[name].requires_grad_(True)  # detached leaves: the model gets nothing
+    # weights and the batch exist before the step: not activations
+    kwargs = without_cache(model, kwargs or {})
+    exclude = {t.untyped_storage().data_ptr() for t in [*params.values(), *model.buffers(), *tree_leaves(args),
+                                                         *tree_leaves(kwargs)] if isinstance(t, torch.Tensor)}
+    leaves = {id(params[name]) for name in names}
+    device = next(iter(params.values())).device
+    # the model's own randomness (dropout, teacher forcing) must not see the probe
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, dtype):
+        saved, outputs = saved_bytes(lambda: functional_call(model, params, args, kwargs), exclude, leaves)
+    return saved + sum(t.nbytes for t in tree_leaves(outputs) if isinstance(t, torch.Tensor))
+
+
+def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: ParameterFilter = None,
+                biases: bool = False, norms: bool = True, samples_per_pass: int | None = None,
+                dtype: torch.dtype | str = torch.float32, chunks=None) -> MemoryPlan:
+    """The memory one mask-training step of `model` needs, by part (see the module docstring).
+
+    batch: an example batch as train_mask gets it ((inputs, targets), inputs a tensor [B, ...], a
+        tuple or a dict of keyword arguments); one sample's slice (B/k examples) runs one probe
+        forward to measure the activations. Without it the activations are left out of the plan.
+        chunks: instead of batch, its inputs already split (split_batch).
+    parameters / biases / norms: the masked tensors, as in train_mask. samples_per_pass: samples
+        run together (default k). dtype: the forward's float type, torch.float32 or
+        torch.bfloat16 (or 'fp32' / 'bf16').
+    """
+    dtype = as_dtype(dtype)
+    names = select_parameters(model, parameters, biases=biases, norms=norms)
+    params = dict(model.named_parameters())
+    masked = [params[n] for n in names]
+    activations = None
+    if batch is not None and chunks is None:
+        chunks, _ = split_batch(as_arguments(unpack_batch(batch)[0]), k)
+    if chunks is not None:
+        first = lambda a: a[0] if isinstance(a, torch.Tensor) and a.dim() else a  # noqa: E731
+        args, kwargs = chunks
+        activations = probe_activations(model, names, tuple(first(a) for a in args), dtype,
+                                        {n: first(a) for n, a in kwargs.items()})
+    return MemoryPlan(
+        model=sum(t.nbytes for t in [*model.parameters(), *model.buffers()]),
+        copies=sum(p.nbytes for p in masked if p.dim() == 2),
+        masked=sum(p.numel() for p in masked), largest=max(p.numel() for p in masked),
+        activations_per_sample=activations, k=k, samples_per_pass=samples_per_pass or k, dtype=dtype)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device`: CUDA's free memory plus blocks PyTorch's
+    allocator holds unused; on the CPU the kernel's MemAvailable (None where unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def divisors(k: int) -> list[int]:
+    return [d for d in range(1, k + 1) if k % d == 0]
+
+
+def fit_samples_per_pass(plan: MemoryPlan, free: int | None) -> int:
+    """The most samples per pass (a divisor of k) whose plan fits in `free` bytes; k if unknown."""
+    if free is None:
+        return plan.k
+    fitting = [d for d in divisors(plan.k) if plan.with_settings(samples_per_pass=d).needed <= SAFETY * free]
+    return max(fitting, default=1)
+
+
+def check_fits_device(plan: MemoryPlan, device: torch.device, free: int | None) -> None:
+    """On a CUDA device, a MemoryError naming the settings that would fit, when the plan does not."""
+    if device.type != "cuda" or free is None or plan.needed <= SAFETY * free:
+        return
+    fixes = []
+    fewer = plan.with_settings(samples_per_pass=1)
+    if plan.samples_per_pass > 1:
+        fits = fit_samples_per_pass(plan, free)
+        fixes.append(f"samples_per_pass={fits} (needs {_megabytes(plan.with_settings(samples_per_pass=fits).needed)})")
+    if plan.dtype != torch.bfloat16:
+        fixes.append(f"precision='bf16' (needs about {_megabytes(fewer.with_settings(dtype=torch.bfloat16).needed)} "
+                     f"at samples_per_pass=1)")
+    fixes.append("fewer selected tensors (parameters=..., e.g. the MLP weights only): each masked weight "
+                 "costs 24 bytes (logit, its gradient, Adam, a layout copy) plus 4 per sample per pass in "
+                 "bf16 (6 in fp32)")
+    raise MemoryError(f"mask training needs {_megabytes(plan.needed)} more on {device} but "
+                      f"{_megabytes(free)} is free ({plan.summary()}); change: " + "; or ".join(fixes))

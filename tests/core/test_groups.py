@@ -1,0 +1,132 @@
+"""Sample groups (samples_per_pass) give the result of one pass over all k samples."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modmask import memory_plan
+from modmask.core.training import MaskTrainer
+from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier
+
+
+def _models():
+    return {
+        "mlp": (lambda: MLP(6, [16, 16], 3), torch.randn(8, 6), "vmap"),
+        "attention": (lambda: nn.Sequential(EncoderLayer(8, 2, 16), nn.Flatten(), nn.Linear(8 * 4, 3)),
+                      torch.randn(8, 4, 8), "vmap"),
+        "lstm": (lambda: RepeatLSTMClassifier(6, 3, hidden_size=8), torch.randn(8, 6), "sequential"),
+    }
+
+
+def _train(make, x, y, path, steps=4, **options):
+    torch.manual_seed(0)
+    model = make().eval()
+    trainer = MaskTrainer(model, F.cross_entropy, k=4, seed=5, path=path, lr=0.1, **options)
+    losses = [trainer.step((x, y))["loss"] for _ in range(steps)]
+    assert trainer.path == path
+    return trainer, torch.stack(losses)
+
+
+@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("group", [1, 2])
+def test_groups_equal_one_pass_over_all_samples(name, group):
+    make, x, path = _models()[name]
+    y = torch.randint(0, 3, (8,))
+    full, full_losses = _train(make, x, y, path)
+    grouped, grouped_losses = _train(make, x, y, path, samples_per_pass=group)
+    assert grouped.samples_per_pass == group
+    assert torch.allclose(full_losses, grouped_losses, atol=1e-6)
+    for n in full.logits:
+        assert torch.allclose(full.logits[n], grouped.logits[n], atol=1e-5), n
+        assert not torch.equal(full.logits[n], torch.full_like(full.logits[n], 2.0)), n  # they did train
+
+
+def test_groups_with_original_clipping_and_trainable_weights():
+    make, x, _ = _models()["mlp"]
+    y = torch.randint(0, 3, (8,))
+    for options in ({"original_clipping": True},
+                    {"trainable": {"layers.0.weight": torch.rand(16, 6) > 0.5}}):
+        full, _ = _train(make, x, y, "vmap", **options)
+        grouped, _ = _train(make, x, y, "vmap", samples_per_pass=1, **options)
+        for n in full.weights:
+            assert torch.allclose(full.weights[n], grouped.weights[n], atol=1e-5), (options, n)
+            if full.weights[n].grad is not None:
+                assert torch.allclose(full.weights[n].grad, grouped.weights[n].grad, atol=1e-5), (options, n)
+        for n in full.logits:
+            assert torch.allclose(full.logits[n], grouped.logits[n], atol=1e-5), (options, n)
+
+
+def test_samples_per_pass_must_divide_k_and_targets_need_a_batch_dim():
+    model = MLP(6, [8], 3)
+    for bad in (0, 3, 5, "half"):
+        with pytest.raises(ValueError, match=r"samples_per_pass must divide k=4 \(one of \[1, 2, 4\]\)"):
+            MaskTrainer(model, F.cross_entropy, k=4, samples_per_pass=bad)
+    trainer = MaskTrainer(model, lambda out, t: F.cross_entropy(out, t[0]), k=4, samples_per_pass=2)
+    with pytest.raises(ValueError, match="targets are split along dim 0"):
+        trainer.step((torch.randn(8, 6), (torch.randint(0, 3, (8,)), torch.tensor(1.0))))
+
+
+def test_auto_and_the_plan_is_logged_once_before_the_first_step(caplog):
+    model = MLP(6, [8], 3)
+    trainer = MaskTrainer(model, F.cross_entropy, k=4, samples_per_pass="auto")
+    batch = (torch.randn(8, 6), torch.randint(0, 3, (8,)))
+    with caplog.at_level(logging.INFO, logger="modmask"):
+        trainer.step(batch)
+        trainer.step(batch)
+    lines = [r.getMessage() for r in caplog.records if "memory plan" in r.getMessage()]
+    assert len(lines) == 1 and "samples_per_pass=4" in lines[0]  # a tiny model fits: all samples at once
+    assert trainer.samples_per_pass == 4 and trainer.plan.samples_per_pass == 4
+
+
+def test_memory_plan_parts_follow_the_formula():
+    model = MLP(10, [20], 5)  # masked: 20x10 and 5x20 weights, 300 of them
+    x = torch.randn(8, 10)
+    plan = memory_plan(model, k=4, batch=(x, None), samples_per_pass=2)
+    parts = plan.parts
+    assert plan.masked == 300 and plan.largest == 200
+    assert parts["frozen weights"] == 4 * (300 + 20 + 5) and parts["weight copies"] == 4 * 300
+    assert parts["logits"] == 1200 and parts["optimizer"] == 2400 and parts["logit gradients"] == 1200
+    assert parts["masked copies"] == 2 * 4 * 300 and parts["noise"] == 2 * 2 * 300
+    # one sample's slice (2 examples) saves the ReLU's output 2x20 (also the next layer's input;
+    # the batch itself is not counted) and returns 2x5 outputs, in fp32
+    assert plan.activations_per_sample == 4 * (2 * 20 + 2 * 5)
+    assert parts["activations"] == 2 * plan.activations_per_sample
+    assert plan.total == sum(parts.values())
+    half = plan.with_settings(samples_per_pass=1, dtype=torch.bfloat16)
+    assert half.parts["masked copies"] == 2 * 300 and half.parts["logits"] == 1200
+    assert "memory plan" in plan.summary() and "samples_per_pass=2" in str(plan)
+    bf16 = memory_plan(model, k=4, batch=(x, None), dtype="bf16")
+    # bf16: the input's cast 2x10 is new, the ReLU output and outputs halve; weight casts are not counted
+    assert bf16.activations_per_sample == 2 * (2 * 10 + 2 * 20 + 2 * 5)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        memory_plan(model, dtype="fp16")
+
+
+class KeywordModel(nn.Module):
+    """A model called with keyword arguments, as Hugging Face models are: forward(inputs=, scale=)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, inputs=None, scale=1.0):
+        return {"logits": self.second(torch.relu(self.first(inputs))) * scale, "cache": object()}
+
+
+def test_groups_equal_one_pass_for_keyword_batches():
+    torch.manual_seed(0)
+    model = KeywordModel()
+    batches = [({"inputs": torch.randn(8, 6), "scale": 0.5}, torch.randint(0, 3, (8,))) for _ in range(4)]
+    loss = lambda out, y: F.cross_entropy(out["logits"], y)  # noqa: E731
+    logits = []
+    for group in (4, 1):
+        trainer = MaskTrainer(model, loss, k=4, samples_per_pass=group, seed=3)
+        for batch in batches:
+            trainer.step(batch)
+        logits.append(trainer.result().logits)
+    for name in logits[0]:
+        assert torch.allclose(logits[0][name], logits[1][name], atol=1e-6), name
+    assert any((l != 2.0).any() for l in logits[0].values())  # the masks did train
