@@ -1,0 +1,40 @@
+"""Config keys of run directories made before the mask settings were nested in a `mask` group
+(modmask 0.1), still read from old config.json / results.json files and still accepted on the
+command line: flat key -> dotted key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MASK_KEYS = {"beta": "mask.beta", "mask_lr": "mask.lr", "mask_steps": "mask.steps", "k": "mask.k",
+             "compiled": "mask.compiled", "original_clipping": "mask.original_clipping"}
+# where an experiment's flat key meant a mask setting that other experiments name otherwise
+EXPERIMENT_KEYS = {"permuted_mnist": {"steps": "mask.steps", "lr": "mask.lr", "grad_clip": "mask.grad_clip"}}
+
+
+def legacy_keys(experiment: str | None) -> dict[str, str]:
+    return {**MASK_KEYS, **EXPERIMENT_KEYS.get(experiment, {})}
+
+
+def nest(values: dict[str, Any]) -> dict[str, Any]:
+    """{"mask.beta": 1e-4, "hidden": [..]} -> {"mask": {"beta": 1e-4}, "hidden": [..]}."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        group, _, name = key.rpartition(".")
+        target = nested
+        for part in filter(None, group.split(".")):
+            target = target.setdefault(part, {})
+        target[name] = value
+    return nested
+
+
+def upgrade(config: dict) -> dict:
+    """A stored config (as in config.json, with its "experiment" key) in today's nested form; a
+    config already nested is returned as it is."""
+    keys = legacy_keys(config.get("experiment"))
+    flat = {keys.get(k, k): v for k, v in config.items() if not isinstance(v, dict)}
+    groups = {k: v for k, v in config.items() if isinstance(v, dict)}
+    nested = nest(flat)
+    for name, values in groups.items():
+        nested[name] = {**values, **nested.get(name, {})}
+    return nested

@@ -1,0 +1,36 @@
+"""One run directory per seed (`seed-<i>/`), and the aggregate over seeds that a run's
+results.json holds."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def seed_dir(out: str | Path, seed: int) -> Path:
+    return Path(out) / f"seed-{seed}"
+
+
+def seed_finished(out: str | Path, seed: int) -> bool:
+    return (seed_dir(out, seed) / "results.json").exists()
+
+
+def aggregate(values: list[Any]) -> Any:
+    """Mean/std over seeds, leaf by leaf: numbers -> {"mean", "std"}; dicts and lists recurse;
+    anything else (names) is taken from the first seed."""
+    if not values:
+        raise ValueError("nothing to aggregate: no seed has results")
+    first = values[0]
+    if isinstance(first, bool) or first is None:
+        return first
+    if isinstance(first, (int, float)):
+        numbers = [float(v) for v in values if v is not None]
+        if not numbers:
+            return None
+        return {"mean": statistics.fmean(numbers), "std": statistics.pstdev(numbers) if len(numbers) > 1 else 0.0}
+    if isinstance(first, dict):
+        return {k: aggregate([v.get(k) for v in values]) for k in first}
+    if isinstance(first, list):
+        return [aggregate([v[i] for v in values]) for i in range(len(first))]
+    return first
