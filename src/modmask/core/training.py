@@ -343,7 +343,13 @@ def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, config: Mas
     history: list[dict] = []
     bar = tqdm(total=steps, desc=progress if isinstance(progress, str) else "mask",
                disable=not progress, leave=False)
-    with model_mode(model, mode):
+    # in train mode the model's own randomness (dropout) draws from torch's global generator:
+    # seeded from the mask's seed for the stage, the caller's state restored afterwards
+    device = trainer.device
+    with model_mode(model, mode), torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                                        enabled=mode == "train"):
+        if mode == "train":
+            torch.manual_seed(options.get("seed", 0))
         for step, batch in zip(range(steps), _batches_forever(batches)):
             try:
                 losses = trainer.step(batch)

@@ -91,7 +91,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     with run_dir.timed("pretrain"):
         pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
                  steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
-                 checkpoint_every=config.checkpoint_every, progress=progress)
+                 checkpoint_every=config.checkpoint_every, progress=progress, seed=seed)
 
     functions = [Function(name, RandomBatches(train.subset(op), config.batch_size, 1234 + seed),
                           fixed_batches(valid.subset(op), 1000), digit_loss, digits_correct, label)

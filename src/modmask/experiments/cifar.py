@@ -161,7 +161,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         recipe = dict(lr=config.lr, lr_drops=drops_at, **RESNET_PRETRAIN)
     with run_dir.timed("pretrain"):
         pretrain(model, batches(train_idx, config.batch_size, seed), F.cross_entropy, run_dir,
-                 steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every, progress=progress, **recipe)
+                 steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every, progress=progress,
+                 seed=seed, **recipe)
 
     def stage(name: str, indices: torch.Tensor, stage_seed: int, fixed: Masks | None = None) -> Masks:
         masks = mask_stage(run_dir, name, model, batches(indices, config.mask_batch_size, stage_seed),

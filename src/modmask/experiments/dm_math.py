@@ -143,7 +143,7 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
         pretrain(model, SequenceBatches(full, config.batch_size, seed, 1.0), loss, run_dir,
                  steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
                  adam_betas=config.adam_betas, adam_eps=config.adam_eps, warmup=config.warmup,
-                 checkpoint_every=config.checkpoint_every, progress=progress)
+                 checkpoint_every=config.checkpoint_every, progress=progress, seed=seed)
 
     masks = {stage: mask_stage(run_dir, stage, model,
                                SequenceBatches(train, config.mask_batch_size, 1234 + seed * 10 + index, 1.0), loss,

@@ -140,7 +140,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     with run_dir.timed("pretrain"):
         pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
                  steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
-                 checkpoint_every=config.checkpoint_every, progress=progress)
+                 checkpoint_every=config.checkpoint_every, progress=progress, seed=seed)
 
     trained = _study(model, run_dir, "", config, seed, train, valid, progress)
     masks = {name: t.masks for name, t in trained.items()}

@@ -103,7 +103,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     model = _model(config, vocab, seed).to(device)
     teacher = config.teacher_forcing
     settings = dict(lr=config.lr, grad_clip=config.grad_clip, checkpoint_every=config.checkpoint_every,
-                    progress=progress)
+                    progress=progress, seed=seed)
     with run_dir.timed("pretrain"):
         pretrain(model, SequenceBatches(train["simple"], config.batch_size, seed, teacher), loss,
                  run_dir, steps=config.pretrain_steps, **settings)
