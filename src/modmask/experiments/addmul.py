@@ -21,7 +21,7 @@ from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from ..runs import RunDir
-from .study import Function, half_mask_test, mask_statistics, removal_matrix, train_masks
+from .study import Function, half_mask_test, mask_statistics, removal_controls, removal_matrix, train_masks
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 
@@ -38,6 +38,7 @@ class Config:
     lr: float = 1e-3  # pretraining
     grad_clip: float = 1.0  # pretraining
     mask: MaskConfig = MaskConfig(steps=20_000, k=4, beta=1e-4, lr=1e-2, grad_clip=1.0)
+    random_draws: int = 5  # random masks per control of each mask and inverse mask (0: none)
     checkpoint_every: int = 2000
 
 
@@ -100,10 +101,15 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     masks = {name: t.masks for name, t in trained.items()}
 
     metric = removal_matrix(model, functions, trained)
+    controls = removal_controls(model, functions, trained, config.random_draws, seed)
     labels = {"none": "No mask", "full": "Full", "add": "+", "not add": "¬+", "mul": "*", "not mul": "¬*",
               "not full": "¬Full"}
-    accuracy = {labels[c]: {"+": metric[c]["add"] * 100, "*": metric[c]["mul"] * 100, "iid": metric[c]["full"] * 100}
-                for c in metric}
+    labels.update({f"random {c}": f"random {labels[c]}" for c in list(labels) if c != "none"})
+    columns = {"+": "add", "*": "mul", "iid": "full"}
+    accuracy = {labels[c]: {op: metric[c][f] * 100 for op, f in columns.items()} for c in metric}
+    # the controls: mean over the random draws, and their spread in `control_std`
+    accuracy.update({labels[c]: {op: v[f]["mean"] * 100 for op, f in columns.items()} for c, v in controls.items()})
+    control_std = {labels[c]: {op: v[f]["std"] * 100 for op, f in columns.items()} for c, v in controls.items()}
 
     confusion = {}
     for name, label, _ in STAGES:
@@ -112,5 +118,6 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     half = half_mask_test(model, masks["full"], fixed_batches(valid, 1000), digits_correct, "ceil")
 
-    return {"accuracy": accuracy, "confusion": confusion, "half_mask": half,
+    return {"accuracy": accuracy, "control_std": control_std, "random_draws": config.random_draws,
+            "confusion": confusion, "half_mask": half,
             "masks": mask_statistics(trained, compare=["add", "mul"]), "timings": run_dir.timings()}

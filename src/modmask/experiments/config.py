@@ -132,12 +132,13 @@ _POSITIVE = ("steps", "size", "every", "images", "tasks")
 
 
 def check_values(config) -> None:
-    """Counts that must be positive (names ending in steps, size, every, images, tasks), for every
-    key at once, before any work starts."""
-    bad = [f"{k}={v}" for k, v in flatten(to_dict(config)).items()
-           if k.endswith(_POSITIVE) and isinstance(v, int) and not isinstance(v, bool) and v < 1]
+    """Counts that must be positive (names ending in steps, size, every, images, tasks) or not
+    negative (draws), for every key at once, before any work starts."""
+    values = {k: v for k, v in flatten(to_dict(config)).items() if isinstance(v, int) and not isinstance(v, bool)}
+    bad = [f"{k}={v}: must be positive" for k, v in values.items() if k.endswith(_POSITIVE) and v < 1]
+    bad += [f"{k}={v}: must be 0 or more" for k, v in values.items() if k.endswith("draws") and v < 0]
     if bad:
-        raise ConfigError(f"{', '.join(bad)}: must be positive")
+        raise ConfigError("; ".join(bad))
 
 
 def resolve(config_class, presets: Mapping[str, Mapping[str, Any]], preset: str,

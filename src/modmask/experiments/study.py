@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
-from ..core.analysis import iou, overlap_table, probability_histogram, shared_fraction
-from ..core.evaluation import evaluate, half_masks, inverse, split_layers
+from ..core.analysis import (iou, overlap_matrix, overlap_table, probability_histogram, shared_fraction,
+                             shared_fraction_chance)
+from ..core.evaluation import evaluate, half_masks, inverse, random_control, split_layers
 from ..core.mask_config import MaskConfig
 from ..core.masks import Masks
 from ..core.training import TrainedMask
@@ -68,19 +69,44 @@ def removal_matrix(model: nn.Module, functions: Sequence[Function], trained: dic
             for label, masks in conditions.items()}
 
 
+def removal_controls(model: nn.Module, functions: Sequence[Function], trained: dict[str, TrainedMask],
+                     draws: int, seed: int = 0, mode: str = "eval") -> dict[str, dict[str, dict[str, float]]]:
+    """The random controls of removal_matrix (docs/controls.md), condition -> function ->
+    {"mean", "std"} over `draws` random masks: 'random <name>' keeps random weights with the
+    mask's per-layer counts instead of the mask, 'random not <name>' removes them instead of the
+    mask's weights. Empty for draws=0."""
+    if draws < 0:
+        raise ValueError(f"random draws must be 0 (no controls) or more, got {draws}")
+    controls = {}
+    for index, (name, mask) in enumerate(trained.items() if draws else ()):
+        for keep, label in ((True, name), (False, f"not {name}")):
+            controls[f"random {label}"] = {
+                f.name: _mean_std(random_control(model, mask.masks, list(f.eval), f.metric, draws,
+                                                 seed=seed * 1000 + index, keep=keep, mode=mode))
+                for f in functions}
+    return controls
+
+
+def _mean_std(control: dict) -> dict[str, float]:
+    return {"mean": control["mean"], "std": control["std"] or 0.0}
+
+
 def mask_statistics(trained: dict[str, TrainedMask], compare: Sequence[str] | None = None,
                     bins: int = 100) -> dict:
-    """Weights per mask and layer, overlap of every pair, shared fractions and histograms."""
+    """Weights per mask and layer, overlap of every pair with its chance level, the overlap matrix
+    of the compared masks, shared fractions and histograms."""
     masks = {name: t.masks for name, t in trained.items()}
     compare = list(compare or masks)
     compared = {n: masks[n] for n in compare}
     return {
         "counts": {n: {**m.counts(), "total": m.count()} for n, m in masks.items()},
         "sizes": {**next(iter(masks.values())).sizes(), "total": next(iter(masks.values())).size()},
-        "overlap": {f"{a}|{b}": overlap_table(masks[a], masks[b], (a, b))
+        "overlap": {f"{a}|{b}": overlap_table(masks[a], masks[b], (a, b), chance=True)
                     for a, b in itertools.combinations(compare, 2)},
+        "matrix": overlap_matrix(compared) if len(compared) > 1 else None,
         "shared_fraction": {n: {**shared_fraction(compared, n, per_layer=True),
-                                "total": shared_fraction(compared, n)} for n in compare}
+                                "total": shared_fraction(compared, n),
+                                "total_chance": shared_fraction_chance(compared, n)} for n in compare}
         if len(compare) > 1 else {},
         "iou_total": {f"{a}|{b}": iou(masks[a], masks[b]) for a, b in itertools.combinations(compare, 2)},
         "histogram": {n: dict(zip(("counts", "edges"), probability_histogram(t.probs(), bins)))
@@ -106,13 +132,16 @@ def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Cal
 
 def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int = 0,
               compare: Sequence[str] | None = None, progress: bool = True, mask: MaskConfig | None = None,
-              **mask_settings) -> dict:
+              random_draws: int = 5, **mask_settings) -> dict:
     """Train a mask per function on the frozen `model` and analyse them; see the module docstring.
 
     mask: a MaskConfig; mask_settings: its fields (steps, k, beta, lr, ...), over `mask` where both
     are given. compare: the functions whose masks are compared with each other (default: all).
+    random_draws: random masks per control (removal_controls; 0: none).
     Returns the results (also in results.json).
     """
+    if random_draws < 0:
+        raise ValueError(f"random_draws must be 0 (no controls) or more, got {random_draws}")
     run = RunDir(out)
     options = dataclasses.replace(mask or MaskConfig(), **mask_settings)
     names = [f.name for f in functions]
@@ -122,6 +151,7 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
     results = {
         "functions": {f.name: f.title for f in functions},
         "metric": removal_matrix(model, functions, trained, options.mode),
+        "controls": removal_controls(model, functions, trained, random_draws, seed, options.mode),
         "masks": mask_statistics(trained, compare),
         "timings": run.timings(),
     }

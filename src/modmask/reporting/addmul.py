@@ -12,6 +12,8 @@ from .study import half_mask_section, histogram_figure, overlap_section, save_re
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]
+# with the random controls (experiments/study.removal_controls) beside each mask and inverse mask
+CONTROLLED = ["Full", "+", "random +", "¬+", "random ¬+", "*", "random *", "¬*", "random ¬*"]
 PAPER_FINDING = ("The paper (poster, P_specialize): \"there is some separation, but it is not perfect\": "
                  "removing the weights of the + mask (¬+) destroys addition while multiplication stays "
                  "largely intact, and vice versa; the + and * masks still share part of their weights.")
@@ -21,9 +23,28 @@ def _drop(acc: dict, condition: str, op: str) -> float:
     return mean(acc["Full"][op]) - mean(acc[condition][op])
 
 
+def against_controls(acc: dict, overlap_total: dict) -> str:
+    """Whether the finding holds against the references: random removal of as many weights per
+    layer, and the chance overlap of random masks with the masks' per-layer counts."""
+    parts = []
+    if "random ¬+" in acc:
+        for op, name in (("+", "addition"), ("*", "multiplication")):
+            own, control = _drop(acc, f"¬{op}", op), _drop(acc, f"random ¬{op}", op)
+            verdict = "holds" if own > control + 10 else "does not hold"
+            parts.append(f"Removing the {op} mask costs {name} {own:.1f} points; removing as many random weights "
+                         f"per layer costs it {control:.1f}: the effect {verdict} against random removal.")
+    if "iou_chance" in overlap_total:
+        ratio = mean(overlap_total["iou"]) / max(mean(overlap_total["iou_chance"]), 1e-12)
+        parts.append(f"The + and * masks overlap with IoU {mean(overlap_total['iou']):.3f} against "
+                     f"{mean(overlap_total['iou_chance']):.3f} for random masks of the same per-layer sizes "
+                     f"({ratio:.1f}x chance, z = {mean(overlap_total['z']):.1f}): the shared weights are "
+                     + ("more than chance would give." if ratio > 1.2 else "no more than chance would give."))
+    return " ".join(parts)
+
+
 def finding(acc: dict, overlap_total: dict) -> str:
     """The measured counterpart of the paper's finding, in words, from the accuracy table and the
-    pooled overlap of the + and * masks."""
+    pooled overlap of the + and * masks, with the controls where the run has them."""
     own_add, other_add = _drop(acc, "¬+", "+"), _drop(acc, "¬+", "*")
     own_mul, other_mul = _drop(acc, "¬*", "*"), _drop(acc, "¬*", "+")
     specialised = own_add > 2 * max(other_add, 1.0) and own_mul > 2 * max(other_mul, 1.0)
@@ -36,7 +57,9 @@ def finding(acc: dict, overlap_total: dict) -> str:
             + ("Each inverse mask hurts its own operation much more than the other: the network specialises."
                if specialised else
                "Each inverse mask also destroys the other operation: the weights the two operations share "
-               "(a large IoMin) are needed by both, so the separation is partial."))
+               "(a large IoMin) are needed by both, so the separation is partial.")
+            + (" " + against_controls(acc, overlap_total) if "random ¬+" in acc or "iou_chance" in overlap_total
+               else ""))
 
 
 def mask_pictures(out: Path, figures: Path) -> list[str]:
@@ -63,11 +86,12 @@ def write_report(out: Path, summary: dict) -> Path:
     acc = agg["accuracy"]
     config = summary["config"]
 
-    plots.bar_groups(figures / "accuracy.png", CONDITIONS,
-                     {op: [mean(acc[c][op]) for c in CONDITIONS] for op in ("+", "*")},
-                     {op: [std(acc[c][op]) for c in CONDITIONS] for op in ("+", "*")},
+    conditions = CONTROLLED if "random ¬+" in acc else CONDITIONS
+    plots.bar_groups(figures / "accuracy.png", conditions,
+                     {op: [mean(acc[c][op]) for c in conditions] for op in ("+", "*")},
+                     {op: [std(acc[c][op]) for c in conditions] for op in ("+", "*")},
                      ylabel="accuracy [%]", title="Accuracy on the add and mul validation sets", ylim=(0, 100))
-    accuracy_rows = [[op] + [fmt(acc[c][op]) for c in CONDITIONS] for op in ("+", "*")]
+    accuracy_rows = [[op] + [fmt(acc[c][op]) for c in conditions] for op in ("+", "*")]
 
     confusion = agg["confusion"]
     labels = ["Full", "+", "*", "¬Full", "¬+", "¬*"]
@@ -86,7 +110,10 @@ def write_report(out: Path, summary: dict) -> Path:
         f"k {config['mask']['k']}.", "",
         "## Finding", "", PAPER_FINDING, "", finding(acc, agg["masks"]["overlap"]["add|mul"][-1]), "",
         "## Accuracy under each mask [%]", "",
-        table(["validation set", *CONDITIONS], accuracy_rows), "",
+        table(["validation set", *conditions], accuracy_rows), "",
+        *([f"`random X`: a random mask with X's weight count in every layer kept instead of X; `random ¬X`: as "
+           f"many random weights removed instead of X's; mean over {summary['per_seed'][0].get('random_draws')} "
+           f"draws (the table's ± is over seeds).", ""] if conditions is CONTROLLED else []),
         "![accuracy](figures/accuracy.png)", "",
         f"Without any mask: + {fmt(acc['No mask']['+'])}, * {fmt(acc['No mask']['*'])}.", "",
         "## Weights of the + and * masks per layer", "",

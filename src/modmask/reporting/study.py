@@ -9,9 +9,17 @@ from . import plots
 from .tables import fmt, mean, std, table, timings_section
 
 
-def removal_section(metric: dict, titles: dict, figure: Path | None = None) -> str:
-    """Each function's metric under no mask, each mask and each inverse mask."""
+def removal_section(metric: dict, titles: dict, figure: Path | None = None, controls: dict | None = None) -> str:
+    """Each function's metric under no mask, each mask and each inverse mask, and beside each the
+    random controls (mean ± std over the draws) where the results have them."""
     names = list(titles)
+    if controls:
+        ordered = {}
+        for condition, values in metric.items():
+            ordered[condition] = values
+            if f"random {condition}" in controls:
+                ordered[f"random {condition}"] = {n: v for n, v in controls[f"random {condition}"].items()}
+        metric = ordered
     rows = [[condition] + [fmt(metric[condition][n], 3) for n in names] for condition in metric]
     text = table(["condition"] + [titles[n] for n in names], rows)
     if figure:
@@ -23,35 +31,65 @@ def removal_section(metric: dict, titles: dict, figure: Path | None = None) -> s
 
 
 def overlap_section(masks: dict, figures: Path | None = None, report_dir: Path | None = None) -> str:
-    """Per-layer weights, IoU and IoMin of every compared pair; shared fractions. Figures go to
-    `figures`, linked relative to `report_dir` (default: its parent)."""
+    """Per-layer weights, IoU and IoMin of every compared pair, each beside its chance level where
+    the results have it (random masks of the same per-layer counts, docs/controls.md); shared
+    fractions; the overlap matrix of three or more masks. Figures go to `figures`, linked relative
+    to `report_dir` (default: its parent)."""
     parts = []
+    base = report_dir or (figures.parent if figures else None)
     for pair, rows in masks["overlap"].items():
         a, b = pair.split("|")
-        header = ["tensor", "size", f"weights {a}", f"weights {b}", "IoU", "IoMin", f"shared {a}", f"shared {b}"]
-        body = [[r["tensor"], fmt(r["size"], 0), fmt(r[f"count_{a}"], 0), fmt(r[f"count_{b}"], 0),
-                 fmt(r["iou"], 3), fmt(r["iomin"], 3), fmt(r[f"shared_{a}"], 3), fmt(r[f"shared_{b}"], 3)]
-                for r in rows]
+        chance = "iou_chance" in rows[-1]
+        header = ["tensor", "size", f"weights {a}", f"weights {b}", "IoU", *(["chance IoU"] if chance else []),
+                  "IoMin", *(["chance IoMin", "z"] if chance else []), f"shared {a}", f"shared {b}"]
+        body = [[r["tensor"], fmt(r["size"], 0), fmt(r[f"count_{a}"], 0), fmt(r[f"count_{b}"], 0), fmt(r["iou"], 3),
+                 *([fmt(r["iou_chance"], 3)] if chance else []), fmt(r["iomin"], 3),
+                 *([fmt(r["iomin_chance"], 3), fmt(r["z"], 1)] if chance else []),
+                 fmt(r[f"shared_{a}"], 3), fmt(r[f"shared_{b}"], 3)] for r in rows]
         parts.append(f"**{a} vs {b}**\n\n" + table(header, body))
+        if chance:
+            parts.append("Chance: the expected score of independent uniformly random masks with the same number "
+                         "of weights in every tensor (exact, hypergeometric); z: how many standard deviations "
+                         "the observed intersection lies above its chance level.")
         if figures:
             layers = [r["tensor"] for r in rows]
+            series = {"IoU": "iou", **({"chance IoU": "iou_chance"} if chance else {}), "IoMin": "iomin",
+                      **({"chance IoMin": "iomin_chance"} if chance else {})}
             path = figures / f"iou_{a}_{b}.png"
-            plots.bar_groups(path, layers, {"IoU": [mean(r["iou"]) for r in rows],
-                                            "IoMin": [mean(r["iomin"]) for r in rows]},
-                             {"IoU": [std(r["iou"]) for r in rows], "IoMin": [std(r["iomin"]) for r in rows]},
+            plots.bar_groups(path, layers, {k: [mean(r[v]) for r in rows] for k, v in series.items()},
+                             {k: [std(r[v]) for r in rows] for k, v in series.items()},
                              ylabel="proportion", title=f"Overlap of the {a} and {b} masks", ylim=(0, 1))
             counts = figures / f"weights_{a}_{b}.png"
             plots.bar_groups(counts, layers[:-1], {a: [mean(r[f"count_{a}"]) for r in rows[:-1]],
                                                    b: [mean(r[f"count_{b}"]) for r in rows[:-1]]},
                              {a: [std(r[f"count_{a}"]) for r in rows[:-1]], b: [std(r[f"count_{b}"]) for r in rows[:-1]]},
                              ylabel="weights in mask", title="Weights per layer")
-            base = report_dir or figures.parent
             parts.append(f"![iou]({path.relative_to(base)}) ![weights]({counts.relative_to(base)})")
     if masks.get("shared_fraction"):
-        rows = [[n, fmt(v["total"], 3)] for n, v in masks["shared_fraction"].items()]
+        chance = any("total_chance" in v for v in masks["shared_fraction"].values())
+        rows = [[n, fmt(v["total"], 3), *([fmt(v.get("total_chance"), 3)] if chance else [])]
+                for n, v in masks["shared_fraction"].items()]
         parts.append("Fraction of each mask's weights also used by another compared mask "
-                     "(|M_i ∧ ∪ M_j| / |M_i|):\n\n" + table(["mask", "shared"], rows))
+                     "(|M_i ∧ ∪ M_j| / |M_i|):\n\n" + table(["mask", "shared", *(["chance"] if chance else [])], rows))
+    if masks.get("matrix") and len(masks["matrix"]["labels"]) > 2:
+        parts.append(matrix_section(masks["matrix"], figures, base))
     return "\n\n".join(parts)
+
+
+def matrix_section(matrix: dict, figures: Path | None, base: Path | None, name: str = "overlap_matrix") -> str:
+    """The overlap matrix of any number of masks (core.analysis.overlap_matrix, possibly aggregated
+    over seeds): a table of every pair with chance levels, and a heat map."""
+    rows = [[p["a"], p["b"], fmt(p["iou"], 3), fmt(p["iou_chance"], 3), fmt(p["iomin"], 3), fmt(p["iomin_chance"], 3),
+             fmt(p["z"], 1)] for p in matrix["pairs"]]
+    text = table(["mask", "mask", "IoU", "chance IoU", "IoMin", "chance IoMin", "z"], rows)
+    if figures:
+        grid = lambda key: [[mean(v) for v in row] for row in matrix[key]]  # noqa: E731
+        path = figures / f"{name}.png"
+        plots.overlap_heatmap(path, matrix["labels"], {"IoU": grid("iou"), "IoMin": grid("iomin")},
+                              {"IoU": grid("iou_chance"), "IoMin": grid("iomin_chance")},
+                              title="Overlap of the masks (below: chance)")
+        text += f"\n\n![overlap matrix]({path.relative_to(base)})"
+    return text
 
 
 def histogram_figure(masks: dict, path: Path) -> str:
@@ -88,7 +126,10 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
             "One mask per function was trained on the frozen model. A function that needs its own "
             "weights loses its metric under its inverse mask (`not <name>`), while other functions keep theirs.",
             "", "## Removal matrix", "", removal_section(results["metric"], results["functions"],
-                                                      figures / "removal.png"),
+                                                      figures / "removal.png", results.get("controls")), "",
+            "`random X`: a random mask with X's number of weights in every tensor kept instead of X; "
+            "`random not X`: as many random weights removed instead of X's (mean ± std over the draws). "
+            "An effect of removing X means something only where it exceeds its random control.",
             "", "## Masks", "", overlap_section(results["masks"], figures), "",
             histogram_figure(results["masks"], figures / "histogram.png"), "",
             *timings_section(results["timings"], "Timings")]
