@@ -14,7 +14,7 @@ ALLOWED = {
     "core": set(),
     "models": set(),
     "data": set(),
-    "runs": set(),
+    "runs": {"core"},
     "tracking": set(), "allocator": set(),
     "experiments": {"core", "models", "data", "runs", "tracking", "allocator"},
     "reporting": {"core", "runs"},

@@ -223,7 +223,7 @@ def test_configs_resolve_per_model_defaults_and_keep_the_cnn_values():
     mask = small.pop("mask")
     assert small == {"model": "cnn", "resnet_blocks": 18, "mask_batch_size": 128, "dropout": True,
                      "original_regulariser_batch": False, "batch_size": 128, "pretrain_steps": 3000, "lr": 0.001,
-                     "grad_clip": 1.0, "stability_classes": [3, 5], "train_images": 50000,
+                     "grad_clip": 1.0, "stability_classes": [3, 5], "random_draws": 3, "train_images": 50000,
                      "data": None, "source": None, "checkpoint_every": 2000}
     assert {k: mask[k] for k in ("steps", "lr", "beta", "k", "grad_clip", "biases", "norms", "reg_batch_size")} == \
         {"steps": 300, "lr": 0.03, "beta": 0.0003, "k": 4, "grad_clip": 1.0, "biases": True, "norms": True,

@@ -52,14 +52,15 @@ def test_sweep_runs_every_point_and_seed_and_aggregates(swept):
             assert (point / f"seed-{seed}/results.json").exists()
             assert (point / f"seed-{seed}/masks/mul.safetensors").exists()
         summary = json.loads((point / "results.json").read_text())  # an ordinary run directory
-        assert summary["seeds"] == 2 and set(summary["aggregate"]["accuracy"]["Full"]["iid"]) == {"mean", "std"}
+        assert summary["seeds"] == 2 and set(summary["aggregate"]["accuracy"]["Full"]["iid"]) == {"mean", "std", "n"}
     results = json.loads((swept / "sweep_results.json").read_text())
     for point in results["points"]:
         assert point["seeds"] == [0, 1]
         per_seed = [json.loads((swept / point["name"] / f"seed-{s}/results.json").read_text()) for s in (0, 1)]
         shared = [r["masks"]["overlap"]["add|mul"][-1]["shared_add"] for r in per_seed]
         assert point["headline"]["shared (+ mask)"]["mean"] == pytest.approx(sum(shared) / 2)
-        assert point["headline"]["shared (+ mask)"]["std"] == pytest.approx(abs(shared[0] - shared[1]) / 2)
+        assert point["headline"]["shared (+ mask)"]["std"] == pytest.approx(abs(shared[0] - shared[1]) / 2 ** 0.5)
+        assert point["headline"]["shared (+ mask)"]["n"] == 2  # the sample std over n seeds
     report = (swept / "report.md").read_text()
     assert "| 0.0001 | 2/2 |" in report and "| 0.001 | 2/2 |" in report
     assert "![sharing vs beta](figures/sharing_vs_beta.png)" in report
@@ -189,7 +190,7 @@ def test_report_of_a_size_and_beta_grid_without_training(tmp_path):
         assert (tmp_path / "figures" / f"{name}.png").exists(), name
     results = json.loads((tmp_path / "sweep_results.json").read_text())["points"]
     assert results[0]["seeds"] == [0] and results[3]["seeds"] == [0, 1]
-    assert results[3]["headline"]["shared (+ mask)"] == pytest.approx({"mean": 0.4, "std": 0.1})
+    assert results[3]["headline"]["shared (+ mask)"] == pytest.approx({"mean": 0.4, "std": 0.2 / 2 ** 0.5, "n": 2})
     report = (tmp_path / "report.md").read_text()
     assert "| 16x16 | 0.0001 | 1/2 |" in report and "Incomplete: hidden=16x16,beta=0.0001 (1/2 seeds)" in report
 

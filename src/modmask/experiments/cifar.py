@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..core.analysis import iou
+from ..core.analysis import iou, overlap_matrix
 from ..core.evaluation import collect
 from ..core.mask_config import MaskConfig
-from ..core.masks import Masks
+from ..core.masks import Masks, random_masks
 from ..data.augment import AugmentedBatches
 from ..data.cifar import ImageClassData, channel_stats, load_cifar10
 from ..data.mnist import train_valid_split
@@ -62,6 +62,7 @@ class Config:
     # differs (the ResNet: 128 vs 256); modmask divides by the mask batch unless this is set.
     original_regulariser_batch: bool = False
     stability_classes: tuple[int, ...] = (3, 5)  # a 2-class subset masked with two seeds (cat, dog)
+    random_draws: int = 3  # random removals per class as the control of its drop (0: none)
     train_images: int = 50_000  # fewer for a quick run (taken before the CNN's 80/20 split)
     data: str | None = None  # data root; default MODMASK_DATA, then the user cache
     source: str | None = None  # a specific archive, zip or image folder
@@ -114,6 +115,20 @@ def drops(reference: torch.Tensor, removed: torch.Tensor, k: int) -> dict:
     target = relative[k].item()
     return {"target_drop": -target * 100,
             "other_over_target": (min(others.min().item(), 0.0) / target * 100) if target else 0.0}
+
+
+def random_removal(model, mask: Masks, reference: Masks, batches, c_ref: torch.Tensor, k: int, draws: int,
+                   seed: int) -> dict:
+    """The control of class k's drop: the reference mask with as many of its weights removed, per
+    tensor, as the class-k mask lacks of it, at random (the per-layer counts of mask & reference
+    drawn within the reference). The removed class's relative drop, mean over `draws`."""
+    if not draws:
+        return {}
+    generator = torch.Generator().manual_seed(seed * 100 + k)
+    kept = mask & reference
+    results = [drops(c_ref, confusion(model, random_masks(kept, generator, within=reference), batches, len(c_ref)), k)
+               for _ in range(draws)]
+    return {"random_target_drop": sum(r["target_drop"] for r in results) / draws}
 
 
 def _data(config: Config, cifar: dict):
@@ -173,13 +188,15 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     reference = stage("reference", train_idx, seed * 100)
     kept_output = reference.only(OUTPUT)
     c_ref = confusion(model, reference, valid, classes)
-    removal = []
+    removal, class_masks = [], {}
     for k in range(classes):
         mask = stage(f"without-{k}", train_idx[train_labels != k], seed * 100 + k + 1, kept_output)
+        class_masks[f"without {cifar['classes'][k]}"] = mask
         c_k = confusion(model, mask, valid, classes)
         removal.append({"class": cifar["classes"][k], **drops(c_ref, c_k, k),
                         "difference": (c_k - c_ref).tolist(),
-                        "reference_kept": (mask & reference).count() / max(reference.count(), 1)})
+                        "reference_kept": (mask & reference).count() / max(reference.count(), 1),
+                        **random_removal(model, mask, reference, valid, c_ref, k, config.random_draws, seed)})
 
     pair = torch.isin(train_labels, torch.tensor(config.stability_classes))
     stability = iou(stage("stability-a", train_idx[pair], seed * 100 + 50),
@@ -188,6 +205,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     early = ([n for n in reference if n.startswith(("convs.0.", "convs.1.", "convs.2."))]
              if config.model == "cnn" else None)
     return {"classes": cifar["classes"], "reference_confusion": c_ref.tolist(), "removal": removal,
+            "overlap": overlap_matrix(class_masks),
             "model": config.model, "evaluated_on": "test" if config.model == "resnet" else "iid",
             "stability_iou": stability, "stability_classes": [cifar["classes"][c] for c in config.stability_classes],
             "half_mask": half_mask_test(model, reference, valid, lambda out, y: out.argmax(-1) == y, early=early),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.analysis import overlap_table
 from ..core.evaluation import evaluate
 from ..core.mask_config import MaskConfig
 from ..data.dm_math import PAPER_MODULES, char_vocabulary, read_module, split_module
@@ -154,6 +155,7 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
         accuracy = {name: {d: evaluate(model, mask, tests[d], correct) * 100 for d in tests}
                     for name, mask in {"pretrained": {}, **masks}.items()}
     return {"accuracy": accuracy, "densities": {s: m.density() for s, m in masks.items()},
+            "overlap": overlap_table(masks["control"], masks["easy"], ("control", "easy"), chance=True)[-1],
             "sizes": {name: len(pairs) for name, pairs in sets.items()}, "timings": run_dir.timings()}
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..core.evaluation import evaluate, inverse
+from ..core.evaluation import evaluate, inverse, random_control
 from ..core.mask_config import MaskConfig
 from ..data.arithmetic import DoubleAddData, digit_loss, digits_correct, only_pair, pair_outputs
 from ..data.sampling import RandomBatches, fixed_batches
@@ -43,6 +43,7 @@ class Config:
     # beta None: the paper's value for the model (variant_defaults)
     mask: MaskConfig = MaskConfig(steps=20_000, k=4, beta=None, lr=1e-2, grad_clip=1.0)
     control: bool = True  # also run the copy-weight control
+    random_draws: int = 5  # random masks per control of each pair mask and inverse mask (0: none)
     checkpoint_every: int = 2000
 
     def variant_defaults(self) -> dict:
@@ -118,13 +119,23 @@ def _functions(train: DoubleAddData, valid_batches, config: Config, seed: int) -
     return functions
 
 
-def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str]) -> dict:
-    """condition -> pair -> accuracy [%] on the validation set (inputs of both pairs shown)."""
+def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draws: int = 0, seed: int = 0) -> dict:
+    """condition -> pair -> accuracy [%] on the validation set (inputs of both pairs shown); with
+    `draws`, also 'random Pair i' (random weights with the pair mask's per-layer counts kept instead)
+    and 'random ¬Pair i' (as many random weights removed instead, the I/O layers treated as in the
+    inverse), means over the draws."""
     conditions = {"No mask": {}, "Full": masks["full"], "Pair 1": masks["pair1"], "Pair 2": masks["pair2"],
                   "¬Pair 1": inverse(masks["pair1"], masks["full"], keep_full_on),
                   "¬Pair 2": inverse(masks["pair2"], masks["full"], keep_full_on)}
-    return {label: {PAIRS[p]: evaluate(model, m, valid_batches, _pair_correct(p)) * 100 for p in (0, 1)}
-            for label, m in conditions.items()}
+    accuracy = {label: {PAIRS[p]: evaluate(model, m, valid_batches, _pair_correct(p)) * 100 for p in (0, 1)}
+                for label, m in conditions.items()}
+    for index, name in enumerate(("pair1", "pair2") if draws else ()):
+        for keep, label in ((True, f"random Pair {index + 1}"), (False, f"random ¬Pair {index + 1}")):
+            options = {} if keep else {"full": masks["full"], "keep_full_on": keep_full_on}
+            accuracy[label] = {PAIRS[p]: random_control(model, masks[name], valid_batches, _pair_correct(p), draws,
+                                                        seed=seed * 1000 + index, keep=keep, **options)["mean"] * 100
+                               for p in (0, 1)}
+    return accuracy
 
 
 def _study(model, run_dir: RunDir, prefix: str, config: Config, seed: int, train, valid_batches, progress):
@@ -145,8 +156,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     trained = _study(model, run_dir, "", config, seed, train, valid, progress)
     masks = {name: t.masks for name, t in trained.items()}
     io = io_layers(model, list(masks["full"]))
-    results = {"accuracy": _accuracies(model, masks, valid, []),
-               "accuracy_io_from_full": _accuracies(model, masks, valid, io),
+    results = {"accuracy": _accuracies(model, masks, valid, [], config.random_draws, seed),
+               "accuracy_io_from_full": _accuracies(model, masks, valid, io, config.random_draws, seed),
                "io_layers": io,
                "masks": mask_statistics(trained, compare=["pair1", "pair2"])}
 
@@ -156,7 +167,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         control = copy_pair_weights(model)
         control_trained = _study(control, run_dir, "control_", config, seed, train, valid, progress)
         control_masks = {name: t.masks for name, t in control_trained.items()}
-        results["control"] = {"accuracy": _accuracies(control, control_masks, valid, []),
+        results["control"] = {"accuracy": _accuracies(control, control_masks, valid, [], config.random_draws, seed),
                               "masks": mask_statistics(control_trained, compare=["pair1", "pair2"])}
     results["timings"] = run_dir.timings()
     return results

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.analysis import overlap_matrix
 from ..core.evaluation import evaluate
 from ..core.mask_config import MaskConfig
 from ..data.scan import ScanData, ScanVocabulary
@@ -131,4 +132,5 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                          loss, run_dir.child(f"baseline-{split}"), steps=config.pretrain_steps, **settings)
             baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
     return {"accuracy": accuracy, "output_removed": removed, "baseline": baseline,
-            "densities": {name: m.density() for name, m in masks.items()}, "timings": run_dir.timings()}
+            "densities": {name: m.density() for name, m in masks.items()}, "overlap": overlap_matrix(masks),
+            "timings": run_dir.timings()}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .study import half_mask_section, save_report
+from .study import half_mask_section, matrix_section, save_report
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 PAPER_FINDING = ("The paper (poster): CNNs on CIFAR-10 rely heavily on class-exclusive weights; removing "
@@ -30,6 +30,15 @@ def model_name(config: dict) -> str:
     if config.get("model", "cnn") == "resnet":
         return f"ResNet-{6 * config['resnet_blocks'] + 2}"
     return f"simple CNN{'' if config['dropout'] else ' (no dropout)'}"
+
+
+def control_sentence(removal: list[dict]) -> str:
+    own = np.mean([mean(r["target_drop"]) for r in removal])
+    control = np.mean([mean(r["random_target_drop"]) for r in removal])
+    return (f"Against the control: removing as many random weights of the reference mask (per layer) as each "
+            f"class mask lacks costs that class {control:.1f}% on average, against {own:.1f}% for its "
+            f"class-exclusive weights: class-exclusive weights "
+            + ("matter far more than random ones." if own > 2 * control + 5 else "do not matter more than random ones."))
 
 
 def write_report(out: Path, summary: dict) -> Path:
@@ -56,7 +65,8 @@ def write_report(out: Path, summary: dict) -> Path:
         change[k] = -np.inf
         goes_to = classes[int(change.argmax())]
         pairs.append(f"{name} → {goes_to}")
-        rows.append([name, fmt(r["target_drop"]), fmt(r["other_over_target"]), fmt(r["reference_kept"], 3), goes_to])
+        rows.append([name, fmt(r["target_drop"]), fmt(r.get("random_target_drop")), fmt(r["other_over_target"]),
+                     fmt(r["reference_kept"], 3), goes_to])
     evaluated = ("the official test set" if agg.get("evaluated_on") == "test"
                  else "the held-out 20% of the training images")
     text = [f"# CIFAR-10 class removal: {model_name(summary['config'])}", "",
@@ -67,11 +77,14 @@ def write_report(out: Path, summary: dict) -> Path:
             f"Measured: mean relative drop of the removed class {np.mean([mean(r['target_drop']) for r in removal]):.1f}%; "
             f"largest other-class drop {np.mean([mean(r['other_over_target']) for r in removal]):.1f}% of it on average. "
             f"Where the removed class's examples go: {', '.join(pairs)}.", "",
-            table(["removed class", "relative drop [%]", "largest other / target [%]", "reference weights kept",
-                   "examples mostly become"], rows), "",
+            *([control_sentence(removal), ""] if "random_target_drop" in removal[0] else []),
+            table(["removed class", "relative drop [%]", "random removal drop [%]", "largest other / target [%]",
+                   "reference weights kept", "examples mostly become"], rows), "",
             "![relative drop](figures/relative_drop.png) ![other over target](figures/other_over_target.png)", "",
             "## Confusion changes", "", "![differences](figures/confusion_differences.png)", "",
             "![reference](figures/reference_confusion.png)", "",
+            *(["## Overlap of the class-removed masks", "", matrix_section(agg["overlap"], figures, out), ""]
+              if agg.get("overlap") else []),
             "## Mask stability", "",
             f"IoU of two masks trained with different seeds on {' and '.join(agg['stability_classes'])}: "
             f"{fmt(agg['stability_iou'], 3)}.", "",

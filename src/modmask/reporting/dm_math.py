@@ -41,6 +41,14 @@ def write_report(out: Path, summary: dict) -> Path:
             "## Accuracy on the hard test set (easy test set in brackets) [%]", "",
             table(["module", *BARS.values(), "control density", "easy density"], rows), "",
             "![accuracy](figures/accuracy_hard.png)", ""]
+    overlaps = {m: modules[m]["overlap"] for m in names if modules[m].get("overlap")}
+    if overlaps:
+        text += ["## Overlap of the control and easy-trained masks", "",
+                 "IoU beside the chance level of random masks with the same number of weights per tensor; "
+                 "z: standard deviations of the intersection above chance.", "",
+                 table(["module", "IoU", "chance IoU", "IoMin", "chance IoMin", "z"],
+                       [[m, fmt(o["iou"], 3), fmt(o["iou_chance"], 3), fmt(o["iomin"], 3), fmt(o["iomin_chance"], 3),
+                         fmt(o["z"], 1)] for m, o in overlaps.items()]), ""]
     for m in names:
         text += timings_section(modules[m]["timings"], f"# Timings, {m} (seconds per seed)")
     return save_report(out, text)

@@ -9,6 +9,8 @@ from .study import half_mask_section, histogram_figure, overlap_section, save_re
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]
+CONTROLLED = ["Full", "Pair 1", "random Pair 1", "¬Pair 1", "random ¬Pair 1", "Pair 2", "random Pair 2", "¬Pair 2",
+              "random ¬Pair 2"]
 PAIRS = ("pair 1", "pair 2")
 PAPER_FINDING = ("The paper (poster, P_reuse): \"there is no reuse\": the Pair 1 and Pair 2 masks overlap "
                  "little in most layers, and removing the Pair 1 mask leaves pair 2 mostly intact. When "
@@ -17,11 +19,12 @@ PAPER_FINDING = ("The paper (poster, P_reuse): \"there is no reuse\": the Pair 1
 
 
 def _accuracy_section(acc: dict, figure: Path, title: str) -> str:
-    plots.bar_groups(figure, CONDITIONS, {p: [mean(acc[c][p]) for c in CONDITIONS] for p in PAIRS},
-                     {p: [std(acc[c][p]) for c in CONDITIONS] for p in PAIRS},
+    conditions = CONTROLLED if "random ¬Pair 1" in acc else CONDITIONS
+    plots.bar_groups(figure, conditions, {p: [mean(acc[c][p]) for c in conditions] for p in PAIRS},
+                     {p: [std(acc[c][p]) for c in conditions] for p in PAIRS},
                      ylabel="accuracy [%]", title=title, ylim=(0, 100))
-    rows = [[p] + [fmt(acc[c][p]) for c in CONDITIONS] for p in PAIRS]
-    return table(["pair", *CONDITIONS], rows) + f"\n\n![{figure.stem}]({figure.parent.name}/{figure.name})"
+    rows = [[p] + [fmt(acc[c][p]) for c in conditions] for p in PAIRS]
+    return table(["pair", *conditions], rows) + f"\n\n![{figure.stem}]({figure.parent.name}/{figure.name})"
 
 
 def _iou_total(masks: dict) -> dict:
@@ -35,10 +38,22 @@ def finding(agg: dict) -> str:
     other = mean(acc["Full"]["pair 2"]) - mean(acc["¬Pair 1"]["pair 2"])
     text = (f"Measured: the Pair 1 and Pair 2 masks have a total IoU of {iou:.3f}. Removing the Pair 1 "
             f"mask costs pair 1 {own:.1f} points and pair 2 {other:.1f} points.")
+    total = agg["masks"]["overlap"]["pair1|pair2"][-1]
+    if "iou_chance" in total:
+        ratio = iou / max(mean(total["iou_chance"]), 1e-12)
+        text += (f" Random masks of the same per-layer sizes would overlap with IoU {mean(total['iou_chance']):.3f}: "
+                 f"the pair masks share {ratio:.1f}x what chance gives"
+                 + (" - no more than chance, so no reuse is seen." if ratio < 1.2 else "."))
+    if "random ¬Pair 1" in acc:
+        control = mean(acc["Full"]["pair 1"]) - mean(acc["random ¬Pair 1"]["pair 1"])
+        text += (f" Removing as many random weights per layer as the Pair 1 mask has costs pair 1 {control:.1f} "
+                 f"points: the Pair 1 mask's own effect {'holds' if own > control + 10 else 'does not hold'} "
+                 f"against random removal.")
     if "control" in agg:
         control_iou = mean(_iou_total(agg["control"]["masks"]))
         text += (f" In the copy-weight control the IoU is {control_iou:.3f} "
-                 f"({'higher' if control_iou > iou else 'not higher'} than without the copies).")
+                 f"({'higher' if control_iou > iou else 'not higher'} than without the copies), so the method "
+                 f"{'does' if control_iou > iou else 'does not'} detect reuse where reuse is possible.")
     return text
 
 

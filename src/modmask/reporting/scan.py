@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import save_report
+from .study import matrix_section, save_report
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 SPLITS = ("simple", "jump", "length", "turn_left")
@@ -46,5 +46,10 @@ def write_report(out: Path, summary: dict) -> Path:
             "## Output tokens", "", "![removed](figures/output_removed.png)", ""]
     if agg.get("baseline"):
         text += ["From scratch on the split: " + ", ".join(f"{s} {fmt(v)}%" for s, v in agg["baseline"].items()), ""]
+    if agg.get("overlap"):
+        text += ["## Overlap of the four masks", "",
+                 "Each pair's IoU and IoMin beside the chance level of random masks with the same number of "
+                 "weights in every tensor: split-specific weights show as an overlap below the masks' own size "
+                 "but still far above chance.", "", matrix_section(agg["overlap"], figures, out), ""]
     text += [*timings_section(agg["timings"])]
     return save_report(out, text)

@@ -10,7 +10,8 @@ def mean(value: Any) -> float | None:
 
 
 def std(value: Any) -> float:
-    return value.get("std", 0.0) if isinstance(value, dict) else 0.0
+    """The spread over seeds (0 for one seed or a single value)."""
+    return (value.get("std") or 0.0) if isinstance(value, dict) else 0.0
 
 
 def fmt(value: Any, digits: int = 1, percent: bool = False) -> str:
@@ -19,8 +20,8 @@ def fmt(value: Any, digits: int = 1, percent: bool = False) -> str:
         return "n/a"
     scale = 100 if percent else 1
     if isinstance(value, dict):
-        m, s = value["mean"] * scale, value["std"] * scale
-        return f"{m:.{digits}f} ± {s:.{digits}f}" if value["std"] else f"{m:.{digits}f}"
+        m = value["mean"] * scale
+        return f"{m:.{digits}f} ± {value['std'] * scale:.{digits}f}" if value.get("std") else f"{m:.{digits}f}"
     if isinstance(value, float):
         return f"{value * scale:.{digits}f}"
     return str(value)

@@ -3,9 +3,10 @@ results.json holds."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
+
+from ..core.stats import summarize
 
 
 def seed_dir(out: str | Path, seed: int) -> Path:
@@ -17,8 +18,9 @@ def seed_finished(out: str | Path, seed: int) -> bool:
 
 
 def aggregate(values: list[Any]) -> Any:
-    """Mean/std over seeds, leaf by leaf: numbers -> {"mean", "std"}; dicts and lists recurse;
-    anything else (names) is taken from the first seed."""
+    """Over seeds, leaf by leaf: numbers -> {"mean", "std", "n"} (the sample std; None for one
+    seed, so no "± 0" is shown); dicts and lists recurse; anything else (names) is taken from the
+    first seed."""
     if not values:
         raise ValueError("nothing to aggregate: no seed has results")
     first = values[0]
@@ -28,7 +30,7 @@ def aggregate(values: list[Any]) -> Any:
         numbers = [float(v) for v in values if v is not None]
         if not numbers:
             return None
-        return {"mean": statistics.fmean(numbers), "std": statistics.pstdev(numbers) if len(numbers) > 1 else 0.0}
+        return summarize(numbers)
     if isinstance(first, dict):
         return {k: aggregate([v.get(k) for v in values]) for k in first}
     if isinstance(first, list):
