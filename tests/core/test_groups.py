@@ -90,6 +90,7 @@ def test_memory_plan_parts_follow_the_formula():
     assert parts["frozen weights"] == 4 * (300 + 20 + 5) and parts["weight copies"] == 4 * 300
     assert parts["logits"] == 1200 and parts["optimizer"] == 2400 and parts["logit gradients"] == 1200
     assert parts["masked copies"] == 2 * 4 * 300 and parts["noise"] == 2 * 2 * 300
+    assert parts["thresholds"] == 2 * 300 and memory_plan(model, k=4).parts["thresholds"] == 0
     # one sample's slice (2 examples) saves the ReLU's output 2x20 (also the next layer's input;
     # the batch itself is not counted) and returns 2x5 outputs, in fp32
     assert plan.activations_per_sample == 4 * (2 * 20 + 2 * 5)

@@ -9,7 +9,7 @@ forward of one sample's slice of the batch counts the bytes autograd saves
 (`torch.autograd.graph.saved_tensors_hooks`), scaled by the samples per pass.
 
     bytes = model + copies + |W| (4 logits + 8 Adam + 4 gradient)
-            + s |W| (c + 2) + s A_1 + n_max (32 + s (c + 12))
+            + s |W| (c + 2) + s A_1 + n_max (32 + s (c + 12)) [+ 2 |W| when s < K]
 
 with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16), A_1 one
 sample's saved activations, n_max the largest masked tensor, and `copies` the trainer's transposed
@@ -65,6 +65,7 @@ class MemoryPlan:
             "logit gradients": 4 * self.masked,
             "masked copies": s * c * self.masked,
             "noise": s * 2 * self.masked,  # int16 codes, saved for the backward
+            "thresholds": 2 * self.masked if s < self.k else 0,  # int16, shared by the groups of a step
             "activations": s * (self.activations_per_sample or 0),
             # one tensor's backward: six per-weight fp32 constants, their sum and the logits' gradient,
             # and per sample its gradient, the soft samples (two fp32 buffers) and s(1 - s)

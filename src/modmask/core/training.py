@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
-from .gumbel import UniformSource, sample_masked_weights
+from .gumbel import UniformSource, keep_thresholds, sample_masked_weights
 from .masking import (call_sequential, call_vmap, choose_path, frozen_parameters,
                       model_mode, split_batch, to_device)
 from .masks import Masks, check_fits
@@ -189,9 +189,12 @@ class MaskTrainer:
             self._plan_memory((inputs, targets))
         noise = self.source.reserve(self.k, [w.shape for w in self.weights.values()])
         self.optimizer.zero_grad(set_to_none=True)
+        # groups share the per-weight thresholds of this step (int16, 2 bytes a weight)
+        thresholds = ({n: keep_thresholds(l) for n, l in self.logits.items()} if self.samples_per_pass < self.k
+                      else {})
         task_loss = 0.0
         for lo in range(0, self.k, self.samples_per_pass):
-            loss = self._group_loss(noise, chunks, targets, batch_size, lo, lo + self.samples_per_pass)
+            loss = self._group_loss(noise, thresholds, chunks, targets, batch_size, lo, lo + self.samples_per_pass)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"mask training loss is {loss.item()}: check the loss "
                                          f"function and the data, or lower the learning rate")
@@ -206,12 +209,13 @@ class MaskTrainer:
         self.optimizer.step()
         return {"loss": task_loss, "regulariser": regulariser.detach()}
 
-    def _group_loss(self, noise, chunks: tuple, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
+    def _group_loss(self, noise, thresholds, chunks: tuple, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
         """The task loss of samples lo..hi-1 on their chunks, times their share of the batch."""
         low = self.dtype if self.dtype != torch.float32 else None
         masked = {}
         for index, (name, weights) in enumerate(self.weights.items()):
-            sample = sample_masked_weights(self.logits[name], weights, noise.take(index, lo, hi), self.compiled, low)
+            sample = sample_masked_weights(self.logits[name], weights, noise.take(index, lo, hi), self.compiled, low,
+                                           thresholds.get(name))
             masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
         group = chunks if hi - lo == self.k else tuple(a[lo:hi] if isinstance(a, torch.Tensor) else a for a in chunks)
         if self.path is None:  # the probe compares the paths in fp32 (bf16 roundings differ between them)
