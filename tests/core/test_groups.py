@@ -61,7 +61,7 @@ def test_groups_with_original_clipping_and_trainable_weights():
 
 def test_samples_per_pass_must_divide_k_and_targets_need_a_batch_dim():
     model = MLP(6, [8], 3)
-    for bad in (0, 3, 5, "half"):
+    for bad in (0, 3, 5, 2.0, "half"):
         with pytest.raises(ValueError, match=r"samples_per_pass must divide k=4 \(one of \[1, 2, 4\]\)"):
             MaskTrainer(model, F.cross_entropy, k=4, samples_per_pass=bad)
     trainer = MaskTrainer(model, lambda out, t: F.cross_entropy(out, t[0]), k=4, samples_per_pass=2)

@@ -104,7 +104,8 @@ class MaskTrainer:
     update (the caller chooses the model's mode); `train_mask` is the loop around it. See
     `train_mask` for the arguments; beyond them: `init_logits` (name -> initial logits),
     `trainable` (name -> bool, weights that train jointly with the mask) and `fixed_masks`
-    (name -> bool, tensors masked by a constant mask instead of a trained one)."""
+    (name -> bool, tensors masked by a constant mask instead of a trained one). After the first
+    step, `plan` is its MemoryPlan and `samples_per_pass` a number ('auto' resolved)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, parameters: ParameterFilter = None,
                  biases: bool = False, norms: bool = True, k: int = 4, beta: float = 1e-4,
@@ -117,7 +118,8 @@ class MaskTrainer:
                  samples_per_pass: int | str | None = None, precision: str = "fp32"):
         if k < 1:
             raise ValueError(f"k must be positive (got k={k})")
-        if samples_per_pass not in (None, "auto") and samples_per_pass not in divisors(k):
+        if samples_per_pass not in (None, "auto") and not (
+                isinstance(samples_per_pass, int) and samples_per_pass in divisors(k)):
             raise ValueError(f"samples_per_pass must divide k={k} (one of {divisors(k)}) or be 'auto', "
                              f"not {samples_per_pass!r}")
         self.samples_per_pass = samples_per_pass or k  # 'auto' is resolved on the first batch
