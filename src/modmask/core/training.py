@@ -162,10 +162,7 @@ class MaskTrainer:
             for tensor in frozen:
                 tensor.requires_grad_(True)  # detached leaves or copies: the model's tensors get nothing
             self.clipped += frozen
-        if self.dtype != torch.float32 and not original_clipping:
-            # bf16 copies of the unmasked tensors too: under vmap, a bias kept in fp32 would
-            # promote every linear layer's bf16 output back to fp32 (autocast does not see the add)
-            self.others = {n: p.to(self.dtype) if p.is_floating_point() else p for n, p in self.others.items()}
+        self.original_clipping = original_clipping
         self.source = UniformSource(seed, self.device)
 
     def _physical(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -211,20 +208,34 @@ class MaskTrainer:
         self.optimizer.step()
         return {"loss": task_loss, "regulariser": regulariser.detach()}
 
+    def _masked(self, noise, thresholds, lo: int, hi: int, low: torch.dtype | None) -> dict[str, torch.Tensor]:
+        """Samples lo..hi-1 of every masked tensor, [hi - lo, *shape], in the model's layout."""
+        masked = {}
+        for index, (name, weights) in enumerate(self.weights.items()):
+            # under bf16, vectors (biases, norms) stay fp32 on the sequential path: CPU layer norm
+            # refuses a bf16 weight with an fp32 input, and autocast casts them where it must
+            dtype = low if low and (self.path == "vmap" or weights.dim() >= 2) else None
+            sample = sample_masked_weights(self.logits[name], weights, noise.take(index, lo, hi), self.compiled, dtype,
+                                           thresholds.get(name))
+            masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
+        return masked
+
     def _group_loss(self, noise, thresholds, chunks: tuple, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
         """The task loss of samples lo..hi-1 on their chunks, times their share of the batch."""
         low = self.dtype if self.dtype != torch.float32 else None
-        masked = {}
-        for index, (name, weights) in enumerate(self.weights.items()):
-            sample = sample_masked_weights(self.logits[name], weights, noise.take(index, lo, hi), self.compiled, low,
-                                           thresholds.get(name))
-            masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
         group = chunks if hi - lo == self.k else tuple(a[lo:hi] if isinstance(a, torch.Tensor) else a for a in chunks)
-        if self.path is None:  # the probe compares the paths in fp32 (bf16 roundings differ between them)
+        if self.path is None and low:  # the probe compares the paths in fp32 (bf16 roundings differ)
             with torch.no_grad():
-                up = lambda tensors: {n: t.float() if low and t.is_floating_point() else t  # noqa: E731
-                                      for n, t in tensors.items()}
-                self.path = choose_path(self.model, up(masked), up(self.others), group, self.requested_path)
+                self.path = choose_path(self.model, self._masked(noise, thresholds, lo, hi, None), self.others, group,
+                                        self.requested_path)
+            if not self.original_clipping:
+                # bf16 copies of the unmasked tensors too: under vmap a bias kept in fp32 would promote
+                # every linear layer's bf16 output back to fp32 (autocast does not see the add)
+                self.others = {n: p.to(low) if p.is_floating_point() and (self.path == "vmap" or p.dim() >= 2) else p
+                               for n, p in self.others.items()}
+        masked = self._masked(noise, thresholds, lo, hi, low)
+        if self.path is None:
+            self.path = choose_path(self.model, masked, self.others, group, self.requested_path)
         run = call_vmap if self.path == "vmap" else call_sequential
         with autocast(self.device, self.dtype):
             outputs = run(self.model, masked, self.others, group)
