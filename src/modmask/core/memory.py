@@ -9,12 +9,15 @@ forward of one sample's slice of the batch counts the bytes autograd saves
 (`torch.autograd.graph.saved_tensors_hooks`), scaled by the samples per pass.
 
     bytes = model + copies + |W| (4 logits + 8 Adam + 4 gradient)
-            + s |W| (c + 2) + s (A_1 + 2 a_1) + n_max (32 + s (c + 12)) [+ 2 |W| when s < K]
+            + s |W| (c + 2) + s (A_1 + 2 a_1) + n_max (32 + s g) [+ 2 |W| when s < K]
 
 with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16), A_1 one
-sample's saved activations, a_1 the largest of them (the backward holds the gradients of about two
-such tensors at a time), in bf16 also 2 bytes per unmasked float parameter, n_max the largest masked tensor, and `copies` the trainer's transposed
-copies of masked matrices (kept so their gradients arrive without a copy; see docs/performance.md).
+sample's saved activations, a_1 the largest of them (the backward holds the gradients of about
+two such tensors at a time), n_max the largest masked tensor, g the backward's bytes per weight
+and sample (16 in fp32, 18 in bf16), and `copies` the trainer's
+transposed copies of masked matrices (kept so their gradients arrive without a copy; see
+docs/performance.md); in bf16 also 2 bytes per unmasked float parameter. The 2 |W| are the keep
+thresholds the groups of a step share. docs/scaling.md applies the formula to large models.
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ class MemoryPlan:
             "activation gradients": 2 * s * self.largest_activation,
             "unmasked bf16 copies": 2 * self.unmasked if self.dtype == torch.bfloat16 else 0,
             # one tensor's backward: six per-weight fp32 constants, their sum and the logits' gradient,
-            # and per sample its gradient, the soft samples (two fp32 buffers) and s(1 - s)
-            "backward buffers": (32 + s * (c + 12)) * self.largest,
+            # and per sample its gradient (and its fp32 cast in bf16), the soft samples (two fp32
+            # buffers) and s(1 - s)
+            "backward buffers": (32 + s * (16 if c == 4 else c + 16)) * self.largest,
         }
 
     @property

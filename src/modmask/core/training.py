@@ -163,6 +163,7 @@ class MaskTrainer:
                 tensor.requires_grad_(True)  # detached leaves or copies: the model's tensors get nothing
             self.clipped += frozen
         self.original_clipping = original_clipping
+        autocast(self.device, self.dtype)  # bf16 on a device without it fails here, not at the first step
         self.source = UniformSource(seed, self.device)
 
     def _physical(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
