@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks of modmask on a machine with one NVIDIA GPU, in under 8 minutes.
+# GPU checks of modmask on a machine with one NVIDIA GPU, in under 8 minutes (the parts' limits add up to 7.5).
 #
 #     OUT=/some/folder bash benchmarks/device_check.sh      (from the repository root)
 #
@@ -32,14 +32,14 @@ part environment 30 bash -c "nvidia-smi; $PYTHON -c 'import torch; print(\"torch
 
 # 1. The tests marked `cuda` (CUDA equals CPU, sample groups, the memory plan against the peak
 #    allocated, a plan that does not fit, bf16), then the core tests on the GPU machine's PyTorch.
-part cuda_tests 120 "$PYTHON" -m pytest -m cuda tests/core -q -p no:cacheprovider -rs
-part core_tests 60 "$PYTHON" -m pytest tests/core -q -p no:cacheprovider -x
+part cuda_tests 105 "$PYTHON" -m pytest -m cuda tests/core -q -p no:cacheprovider -rs
+part core_tests 45 "$PYTHON" -m pytest tests/core -q -p no:cacheprovider -x
 
 # 2. Mask step against plain step, with peak memory and the plan, for every model line; the
 #    group model (samples_per_pass 4, 2, 1 and bf16) at two sizes: 14.7M-parameter-like and 105M.
-part mask_step 150 "$PYTHON" benchmarks/mask_step.py --device cuda --steps 20 --bf16
+part mask_step 180 "$PYTHON" benchmarks/mask_step.py --device cuda --steps 10 --bf16
 part mask_step_large 90 "$PYTHON" benchmarks/mask_step.py --device cuda --steps 10 --bf16 --models "" \
-    --group-model gpt-1024x8
+    --group-model gpt-1024x8 --samples-per-pass 4,1
 
 # 3. PLACEHOLDER (the lead adds it): a few hundred steps of each experiment's `paper` preset, timed,
 #    to project hours per seed, e.g.
