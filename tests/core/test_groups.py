@@ -2,12 +2,14 @@
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from modmask import memory_plan
+from modmask.core.gumbel import UniformSource
 from modmask.core.training import MaskTrainer
 from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier
 
@@ -104,3 +106,20 @@ def test_memory_plan_parts_follow_the_formula():
     assert bf16.activations_per_sample == 2 * (2 * 10 + 2 * 20 + 2 * 5)
     with pytest.raises(ValueError, match="precision must be one of"):
         memory_plan(model, dtype="fp16")
+
+
+@pytest.mark.parametrize("host_bits", [True, False])  # False: the per-sample seeds used on GPUs
+def test_step_noise_gives_any_range_of_samples_the_full_draws_codes(host_bits):
+    shapes = [(7, 3), (5,), (6, 2)]
+    full, parts = UniformSource(9, host_bits=host_bits), UniformSource(9, host_bits=host_bits)
+    for _ in range(2):  # two steps: the second starts where a full draw would have left the stream
+        a, b = full.reserve(4, shapes), parts.reserve(4, shapes)
+        for i, shape in enumerate(shapes):
+            whole = a.take(i, 0, 4)
+            assert whole.shape == (4, *shape) and whole.dtype == torch.int16
+            assert torch.equal(whole, torch.cat([b.take(i, 0, 1), b.take(i, 1, 3), b.take(i, 3, 4)]))
+    assert not torch.equal(a.take(0, 0, 4), UniformSource(9, host_bits=host_bits).draw(4, shapes[0]))
+    if host_bits:  # the CPU stream is the one a draw per tensor always made
+        old = np.random.PCG64(9)
+        codes = old.random_raw((4 * 21 + 3) // 4).view(np.int16)[:4 * 21]
+        assert torch.equal(UniformSource(9).reserve(4, shapes).take(0, 0, 4), torch.from_numpy(codes).view(4, 7, 3))
