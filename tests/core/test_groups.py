@@ -2,12 +2,14 @@
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from modmask import memory_plan
+from modmask.core.gumbel import UniformSource
 from modmask.core.training import MaskTrainer
 from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier
 
@@ -61,7 +63,7 @@ def test_groups_with_original_clipping_and_trainable_weights():
 
 def test_samples_per_pass_must_divide_k_and_targets_need_a_batch_dim():
     model = MLP(6, [8], 3)
-    for bad in (0, 3, 5, "half"):
+    for bad in (0, 3, 5, 2.0, "half"):
         with pytest.raises(ValueError, match=r"samples_per_pass must divide k=4 \(one of \[1, 2, 4\]\)"):
             MaskTrainer(model, F.cross_entropy, k=4, samples_per_pass=bad)
     trainer = MaskTrainer(model, lambda out, t: F.cross_entropy(out, t[0]), k=4, samples_per_pass=2)
@@ -90,6 +92,7 @@ def test_memory_plan_parts_follow_the_formula():
     assert parts["frozen weights"] == 4 * (300 + 20 + 5) and parts["weight copies"] == 4 * 300
     assert parts["logits"] == 1200 and parts["optimizer"] == 2400 and parts["logit gradients"] == 1200
     assert parts["masked copies"] == 2 * 4 * 300 and parts["noise"] == 2 * 2 * 300
+    assert parts["thresholds"] == 2 * 300 and memory_plan(model, k=4).parts["thresholds"] == 0
     # one sample's slice (2 examples) saves the ReLU's output 2x20 (also the next layer's input;
     # the batch itself is not counted) and returns 2x5 outputs, in fp32
     assert plan.activations_per_sample == 4 * (2 * 20 + 2 * 5)
@@ -130,3 +133,20 @@ def test_groups_equal_one_pass_for_keyword_batches():
     for name in logits[0]:
         assert torch.allclose(logits[0][name], logits[1][name], atol=1e-6), name
     assert any((l != 2.0).any() for l in logits[0].values())  # the masks did train
+
+
+@pytest.mark.parametrize("host_bits", [True, False])  # False: the per-sample seeds used on GPUs
+def test_step_noise_gives_any_range_of_samples_the_full_draws_codes(host_bits):
+    shapes = [(7, 3), (5,), (6, 2)]
+    full, parts = UniformSource(9, host_bits=host_bits), UniformSource(9, host_bits=host_bits)
+    for _ in range(2):  # two steps: the second starts where a full draw would have left the stream
+        a, b = full.reserve(4, shapes), parts.reserve(4, shapes)
+        for i, shape in enumerate(shapes):
+            whole = a.take(i, 0, 4)
+            assert whole.shape == (4, *shape) and whole.dtype == torch.int16
+            assert torch.equal(whole, torch.cat([b.take(i, 0, 1), b.take(i, 1, 3), b.take(i, 3, 4)]))
+    assert not torch.equal(a.take(0, 0, 4), UniformSource(9, host_bits=host_bits).draw(4, shapes[0]))
+    if host_bits:  # the CPU stream is the one a draw per tensor always made
+        old = np.random.PCG64(9)
+        codes = old.random_raw((4 * 21 + 3) // 4).view(np.int16)[:4 * 21]
+        assert torch.equal(UniformSource(9).reserve(4, shapes).take(0, 0, 4), torch.from_numpy(codes).view(4, 7, 3))

@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from modmask import iou, train_mask
 from modmask.core.memory import autocast
 from modmask.core.training import MaskTrainer
+from modmask.models import EncoderLayer
 
 from test_training import _batches, _toy
 
@@ -38,3 +40,13 @@ def test_bad_precision_names_the_setting():
         MaskTrainer(model, F.cross_entropy, precision="fp16")
     with pytest.raises(ValueError, match="precision='bf16' needs torch.autocast"):
         autocast(torch.device("meta"), torch.bfloat16)
+
+
+@pytest.mark.parametrize("path", ["vmap", "sequential"])
+def test_bf16_runs_layer_norms_and_biases_on_both_paths(path):
+    model = nn.Sequential(EncoderLayer(8, 2, 16), nn.Flatten(), nn.Linear(8 * 4, 3)).eval()
+    x, y = torch.randn(8, 4, 8), torch.randint(0, 3, (8,))
+    full = MaskTrainer(model, F.cross_entropy, path=path, biases=True, seed=2)
+    half = MaskTrainer(model, F.cross_entropy, path=path, biases=True, seed=2, precision="bf16")
+    a, b = full.step((x, y))["loss"], half.step((x, y))["loss"]
+    assert half.path == path and torch.isclose(a, b, rtol=0.05), (a, b)

@@ -174,11 +174,12 @@ class _StraightThroughMask(torch.autograd.Function):
 
     # The kernels see flat views ([n] and [k, n]), so one compiled kernel serves every shape.
     @staticmethod
-    def forward(ctx, logits, weights, uniforms, compiled, dtype):
+    def forward(ctx, logits, weights, uniforms, compiled, dtype, thresholds):
         ctx.save_for_backward(logits, weights, uniforms)
         ctx.compiled = compiled
         k = uniforms.shape[0]
-        flat = _masked_forward(keep_thresholds(logits.reshape(-1)), weights.reshape(-1), uniforms.view(k, -1), dtype)
+        thresholds = keep_thresholds(logits.reshape(-1)) if thresholds is None else thresholds.reshape(-1)
+        flat = _masked_forward(thresholds, weights.reshape(-1), uniforms.view(k, -1), dtype)
         return flat.view(uniforms.shape)
 
     @staticmethod
@@ -195,11 +196,12 @@ class _StraightThroughMask(torch.autograd.Function):
             grad_logits = (grad_sum * weights.reshape(-1)).view(logits.shape)
         if ctx.needs_input_grad[1]:  # only for the original code's clipping quirk
             grad_weights = _weights_backward(flat_grad, flat_logits, flat_uniforms).view(weights.shape)
-        return grad_logits, grad_weights, None, None, None
+        return grad_logits, grad_weights, None, None, None, None
 
 
 def sample_masked_weights(logits: torch.Tensor, weights: torch.Tensor, uniforms: torch.Tensor,
-                          compiled: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
+                          compiled: bool = False, dtype: torch.dtype | None = None,
+                          thresholds: torch.Tensor | None = None) -> torch.Tensor:
     """K masked copies of a weight tensor.
 
     logits: [*shape] float (requires grad); weights: [*shape] frozen; uniforms: int16 [k, *shape].
@@ -207,9 +209,10 @@ def sample_masked_weights(logits: torch.Tensor, weights: torch.Tensor, uniforms:
     reaches the logits through the soft sample (straight-through). `compiled` fuses the
     backward's elementwise work with torch.compile (a one-off compile of some seconds). `dtype`:
     the copies' float type (default the weights'; torch.bfloat16 for a bf16 forward, which halves
-    their memory; the gradient to the logits is computed in the logits' type).
+    their memory; the gradient to the logits is computed in the logits' type). `thresholds`:
+    keep_thresholds(logits), when several calls of one step share them (sample groups).
     """
-    return _StraightThroughMask.apply(logits, weights, uniforms, compiled, dtype)
+    return _StraightThroughMask.apply(logits, weights, uniforms, compiled, dtype, thresholds)
 
 
 def gumbel_sigmoid_reference(logits: torch.Tensor, k: int, generator: torch.Generator | None = None,

@@ -9,11 +9,15 @@ forward of one sample's slice of the batch counts the bytes autograd saves
 (`torch.autograd.graph.saved_tensors_hooks`), scaled by the samples per pass.
 
     bytes = model + copies + |W| (4 logits + 8 Adam + 4 gradient)
-            + s |W| (c + 2) + s A_1 + n_max (32 + s (c + 12))
+            + s |W| (c + 2) + s (A_1 + 2 a_1) + n_max (32 + s g) [+ 2 |W| when s < K]
 
 with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16), A_1 one
-sample's saved activations, n_max the largest masked tensor, and `copies` the trainer's transposed
-copies of masked matrices (kept so their gradients arrive without a copy; see docs/performance.md).
+sample's saved activations, a_1 the largest of them (the backward holds the gradients of about
+two such tensors at a time), n_max the largest masked tensor, g the backward's bytes per weight
+and sample (16 in fp32, 18 in bf16), and `copies` the trainer's
+transposed copies of masked matrices (kept so their gradients arrive without a copy; see
+docs/performance.md); in bf16 also 2 bytes per unmasked float parameter. The 2 |W| are the keep
+thresholds the groups of a step share. docs/scaling.md applies the formula to large models.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class MemoryPlan:
     k: int
     samples_per_pass: int
     dtype: torch.dtype = torch.float32
+    largest_activation: int = 0  # bytes of the largest tensor one sample's forward saves
+    unmasked: int = 0            # elements of the unmasked float parameters (bf16 copies)
 
     @property
     def parts(self) -> dict[str, int]:
@@ -65,10 +71,15 @@ class MemoryPlan:
             "logit gradients": 4 * self.masked,
             "masked copies": s * c * self.masked,
             "noise": s * 2 * self.masked,  # int16 codes, saved for the backward
+            "thresholds": 2 * self.masked if s < self.k else 0,  # int16, shared by the groups of a step
             "activations": s * (self.activations_per_sample or 0),
+            # the backward's gradients of activations: about two of the widest at a time
+            "activation gradients": 2 * s * self.largest_activation,
+            "unmasked bf16 copies": 2 * self.unmasked if self.dtype == torch.bfloat16 else 0,
             # one tensor's backward: six per-weight fp32 constants, their sum and the logits' gradient,
-            # and per sample its gradient, the soft samples (two fp32 buffers) and s(1 - s)
-            "backward buffers": (32 + s * (c + 12)) * self.largest,
+            # and per sample its gradient (and its fp32 cast in bf16), the soft samples (two fp32
+            # buffers) and s(1 - s)
+            "backward buffers": (32 + s * (16 if c == 4 else c + 16)) * self.largest,
         }
 
     @property
@@ -88,11 +99,13 @@ class MemoryPlan:
 
     def with_settings(self, *, samples_per_pass: int | None = None, dtype: torch.dtype | None = None) -> "MemoryPlan":
         """The plan with other settings (activations scale with the float size: an estimate)."""
-        activations = self.activations_per_sample
-        if dtype is not None and activations is not None:
-            activations = activations * (torch.finfo(dtype).bits // 8) // (torch.finfo(self.dtype).bits // 8)
+        activations, largest = self.activations_per_sample, self.largest_activation
+        if dtype is not None:
+            scale = lambda n: n * (torch.finfo(dtype).bits // 8) // (torch.finfo(self.dtype).bits // 8)  # noqa: E731
+            activations, largest = (None if activations is None else scale(activations)), scale(largest)
         return dataclasses.replace(self, samples_per_pass=samples_per_pass or self.samples_per_pass,
-                                   dtype=dtype or self.dtype, activations_per_sample=activations)
+                                   dtype=dtype or self.dtype, activations_per_sample=activations,
+                                   largest_activation=largest)
 
     def summary(self) -> str:
         """One line: the total, then every non-zero part."""
@@ -146,7 +159,8 @@ def _is_weight_cast(tensor: torch.Tensor, leaves: set[int]) -> bool:
 
 
 def saved_bytes(forward, exclude: set[int], leaves: set[int]):
-    """(bytes autograd saves for the backward while `forward()` runs, its result).
+    """(bytes autograd saves for the backward while `forward()` runs, the largest storage's bytes,
+    its result).
 
     Each storage counts once; storages in `exclude` (data pointers: the weights) do not count,
     nor do autocast's casts of the leaves (ids in `leaves`), which stand in for masked copies.
@@ -162,13 +176,14 @@ def saved_bytes(forward, exclude: set[int], leaves: set[int]):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         result = forward()
-    return sum(seen.values()), result
+    return sum(seen.values()), max(seen.values(), default=0), result
 
 
 def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: torch.dtype = torch.float32,
-                      kwargs: dict | None = None) -> int:
-    """Bytes one sample's forward on `args` and `kwargs` (one sample's slice of the batch) saves
-    for the backward, with gradients to the tensors `names` as in mask training, plus its outputs."""
+                      kwargs: dict | None = None) -> tuple[int, int]:
+    """(bytes, largest tensor's bytes) one sample's forward on `args` and `kwargs` (one sample's
+    slice of the batch) saves for the backward, with gradients to the tensors `names` as in mask
+    training, plus its outputs."""
     params = frozen_parameters(model)
     for name in names:
         params[name] = params[name].requires_grad_(True)  # detached leaves: the model gets nothing
@@ -180,8 +195,9 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
     device = next(iter(params.values())).device
     # the model's own randomness (dropout, teacher forcing) must not see the probe
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, dtype):
-        saved, outputs = saved_bytes(lambda: functional_call(model, params, args, kwargs), exclude, leaves)
-    return saved + sum(t.nbytes for t in tree_leaves(outputs) if isinstance(t, torch.Tensor))
+        saved, largest, outputs = saved_bytes(lambda: functional_call(model, params, args, kwargs), exclude, leaves)
+    outputs = [t.nbytes for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)]
+    return saved + sum(outputs), max([largest, *outputs])
 
 
 def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: ParameterFilter = None,
@@ -201,19 +217,21 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
     names = select_parameters(model, parameters, biases=biases, norms=norms)
     params = dict(model.named_parameters())
     masked = [params[n] for n in names]
-    activations = None
+    activations, largest = None, 0
     if batch is not None and chunks is None:
         chunks, _ = split_batch(as_arguments(unpack_batch(batch)[0]), k)
     if chunks is not None:
         first = lambda a: a[0] if isinstance(a, torch.Tensor) and a.dim() else a  # noqa: E731
         args, kwargs = chunks
-        activations = probe_activations(model, names, tuple(first(a) for a in args), dtype,
-                                        {n: first(a) for n, a in kwargs.items()})
+        activations, largest = probe_activations(model, names, tuple(first(a) for a in args), dtype,
+                                                 {n: first(a) for n, a in kwargs.items()})
     return MemoryPlan(
         model=sum(t.nbytes for t in [*model.parameters(), *model.buffers()]),
         copies=sum(p.nbytes for p in masked if p.dim() == 2),
         masked=sum(p.numel() for p in masked), largest=max(p.numel() for p in masked),
-        activations_per_sample=activations, k=k, samples_per_pass=samples_per_pass or k, dtype=dtype)
+        activations_per_sample=activations, k=k, samples_per_pass=samples_per_pass or k, dtype=dtype,
+        largest_activation=largest,
+        unmasked=sum(p.numel() for n, p in params.items() if n not in names and p.is_floating_point()))
 
 
 def free_memory(device: torch.device) -> int | None:

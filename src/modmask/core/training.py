@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .mask_config import MASK_SETTINGS, MaskConfig
-from .gumbel import UniformSource, sample_masked_weights
+from .gumbel import UniformSource, keep_thresholds, sample_masked_weights
 from .masking import (as_arguments, call_sequential, call_vmap, choose_path, describe_output,
                       frozen_parameters, model_mode, split_batch, to_device, unpack_batch)
 from .masks import Masks, check_fits
@@ -135,7 +135,8 @@ class MaskTrainer:
     update (the caller chooses the model's mode); `train_mask` is the loop around it. See
     `train_mask` for the arguments; beyond them: `init_logits` (name -> initial logits),
     `trainable` (name -> bool, weights that train jointly with the mask) and `fixed_masks`
-    (name -> bool, tensors masked by a constant mask instead of a trained one)."""
+    (name -> bool, tensors masked by a constant mask instead of a trained one). After the first
+    step, `plan` is its MemoryPlan and `samples_per_pass` a number ('auto' resolved)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, parameters: ParameterFilter = None,
                  biases: bool = False, norms: bool = True, k: int = 4, beta: float = 1e-4,
@@ -148,7 +149,8 @@ class MaskTrainer:
                  samples_per_pass: int | str | None = None, precision: str = "fp32"):
         if k < 1:
             raise ValueError(f"k must be positive (got k={k})")
-        if samples_per_pass not in (None, "auto") and samples_per_pass not in divisors(k):
+        if samples_per_pass not in (None, "auto") and not (
+                isinstance(samples_per_pass, int) and samples_per_pass in divisors(k)):
             raise ValueError(f"samples_per_pass must divide k={k} (one of {divisors(k)}) or be 'auto', "
                              f"not {samples_per_pass!r}")
         self.samples_per_pass = samples_per_pass or k  # 'auto' is resolved on the first batch
@@ -193,10 +195,8 @@ class MaskTrainer:
             for tensor in frozen:
                 tensor.requires_grad_(True)  # detached leaves or copies: the model's tensors get nothing
             self.clipped += frozen
-        if self.dtype != torch.float32 and not original_clipping:
-            # bf16 copies of the unmasked tensors too: under vmap, a bias kept in fp32 would
-            # promote every linear layer's bf16 output back to fp32 (autocast does not see the add)
-            self.others = {n: p.to(self.dtype) if p.is_floating_point() else p for n, p in self.others.items()}
+        self.original_clipping = original_clipping
+        autocast(self.device, self.dtype)  # bf16 on a device without it fails here, not at the first step
         self.source = UniformSource(seed, self.device)
 
     def _physical(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -224,9 +224,12 @@ class MaskTrainer:
             self._plan_memory(chunks)
         noise = self.source.reserve(self.k, [w.shape for w in self.weights.values()])
         self.optimizer.zero_grad(set_to_none=True)
+        # groups share the per-weight thresholds of this step (int16, 2 bytes a weight)
+        thresholds = ({n: keep_thresholds(l) for n, l in self.logits.items()} if self.samples_per_pass < self.k
+                      else {})
         task_loss = 0.0
         for lo in range(0, self.k, self.samples_per_pass):
-            loss = self._group_loss(noise, chunks, targets, batch_size, lo, lo + self.samples_per_pass)
+            loss = self._group_loss(noise, thresholds, chunks, targets, batch_size, lo, lo + self.samples_per_pass)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"mask training loss is {loss.item()}: check the loss "
                                          f"function and the data, or lower the learning rate")
@@ -241,19 +244,34 @@ class MaskTrainer:
         self.optimizer.step()
         return {"loss": task_loss, "regulariser": regulariser.detach()}
 
-    def _group_loss(self, noise, chunks: tuple, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
-        """The task loss of samples lo..hi-1 on their chunks, times their share of the batch."""
-        low = self.dtype if self.dtype != torch.float32 else None
+    def _masked(self, noise, thresholds, lo: int, hi: int, low: torch.dtype | None) -> dict[str, torch.Tensor]:
+        """Samples lo..hi-1 of every masked tensor, [hi - lo, *shape], in the model's layout."""
         masked = {}
         for index, (name, weights) in enumerate(self.weights.items()):
-            sample = sample_masked_weights(self.logits[name], weights, noise.take(index, lo, hi), self.compiled, low)
+            # under bf16, vectors (biases, norms) stay fp32 on the sequential path: CPU layer norm
+            # refuses a bf16 weight with an fp32 input, and autocast casts them where it must
+            dtype = low if low and (self.path == "vmap" or weights.dim() >= 2) else None
+            sample = sample_masked_weights(self.logits[name], weights, noise.take(index, lo, hi), self.compiled, dtype,
+                                           thresholds.get(name))
             masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
+        return masked
+
+    def _group_loss(self, noise, thresholds, chunks: tuple, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
+        """The task loss of samples lo..hi-1 on their chunks, times their share of the batch."""
+        low = self.dtype if self.dtype != torch.float32 else None
         group = chunks if hi - lo == self.k else _samples(chunks, lo, hi)
-        if self.path is None:  # the probe compares the paths in fp32 (bf16 roundings differ between them)
+        if self.path is None and low:  # the probe compares the paths in fp32 (bf16 roundings differ)
             with torch.no_grad():
-                up = lambda tensors: {n: t.float() if low and t.is_floating_point() else t  # noqa: E731
-                                      for n, t in tensors.items()}
-                self.path = choose_path(self.model, up(masked), up(self.others), group, self.requested_path)
+                self.path = choose_path(self.model, self._masked(noise, thresholds, lo, hi, None), self.others, group,
+                                        self.requested_path)
+            if not self.original_clipping:
+                # bf16 copies of the unmasked tensors too: under vmap a bias kept in fp32 would promote
+                # every linear layer's bf16 output back to fp32 (autocast does not see the add)
+                self.others = {n: p.to(low) if p.is_floating_point() and (self.path == "vmap" or p.dim() >= 2) else p
+                               for n, p in self.others.items()}
+        masked = self._masked(noise, thresholds, lo, hi, low)
+        if self.path is None:
+            self.path = choose_path(self.model, masked, self.others, group, self.requested_path)
         run = call_vmap if self.path == "vmap" else call_sequential
         with autocast(self.device, self.dtype):
             outputs = run(self.model, masked, self.others, group)
