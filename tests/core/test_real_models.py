@@ -312,3 +312,16 @@ def test_a_model_vmap_cannot_batch_gets_a_one_line_reason(caplog):
         MaskTrainer(model, _loss, k=4).step((inputs, targets))
     assert "attention_mask" in caplog.text and "sequential path" in caplog.text
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+
+
+def test_transformer_lens_bridge_is_refused_with_the_cause_and_left_untouched():
+    # TransformerLens 4 removed HookedTransformer; a TransformerBridge over its native model (no
+    # download) renames its parameters, which functional_call cannot swap back.
+    sources = pytest.importorskip("transformer_lens.model_bridge.sources")
+    bridge = sources.boot_native(dict(n_layers=1, d_model=16, n_ctx=8, d_head=8, n_heads=2, d_mlp=32,
+                                      d_vocab=50, act_fn="gelu", seed=0)).eval()
+    before = {n: p for n, p in bridge.named_parameters()}
+    ids = torch.randint(0, 50, (4, 5))
+    with pytest.raises(ValueError, match="did not restore .* TransformerBridge"):
+        MaskTrainer(bridge, _loss, k=2).step((ids, ids))
+    assert all(p is before[n] for n, p in bridge.named_parameters())

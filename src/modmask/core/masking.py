@@ -183,12 +183,35 @@ class _ContiguousAttention(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextlib.contextmanager
+def parameters_restored(model: nn.Module):
+    """Check that the functional calls inside left every parameter of the model in place.
+
+    functional_call swaps tensors in by the names `named_parameters` gives and puts the originals
+    back; a wrapper whose names differ from where it keeps its parameters (TransformerLens's
+    TransformerBridge) is left holding the masked tensors. Those are put back here, then refused."""
+    held = [(module, key, p) for module in model.modules() for key, p in module._parameters.items()]
+    try:
+        yield
+    finally:
+        left = [(module, key, p) for module, key, p in held if module._parameters.get(key) is not p]
+        for module, key, p in left:
+            module._parameters[key] = p
+    if left:
+        raise ValueError(f"torch.func.functional_call did not restore {len(left)} parameter(s) of "
+                         f"{type(model).__name__} (modmask put them back): its named_parameters() names "
+                         f"them differently from where it keeps them, as TransformerLens's TransformerBridge "
+                         f"does; mask the plain model instead (for TransformerLens: the Hugging Face model, "
+                         f"before a bridge wraps it)")
+
+
 def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kwargs):
     """The model's output with weights W * mask for every listed tensor, full weights elsewhere."""
     params = frozen_parameters(model)
     for name, mask in masks.items():
         params[name] = params[name] * mask.to(params[name].device, params[name].dtype)
-    return functional_call(model, params, args, kwargs)
+    with parameters_restored(model):
+        return functional_call(model, params, args, kwargs)
 
 
 def split_batch(arguments: Arguments, k: int) -> tuple[Arguments, int]:

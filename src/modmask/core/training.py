@@ -12,6 +12,7 @@ the frozen weights' gradients accumulate over all steps and take part in global-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 
 from .gumbel import UniformSource, sample_masked_weights
 from .masking import (as_arguments, call_sequential, call_vmap, choose_path, describe_output,
-                      frozen_parameters, model_mode, split_batch, to_device, unpack_batch)
+                      frozen_parameters, model_mode, parameters_restored, split_batch, to_device,
+                      unpack_batch)
 from .masks import Masks, check_fits
 from .selection import ParameterFilter, owners, select_parameters
 
@@ -161,10 +163,13 @@ class MaskTrainer:
             sample = sample_masked_weights(self.logits[name], weights, self.source.draw(self.k, weights.shape),
                                            self.compiled)
             masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
-        if self.path is None:
-            self.path = choose_path(self.model, masked, self.others, chunks, self.requested_path)
-        run = call_vmap if self.path == "vmap" else call_sequential
-        task_loss = self._loss(run(self.model, masked, self.others, chunks), targets)
+        # the first step (path probe included) checks that the model's parameters stay in place
+        with parameters_restored(self.model) if self.path is None else contextlib.nullcontext():
+            if self.path is None:
+                self.path = choose_path(self.model, masked, self.others, chunks, self.requested_path)
+            run = call_vmap if self.path == "vmap" else call_sequential
+            outputs = run(self.model, masked, self.others, chunks)
+        task_loss = self._loss(outputs, targets)
         if not torch.isfinite(task_loss):
             raise FloatingPointError(f"mask training loss is {task_loss.item()}: check the loss "
                                      f"function and the data, or lower the learning rate")
