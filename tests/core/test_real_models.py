@@ -325,3 +325,10 @@ def test_transformer_lens_bridge_is_refused_with_the_cause_and_left_untouched():
     with pytest.raises(ValueError, match="did not restore .* TransformerBridge"):
         MaskTrainer(bridge, _loss, k=2).step((ids, ids))
     assert all(p is before[n] for n, p in bridge.named_parameters())
+
+
+def test_the_4d_mask_recipe_gives_the_2d_masks_outputs():
+    model, inputs, _ = _model("hf-bert-padded")
+    recipe = {**inputs, "attention_mask": inputs["attention_mask"].bool()[:, None, None, :]}
+    with torch.no_grad():
+        assert torch.allclose(model(**recipe).logits, model(**inputs).logits, atol=1e-6)
