@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from modmask import MaskTrainer
 from modmask.allocator import keep_freed_memory
-from modmask.core.masking import without_cache
+from modmask.core.batches import without_cache
 from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier, SimpleCNN
 
 

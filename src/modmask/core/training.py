@@ -26,9 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .gumbel import UniformSource, sample_masked_weights
-from .masking import (as_arguments, call_sequential, call_vmap, choose_path, describe_output,
-                      frozen_parameters, model_mode, parameters_restored, split_batch, to_device,
-                      unpack_batch)
+from .batches import as_arguments, describe_output, split_batch, to_device, unpack_batch
+from .masking import (call_sequential, call_vmap, choose_path, frozen_parameters, model_mode,
+                      parameters_restored)
 from .masks import Masks, check_fits
 from .selection import ParameterFilter, owners, select_parameters
 
