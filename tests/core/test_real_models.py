@@ -135,6 +135,17 @@ def test_all_ones_mask_gives_the_models_outputs(name):
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_evaluation_takes_a_dict_batch_alone_and_builds_no_cache():
+    model, inputs, ids = _model("hf-gpt2")
+    batch = {**inputs, "labels": ids}
+    seen = []
+    losses = collect(model, None, [batch], lambda out, targets: seen.append((out, targets)) or out.loss[None])
+    (out, targets), = seen
+    assert targets is None and "cache" not in out  # use_cache=False: no key/value cache in the output
+    with torch.no_grad():
+        assert torch.allclose(losses, model(**batch).loss[None])
+
+
 @pytest.mark.parametrize("name", TORCH + HF)
 def test_masking_one_weight_equals_zeroing_it_by_hand(name):
     model, inputs, targets = _model(name)
@@ -191,7 +202,7 @@ def test_a_loss_the_model_computes_itself_comes_back_per_sample():
     _assert_paths_agree(model, batch, None, "vmap", loss_fn=lambda out, _: out.loss.mean())
 
 
-@pytest.mark.parametrize("name", ["torch-encoder-padded", "torch-transformer", "hf-bert-padded", "hf-gpt2"])
+@pytest.mark.parametrize("name", TORCH + HF)
 @pytest.mark.parametrize("fastpath", [True, False])
 def test_training_leaves_the_model_and_the_fast_path_setting_untouched(name, fastpath):
     model, inputs, targets = _model(name)
