@@ -93,9 +93,9 @@ class _ContiguousAttention(torch.overrides.TorchFunctionMode):
 def parameters_restored(model: nn.Module):
     """Check that the functional calls inside left every parameter of the model in place.
 
-    functional_call swaps tensors in by the names `named_parameters` gives and puts the originals
-    back; a wrapper whose names differ from where it keeps its parameters (TransformerLens's
-    TransformerBridge) is left holding the masked tensors. Those are put back here, then refused."""
+    functional_call swaps tensors in by name and puts the originals back; a model that keeps a
+    parameter where those names do not lead would be left holding the swapped-in tensor. Such
+    parameters are put back here, then the model is refused."""
     held = [(module, key, p) for module in model.modules() for key, p in module._parameters.items()]
     try:
         yield
@@ -105,10 +105,37 @@ def parameters_restored(model: nn.Module):
             module._parameters[key] = p
     if left:
         raise ValueError(f"torch.func.functional_call did not restore {len(left)} parameter(s) of "
-                         f"{type(model).__name__} (modmask put them back): its named_parameters() names "
-                         f"them differently from where it keeps them, as TransformerLens's TransformerBridge "
-                         f"does; mask the plain model instead (for TransformerLens: the Hugging Face model, "
-                         f"before a bridge wraps it)")
+                         f"{type(model).__name__} (modmask put them back): the model keeps them where the "
+                         f"names from its named_parameters() do not lead; mask the plain model it wraps instead")
+
+
+def parameter_slots(model: nn.Module) -> dict[str, list[str]]:
+    """Parameter name (as `named_parameters` gives it) -> one name for every module attribute that
+    holds that parameter: itself, plus e.g. `lm_head.weight` for an output layer tied to an embedding.
+
+    A functional call sets each attribute once by these names with tie_weights=False. torch's own
+    tie handling (tie_weights=True) sets a module that is reachable under two names (one embedding
+    module used as input and output) twice and then restores it to the swapped-in tensor."""
+    slots: dict[int, dict[tuple[int, str], str]] = {}  # id(parameter) -> {(id(module), attribute): name}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for key, p in module._parameters.items():
+            if p is not None:
+                slots.setdefault(id(p), {}).setdefault((id(module), key), f"{path}.{key}" if path else key)
+    names = {}
+    for name, p in model.named_parameters():
+        path, _, key = name.rpartition(".")
+        try:
+            own = (id(model.get_submodule(path)), key)
+        except AttributeError:
+            own = None
+        names[name] = [name] + [alias for slot, alias in slots.get(id(p), {}).items() if own and slot != own]
+    return names
+
+
+def _call(model: nn.Module, slots: Mapping[str, list[str]], tensors: Mapping[str, torch.Tensor], args, kwargs):
+    """model(*args, **kwargs) with `tensors` (by parameter name) in place of its parameters."""
+    swapped = {alias: t for name, t in tensors.items() for alias in slots.get(name, (name,))}
+    return functional_call(model, swapped, args, kwargs, tie_weights=False)
 
 
 def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kwargs):
@@ -117,7 +144,7 @@ def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kw
     for name, mask in masks.items():
         params[name] = params[name] * mask.to(params[name].device, params[name].dtype)
     with parameters_restored(model):
-        return functional_call(model, params, args, kwargs)
+        return _call(model, parameter_slots(model), params, args, kwargs)
 
 
 def _batched_dims(values):
@@ -132,12 +159,11 @@ def call_vmap(model: nn.Module, weights: Mapping[str, torch.Tensor], others: Map
     """weights: name -> [k, *shape]; chunks from split_batch. Returns outputs [B, ...] (an output
     without a batch dimension, e.g. a loss the model computes itself, comes back as [k, ...])."""
     args, kwargs = chunks
-    kwargs = without_cache(model, kwargs)
+    kwargs, slots = without_cache(model, kwargs), parameter_slots(model)
     rebuild: list[Callable] = []
 
     def one_sample(sample_weights, sample_args, sample_kwargs):
-        tensors, rebuild_one = _tensors_of(functional_call(model, {**others, **sample_weights},
-                                                           sample_args, sample_kwargs))
+        tensors, rebuild_one = _tensors_of(_call(model, slots, {**others, **sample_weights}, sample_args, sample_kwargs))
         rebuild[:] = [rebuild_one]
         return tuple(tensors)
 
@@ -153,14 +179,14 @@ def call_sequential(model: nn.Module, weights: Mapping[str, torch.Tensor],
     """Same result as call_vmap, as k separate calls; for modules vmap cannot batch."""
     k = next(iter(weights.values())).shape[0]
     args, kwargs = chunks
-    kwargs = without_cache(model, kwargs)
+    kwargs, slots = without_cache(model, kwargs), parameter_slots(model)
     parts = []
     with fused_attention_disabled():
         for i in range(k):
             sample_args = tuple(a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args)
             sample_kwargs = {n: a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for n, a in kwargs.items()}
-            tensors, rebuild = _tensors_of(functional_call(model, {**others, **{n: w[i] for n, w in weights.items()}},
-                                                           sample_args, sample_kwargs))
+            tensors, rebuild = _tensors_of(_call(model, slots, {**others, **{n: w[i] for n, w in weights.items()}},
+                                                 sample_args, sample_kwargs))
             parts.append(tensors)
     return rebuild([torch.cat(ts) if ts[0].dim() else torch.stack(ts) for ts in zip(*parts)])
 
