@@ -11,7 +11,9 @@ Inputs and outputs are batch-first (batches.py: how batches are split and output
 Key/value caches are not built: a model whose forward takes `use_cache` is called with
 `use_cache=False` unless the batch says otherwise. PyTorch's fused attention kernels
 (`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`) have no backward and no vmap rule, so their
-fast path is switched off around every masked training call.
+fast path is switched off around every masked training call. Every module attribute that holds a
+parameter is swapped exactly once (`parameter_slots`), so a tied weight is masked wherever it is
+used and the model gets its own tensors back.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from .batches import to_device  # noqa: F401  (its old home: the experiments imp
 log = logging.getLogger(__name__)
 
 _UNBATCHABLE = (nn.RNNBase,)  # fused cuDNN/ATen RNN kernels take weights as flat lists
+
+
 @contextlib.contextmanager
 def model_mode(model: nn.Module, mode: str = "eval"):
     """Temporarily put every submodule in eval or train mode; restores each module's own flag."""
