@@ -10,7 +10,8 @@ The real-model lines (`--models hf-gpt2,hf-bert,torch-transformer`, not in the d
 hf-* need `pip install transformers`) are language models of 4 layers, d_model 512, 8 heads,
 vocabulary 4,096, on 8 sequences of 64 tokens (`--batch` does not apply): GPT-2 (causal), BERT
 (no padding) and an nn.TransformerEncoder, each with a next-token cross-entropy over the vocabulary.
-`hf-bert-padded` adds a 2D attention mask with padding, which puts BERT on the sequential path.
+`hf-bert-padded` adds a 2D attention mask with padding, which puts BERT on the sequential path;
+`hf-bert-padded-4d` passes the same mask in 4D, which keeps the vmap path.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch.nn import functional as F
 
 from modmask import MaskTrainer
 from modmask.allocator import keep_freed_memory
-from modmask.core.masking import without_cache
+from modmask.core.batches import without_cache
 from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier, SimpleCNN
 
 
@@ -72,9 +73,11 @@ def language_model(name: str, vocab: int = 4096, d: int = 512, layers: int = 4, 
     config = transformers.BertConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers,
                                      num_attention_heads=heads, intermediate_size=4 * d, max_position_embeddings=64)
     inputs = {"input_ids": ids}
-    if name == "hf-bert-padded":
+    if name.startswith("hf-bert-padded"):
         inputs["attention_mask"] = torch.ones_like(ids)
         inputs["attention_mask"][::2, 48:] = 0
+        if name == "hf-bert-padded-4d":  # docs/real_models.md: a 4D mask keeps the vmap path
+            inputs["attention_mask"] = inputs["attention_mask"].bool()[:, None, None, :]
     return transformers.BertForMaskedLM(config), inputs, ids, loss
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modmask import Masks, MaskTrainer, TrainedMask, collect, select_parameters, train_mask
+from modmask import Masks, MaskTrainer, TrainedMask, collect, masked_call, select_parameters, train_mask
 
 B, T, D = 8, 6, 16
 
@@ -135,6 +135,17 @@ def test_all_ones_mask_gives_the_models_outputs(name):
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_evaluation_takes_a_dict_batch_alone_and_builds_no_cache():
+    model, inputs, ids = _model("hf-gpt2")
+    batch = {**inputs, "labels": ids}
+    seen = []
+    losses = collect(model, None, [batch], lambda out, targets: seen.append((out, targets)) or out.loss[None])
+    (out, targets), = seen
+    assert targets is None and "cache" not in out  # use_cache=False: no key/value cache in the output
+    with torch.no_grad():
+        assert torch.allclose(losses, model(**batch).loss[None])
+
+
 @pytest.mark.parametrize("name", TORCH + HF)
 def test_masking_one_weight_equals_zeroing_it_by_hand(name):
     model, inputs, targets = _model(name)
@@ -191,7 +202,7 @@ def test_a_loss_the_model_computes_itself_comes_back_per_sample():
     _assert_paths_agree(model, batch, None, "vmap", loss_fn=lambda out, _: out.loss.mean())
 
 
-@pytest.mark.parametrize("name", ["torch-encoder-padded", "torch-transformer", "hf-bert-padded", "hf-gpt2"])
+@pytest.mark.parametrize("name", TORCH + HF)
 @pytest.mark.parametrize("fastpath", [True, False])
 def test_training_leaves_the_model_and_the_fast_path_setting_untouched(name, fastpath):
     model, inputs, targets = _model(name)
@@ -312,3 +323,74 @@ def test_a_model_vmap_cannot_batch_gets_a_one_line_reason(caplog):
         MaskTrainer(model, _loss, k=4).step((inputs, targets))
     assert "attention_mask" in caplog.text and "sequential path" in caplog.text
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+
+
+def test_transformer_lens_bridge_trains_on_the_vmap_path_and_stays_untouched():
+    # TransformerLens 4 removed HookedTransformer; its TransformerBridge (here over its native model,
+    # no download) reaches each component under two names, which torch's tie handling would not restore.
+    sources = pytest.importorskip("transformer_lens.model_bridge.sources")
+    bridge = sources.boot_native(dict(n_layers=2, d_model=16, n_ctx=8, d_head=8, n_heads=2, d_mlp=32,
+                                      d_vocab=50, act_fn="gelu", seed=0)).eval()
+    held = {n: p for n, p in bridge.named_parameters()}
+    before = {n: p.detach().clone() for n, p in held.items()}
+    ids = torch.randint(0, 50, (B, 5))
+    chosen = select_parameters(bridge)
+    assert not [n for n in chosen if "embed" in n or n.startswith("pos.")]  # token and position tables
+    ones = Masks({n: torch.ones_like(held[n], dtype=torch.bool) for n in chosen})
+    with torch.no_grad():
+        assert torch.allclose(collect(bridge, ones, [(ids, ids)], lambda out, _: out), bridge(ids), atol=1e-6)
+    _assert_paths_agree(bridge, ids, ids, "vmap")
+    train_mask(bridge, [(ids, ids)], _loss, steps=2, k=4, progress=False)
+    assert all(p is held[n] and torch.equal(p, before[n]) and p.grad is None for n, p in bridge.named_parameters())
+
+
+def test_the_4d_mask_recipe_gives_the_2d_masks_outputs():
+    model, inputs, _ = _model("hf-bert-padded")
+    recipe = {**inputs, "attention_mask": inputs["attention_mask"].bool()[:, None, None, :]}
+    with torch.no_grad():
+        assert torch.allclose(model(**recipe).logits, model(**inputs).logits, atol=1e-6)
+
+
+class TiedModule(nn.Module):
+    """One embedding module reachable under two names, used for the input and the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = nn.Embedding(10, D)
+        self.outputs = self.inputs
+        self.layer = nn.Linear(D, D)
+
+    def forward(self, ids):
+        return self.layer(self.inputs(ids)) @ self.outputs.weight.t()
+
+
+@pytest.mark.parametrize("name", ["tied-module", "hf-gpt2"])
+def test_a_tied_weight_is_masked_everywhere_it_is_used_and_restored(name):
+    if name == "tied-module":
+        model, inputs, embedding = TiedModule().eval(), torch.randint(0, 10, (B, T)), "inputs.weight"
+    else:
+        (model, inputs, _), embedding = _model(name), "transformer.wte.weight"  # lm_head.weight is the same tensor
+    held = {n: p for n, p in model.named_parameters()}
+    mask = torch.ones_like(held[embedding], dtype=torch.bool)
+    mask[7] = False
+    got = collect(model, Masks({embedding: mask}), [(inputs, None)], lambda out, _: _output(out))
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.get_parameter(embedding)[7] = 0.0
+        assert torch.allclose(got, _call(zeroed, inputs), atol=1e-6)
+    assert all(p is held[n] and isinstance(p, nn.Parameter) for n, p in model.named_parameters())
+
+
+def test_a_model_left_holding_swapped_in_tensors_is_put_back_and_refused(monkeypatch):
+    from modmask.core import masking
+
+    def leaky_call(model, tensors, args, kwargs, tie_weights):  # what functional_call did to a TransformerBridge
+        model.layer._parameters["weight"] = tensors["layer.weight"]
+        return model(*args, **kwargs)
+
+    model = CachingModel()
+    weight = model.layer.weight
+    monkeypatch.setattr(masking, "functional_call", leaky_call)
+    with pytest.raises(ValueError, match=r"did not restore 1 parameter\(s\) of CachingModel \(modmask put them back\)"):
+        masked_call(model, {"layer.weight": torch.zeros(3, 4, dtype=torch.bool)}, torch.randn(2, 4))
+    assert model.layer.weight is weight and isinstance(weight, nn.Parameter) and weight.abs().sum() > 0

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .masking import as_arguments, masked_call, model_mode, to_device, unpack_batch, without_cache
+from .batches import as_arguments, to_device, unpack_batch, without_cache
+from .masking import masked_call, model_mode
 from .masks import Masks, random_masks
 from .stats import summarize
 

@@ -7,21 +7,18 @@ examples. Modules that vmap cannot batch (nn.LSTM's fused kernel, ...) run on th
 K functional calls, one per chunk, whose outputs are concatenated, so the loss and its gradients
 are exactly those of the batched path.
 
-Inputs and outputs are batch-first: every tensor argument is split along dim 0; non-tensor
-arguments are passed through unchanged. A batch's inputs are a tensor, a tuple of positional
-arguments or a dict of keyword arguments (Hugging Face style). Outputs may be tensors or nested
-tuples, lists and dicts of them, dict subclasses such as Hugging Face's `ModelOutput` included
-(duck-typed: the core never imports transformers); anything else in them (a key/value cache, a
-number) does not cross vmap and comes back as None. Key/value caches are not built at all: a
-model whose forward takes `use_cache` is called with `use_cache=False` unless the batch says otherwise.
-PyTorch's fused attention kernels (`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`) have no
-backward and no vmap rule, so their fast path is switched off around every masked call.
+Inputs and outputs are batch-first (batches.py: how batches are split and outputs rebuilt).
+Key/value caches are not built: a model whose forward takes `use_cache` is called with
+`use_cache=False` unless the batch says otherwise. PyTorch's fused attention kernels
+(`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`) have no backward and no vmap rule, so their
+fast path is switched off around every masked training call. Every module attribute that holds a
+parameter is swapped exactly once (`parameter_slots`), so a tied weight is masked wherever it is
+used and the model gets its own tensors back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from typing import Any, Callable, Mapping
 
@@ -29,18 +26,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
-from torch.utils._pytree import tree_map
+
+from .batches import Arguments, OutputError, describe_output, flatten_output, without_cache
+from .batches import to_device  # noqa: F401  (its old home: the experiments import it from here)
 
 log = logging.getLogger(__name__)
 
 _UNBATCHABLE = (nn.RNNBase,)  # fused cuDNN/ATen RNN kernels take weights as flat lists
-_CONSTANTS = (type(None), bool, int, float, str)  # output values that are kept as they are
-
-Arguments = tuple[tuple, dict]  # (positional, keyword) arguments of one model call
-
-
-class OutputError(ValueError):
-    """The model's output cannot be used for mask training (e.g. it holds no tensor)."""
 
 
 @contextlib.contextmanager
@@ -60,88 +52,6 @@ def model_mode(model: nn.Module, mode: str = "eval"):
 def frozen_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """All parameters, detached (no copy): gradients can never reach the model's tensors."""
     return {n: p.detach() for n, p in model.named_parameters()}
-
-
-def to_device(value, device):
-    """Every tensor in a (nested) batch moved to `device`; other values unchanged."""
-    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
-
-
-def unpack_batch(batch) -> tuple[Any, Any]:
-    """(inputs, targets) of a batch: a pair, or a dict of keyword arguments alone (Hugging Face
-    style, labels inside; targets None, the loss reads e.g. `outputs.loss`)."""
-    if isinstance(batch, Mapping):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise ValueError(f"a batch must be a pair (inputs, targets) or a dict of keyword arguments; got "
-                     f"{type(batch).__name__}{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}")
-
-
-def as_arguments(inputs) -> Arguments:
-    """A batch's inputs as (positional, keyword) arguments: a tensor -> one positional argument, a
-    tuple -> positional arguments, a dict (or any mapping, e.g. HF's BatchEncoding) -> keyword arguments."""
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    return (inputs if isinstance(inputs, tuple) else (inputs,)), {}
-
-
-def without_cache(model: nn.Module, kwargs: dict) -> dict:
-    """kwargs plus use_cache=False when the model's forward takes `use_cache` (HF decoders) and the
-    caller did not set it: a key/value cache serves generation only, and it is no tensor vmap can return."""
-    if "use_cache" in kwargs:
-        return kwargs
-    try:
-        accepted = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # a forward without a signature (C extension, ...)
-        return kwargs
-    return {**kwargs, "use_cache": False} if "use_cache" in accepted else kwargs
-
-
-def _container(kind: type, items):
-    """A container of type `kind` holding `items` (a dict for mappings, a list otherwise)."""
-    if kind in (dict, list, tuple):
-        return kind(items)
-    if issubclass(kind, Mapping):
-        try:
-            return kind(**items)  # dataclass-like dicts such as ModelOutput take keyword arguments
-        except TypeError:
-            return kind(items)
-    return kind(*items) if hasattr(kind, "_fields") else kind(items)  # namedtuple or list subclass
-
-
-def flatten_output(value: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
-    """(tensors, rebuild): the tensors of a nested output (tuples, lists, dicts and dict subclasses
-    such as ModelOutput) in order, and a function that builds the same structure around new tensors.
-    None, numbers and strings are kept; every other value (a cache object, ...) is rebuilt as None."""
-    tensors: list[torch.Tensor] = []
-
-    def walk(v):
-        if isinstance(v, torch.Tensor):
-            tensors.append(v)
-            index = len(tensors) - 1
-            return lambda ts: ts[index]
-        if isinstance(v, Mapping):
-            kind, parts = type(v), {key: walk(item) for key, item in v.items()}
-            return lambda ts: _container(kind, {key: part(ts) for key, part in parts.items()})
-        if isinstance(v, (tuple, list)):
-            kind, parts = type(v), [walk(item) for item in v]
-            return lambda ts: _container(kind, [part(ts) for part in parts])
-        kept = v if isinstance(v, _CONSTANTS) else None
-        return lambda ts: kept
-
-    return tensors, walk(value)
-
-
-def describe_output(value: Any) -> str:
-    """A short description of an output's structure, for error messages: `ModelOutput(logits: [8, 3])`."""
-    if isinstance(value, torch.Tensor):
-        return str(list(value.shape))
-    if isinstance(value, Mapping):
-        return f"{type(value).__name__}({', '.join(f'{k}: {describe_output(v)}' for k, v in value.items())})"
-    if isinstance(value, (tuple, list)):
-        return f"{type(value).__name__}({', '.join(describe_output(v) for v in value)})"
-    return type(value).__name__
 
 
 def _tensors_of(output: Any) -> tuple[list[torch.Tensor], Callable]:
@@ -183,32 +93,62 @@ class _ContiguousAttention(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextlib.contextmanager
+def parameters_restored(model: nn.Module):
+    """Check that the functional calls inside left every parameter of the model in place.
+
+    functional_call swaps tensors in by name and puts the originals back; a model that keeps a
+    parameter where those names do not lead would be left holding the swapped-in tensor. Such
+    parameters are put back here, then the model is refused."""
+    held = [(module, key, p) for module in model.modules() for key, p in module._parameters.items()]
+    try:
+        yield
+    finally:
+        left = [(module, key, p) for module, key, p in held if module._parameters.get(key) is not p]
+        for module, key, p in left:
+            module._parameters[key] = p
+    if left:
+        raise ValueError(f"torch.func.functional_call did not restore {len(left)} parameter(s) of "
+                         f"{type(model).__name__} (modmask put them back): the model keeps them where the "
+                         f"names from its named_parameters() do not lead; mask the plain model it wraps instead")
+
+
+def parameter_slots(model: nn.Module) -> dict[str, list[str]]:
+    """Parameter name (as `named_parameters` gives it) -> one name for every module attribute that
+    holds that parameter: itself, plus e.g. `lm_head.weight` for an output layer tied to an embedding.
+
+    A functional call sets each attribute once by these names with tie_weights=False. torch's own
+    tie handling (tie_weights=True) sets a module that is reachable under two names (one embedding
+    module used as input and output) twice and then restores it to the swapped-in tensor."""
+    slots: dict[int, dict[tuple[int, str], str]] = {}  # id(parameter) -> {(id(module), attribute): name}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for key, p in module._parameters.items():
+            if p is not None:
+                slots.setdefault(id(p), {}).setdefault((id(module), key), f"{path}.{key}" if path else key)
+    names = {}
+    for name, p in model.named_parameters():
+        path, _, key = name.rpartition(".")
+        try:
+            own = (id(model.get_submodule(path)), key)
+        except AttributeError:
+            own = None
+        names[name] = [name] + [alias for slot, alias in slots.get(id(p), {}).items() if own and slot != own]
+    return names
+
+
+def call_with_tensors(model: nn.Module, slots: Mapping[str, list[str]], tensors: Mapping[str, torch.Tensor], args, kwargs):
+    """model(*args, **kwargs) with `tensors` (by parameter name) in place of its parameters."""
+    swapped = {alias: t for name, t in tensors.items() for alias in slots.get(name, (name,))}
+    return functional_call(model, swapped, args, kwargs, tie_weights=False)
+
+
 def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kwargs):
     """The model's output with weights W * mask for every listed tensor, full weights elsewhere."""
     params = frozen_parameters(model)
     for name, mask in masks.items():
         params[name] = params[name] * mask.to(params[name].device, params[name].dtype)
-    return functional_call(model, params, args, kwargs)
-
-
-def split_batch(arguments: Arguments, k: int) -> tuple[Arguments, int]:
-    """Every tensor argument [B, ...] -> [k, B/k, ...] (positional and keyword alike); other arguments,
-    0-dim tensors included, unchanged. Returns (chunks, B)."""
-    args, kwargs = arguments
-    named = {**{f"argument {i}": a for i, a in enumerate(args)}, **kwargs}
-    sizes = {name: a.shape[0] for name, a in named.items() if isinstance(a, torch.Tensor) and a.dim()}
-    if len(set(sizes.values())) != 1:
-        found = ", ".join(f"{name}: {size}" for name, size in sizes.items()) or "no batched tensor"
-        raise ValueError(f"the tensors of a batch's inputs must share one batch size (dim 0); got {found}")
-    batch = next(iter(sizes.values()))
-    if batch < k or batch % k:
-        raise ValueError(f"batch size {batch} must be a multiple of k={k} (each of the k mask samples "
-                         f"gets B/k examples); choose a batch size divisible by k")
-
-    def split(a):
-        return a.reshape(k, batch // k, *a.shape[1:]) if isinstance(a, torch.Tensor) and a.dim() else a
-
-    return (tuple(split(a) for a in args), {n: split(a) for n, a in kwargs.items()}), batch
+    with parameters_restored(model):
+        return call_with_tensors(model, parameter_slots(model), params, args, kwargs)
 
 
 def _batched_dims(values):
@@ -223,12 +163,11 @@ def call_vmap(model: nn.Module, weights: Mapping[str, torch.Tensor], others: Map
     """weights: name -> [k, *shape]; chunks from split_batch. Returns outputs [B, ...] (an output
     without a batch dimension, e.g. a loss the model computes itself, comes back as [k, ...])."""
     args, kwargs = chunks
-    kwargs = without_cache(model, kwargs)
+    kwargs, slots = without_cache(model, kwargs), parameter_slots(model)
     rebuild: list[Callable] = []
 
     def one_sample(sample_weights, sample_args, sample_kwargs):
-        tensors, rebuild_one = _tensors_of(functional_call(model, {**others, **sample_weights},
-                                                           sample_args, sample_kwargs))
+        tensors, rebuild_one = _tensors_of(call_with_tensors(model, slots, {**others, **sample_weights}, sample_args, sample_kwargs))
         rebuild[:] = [rebuild_one]
         return tuple(tensors)
 
@@ -244,14 +183,14 @@ def call_sequential(model: nn.Module, weights: Mapping[str, torch.Tensor],
     """Same result as call_vmap, as k separate calls; for modules vmap cannot batch."""
     k = next(iter(weights.values())).shape[0]
     args, kwargs = chunks
-    kwargs = without_cache(model, kwargs)
+    kwargs, slots = without_cache(model, kwargs), parameter_slots(model)
     parts = []
     with fused_attention_disabled():
         for i in range(k):
             sample_args = tuple(a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args)
             sample_kwargs = {n: a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for n, a in kwargs.items()}
-            tensors, rebuild = _tensors_of(functional_call(model, {**others, **{n: w[i] for n, w in weights.items()}},
-                                                           sample_args, sample_kwargs))
+            tensors, rebuild = _tensors_of(call_with_tensors(model, slots, {**others, **{n: w[i] for n, w in weights.items()}},
+                                                 sample_args, sample_kwargs))
             parts.append(tensors)
     return rebuild([torch.cat(ts) if ts[0].dim() else torch.stack(ts) for ts in zip(*parts)])
 

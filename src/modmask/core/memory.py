@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.utils._pytree import tree_leaves
 
-from .masking import as_arguments, frozen_parameters, split_batch, unpack_batch, without_cache
+from .batches import as_arguments, split_batch, unpack_batch, without_cache
+from .masking import call_with_tensors, frozen_parameters, parameter_slots
 from .selection import ParameterFilter, select_parameters
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -195,7 +195,8 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
     device = next(iter(params.values())).device
     # the model's own randomness (dropout, teacher forcing) must not see the probe
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, dtype):
-        saved, largest, outputs = saved_bytes(lambda: functional_call(model, params, args, kwargs), exclude, leaves)
+        slots = parameter_slots(model)  # tied weights set once each (as in masked calls)
+        saved, largest, outputs = saved_bytes(lambda: call_with_tensors(model, slots, params, args, kwargs), exclude, leaves)
     outputs = [t.nbytes for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)]
     return saved + sum(outputs), max([largest, *outputs])
 

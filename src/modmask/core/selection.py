@@ -28,11 +28,15 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm
 
 
 def owners(model: nn.Module) -> dict[str, nn.Module]:
-    """parameter name -> the module that holds it."""
+    """parameter name -> the module that holds it, by the names `named_parameters` gives (which a
+    wrapper such as TransformerLens's TransformerBridge may choose differently from its module tree)."""
     found = {}
-    for module_name, module in model.named_modules():
-        for param_name, _ in module.named_parameters(recurse=False):
-            found[f"{module_name}.{param_name}" if module_name else param_name] = module
+    for name, _ in model.named_parameters():
+        path = name.rpartition(".")[0]
+        try:
+            found[name] = model.get_submodule(path)
+        except AttributeError:  # a name that does not resolve: no owner, the rule goes by shape
+            pass
     return found
 
 

@@ -12,6 +12,7 @@ the frozen weights' gradients accumulate over all steps and take part in global-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,8 +31,9 @@ from tqdm.auto import tqdm
 
 from .mask_config import MASK_SETTINGS, MaskConfig
 from .gumbel import UniformSource, keep_thresholds, sample_masked_weights
-from .masking import (as_arguments, call_sequential, call_vmap, choose_path, describe_output,
-                      frozen_parameters, model_mode, split_batch, to_device, unpack_batch)
+from .batches import as_arguments, describe_output, split_batch, to_device, unpack_batch
+from .masking import (call_sequential, call_vmap, choose_path, frozen_parameters, model_mode,
+                      parameters_restored)
 from .masks import Masks, check_fits
 from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_samples_per_pass, free_memory,
                      memory_plan)
@@ -228,13 +230,15 @@ class MaskTrainer:
         thresholds = ({n: keep_thresholds(l) for n, l in self.logits.items()} if self.samples_per_pass < self.k
                       else {})
         task_loss = 0.0
-        for lo in range(0, self.k, self.samples_per_pass):
-            loss = self._group_loss(noise, thresholds, chunks, targets, batch_size, lo, lo + self.samples_per_pass)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"mask training loss is {loss.item()}: check the loss "
-                                         f"function and the data, or lower the learning rate")
-            loss.backward()
-            task_loss = task_loss + loss.detach()
+        # the first step (path probe included) checks that the model's parameters stay in place
+        with parameters_restored(self.model) if self.path is None else contextlib.nullcontext():
+            for lo in range(0, self.k, self.samples_per_pass):
+                loss = self._group_loss(noise, thresholds, chunks, targets, batch_size, lo, lo + self.samples_per_pass)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"mask training loss is {loss.item()}: check the loss "
+                                             f"function and the data, or lower the learning rate")
+                loss.backward()
+                task_loss = task_loss + loss.detach()
         regulariser = self.beta / (self.reg_batch_size or batch_size) * sum(l.sum() for l in self.logits.values())
         regulariser.backward()
         for name, frozen in self.frozen_entries.items():
