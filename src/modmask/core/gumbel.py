@@ -57,6 +57,13 @@ class UniformSource:
             return StepNoise(self, k, shapes, state=state, offsets=np.cumsum([0, *words[:-1]]).tolist())
         return StepNoise(self, k, shapes, base=int(self._bits.random_raw()) >> 1)
 
+    def state(self) -> dict:
+        """The position in the stream (for a checkpoint); `load_state` goes back to it."""
+        return self._bits.state
+
+    def load_state(self, state: dict) -> None:
+        self._bits.state = state
+
     def draw(self, k: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Returns int16 [k, *shape]; value v stands for the uniform (v + 32768.5) / 65536."""
         return self.reserve(k, [shape]).take(0, 0, k)

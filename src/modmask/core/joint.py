@@ -1,0 +1,207 @@
+"""Several independent masks of one frozen model trained in one pass (M masks x K samples).
+
+The masks of a study share nothing but the frozen weights, so their M x K masked copies and their
+batches can go through one call of the model: each mask keeps its own MaskTrainer (logits, Adam,
+noise source, settings, gradient clipping), and one joint step is exactly M separate steps (the
+same noise, losses and gradients; only the batched matrix products round differently). On a
+CPU with a small network one pass over M x K samples costs much less than M passes over K; on a
+GPU, which the paper's networks fill only partly, more so.
+
+    trained = train_masks_jointly(model, [(add_batches, loss), (mul_batches, loss)],
+                                  [MaskConfig(steps=2000), MaskConfig(steps=2000, beta=3e-4)], seeds=[0, 1])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import as_arguments, flatten_output, split_batch, to_device, unpack_batch
+from .mask_config import MaskConfig
+from .masking import call_sequential, call_vmap, choose_path, model_mode, parameters_restored
+from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever
+
+
+class JointMaskTrainer:
+    """M MaskTrainers of one model, stepped together: `step([batch_1, ..., batch_M])`.
+
+    The masks must mask the same tensors with the same fixed masks, and each mask's samples get
+    the same number of examples (B_m / k_m equal for all m), since sample j of mask m is one slot
+    of one vmapped call. original_clipping, trainable weights and sample groups are refused: the
+    first two couple the masks through the shared weights' gradients.
+    """
+
+    def __init__(self, trainers: Sequence[MaskTrainer]):
+        if not trainers:
+            raise ValueError("joint training needs at least one mask")
+        first = trainers[0]
+        for index, trainer in enumerate(trainers):
+            where = f"mask {index}"
+            if trainer.model is not first.model:
+                raise ValueError(f"{where} trains on another model than mask 0: the masks of one joint stage "
+                                 f"share one frozen model (train the other model's masks in a stage of their own)")
+            if list(trainer.weights) != list(first.weights) or trainer.transposed != first.transposed:
+                raise ValueError(f"{where} masks other tensors than mask 0 ({sorted(set(trainer.weights) ^ set(first.weights))}); "
+                                 f"give every mask of a joint stage the same parameters, biases and norms")
+            if any(not torch.equal(trainer.others[n], first.others[n]) for n in first.others):
+                raise ValueError(f"{where} has other fixed masks than mask 0; train it in a stage of its own")
+            if trainer.original_clipping or trainer.frozen_entries:
+                raise ValueError(f"{where} uses original_clipping or trainable weights, which couple the masks "
+                                 f"through the shared weights' gradients: train it alone")
+            if trainer.samples_per_pass != trainer.k:
+                raise ValueError(f"{where}: samples_per_pass below k is not supported in a joint stage yet; "
+                                 f"leave samples_per_pass unset (or train the masks one at a time)")
+            if trainer.dtype != first.dtype or trainer.compiled != first.compiled:
+                raise ValueError(f"{where} has another precision or `compiled` setting than mask 0")
+        self.trainers = list(trainers)
+        self.model, self.path = first.model, None
+
+    def step(self, batches: Sequence) -> list[dict]:
+        """One update of every mask, mask m on batches[m]; returns each mask's task loss and regulariser."""
+        if len(batches) != len(self.trainers):
+            raise ValueError(f"{len(batches)} batches for {len(self.trainers)} masks")
+        parts, samples = [], []
+        for index, (trainer, batch) in enumerate(zip(self.trainers, batches)):
+            inputs, targets = unpack_batch(batch)
+            chunks, batch_size = split_batch(to_device(as_arguments(inputs), trainer.device), trainer.k)
+            parts.append((chunks, to_device(targets, trainer.device), batch_size))
+            samples.append(batch_size // trainer.k)
+        if len(set(samples)) != 1:
+            sizes = ", ".join(f"mask {i}: batch {parts[i][2]} for k={t.k}" for i, t in enumerate(self.trainers))
+            raise ValueError(f"the masks of a joint stage need the same examples per sample (batch size / k); "
+                             f"got {sizes}: use one batch size (or train the masks one at a time)")
+        low = self.trainers[0].dtype if self.trainers[0].dtype != torch.float32 else None
+        masked_parts = [t._masked(t.source.reserve(t.k, [w.shape for w in t.weights.values()]), {}, 0, t.k, low)
+                        for t in self.trainers]
+        masked = {name: torch.cat([m[name] for m in masked_parts]) for name in masked_parts[0]}
+        chunks = _concatenate([p[0] for p in parts])
+        others = self.trainers[0].others
+        with parameters_restored(self.model) if self.path is None else contextlib.nullcontext():
+            if self.path is None:
+                with torch.no_grad():
+                    self.path = choose_path(self.model, masked, others, chunks, self.trainers[0].requested_path)
+                for trainer in self.trainers:
+                    trainer.path = self.path
+            run = call_vmap if self.path == "vmap" else call_sequential
+            outputs = run(self.model, masked, others, chunks)
+        results, total = [], 0.0
+        for trainer, output, (_, targets, batch_size) in zip(self.trainers, _split_outputs(outputs, parts), parts):
+            task_loss = trainer._loss(output, targets)
+            if not torch.isfinite(task_loss):
+                raise FloatingPointError(f"mask {len(results)}: mask training loss is {task_loss.item()}: check the "
+                                         f"loss function and the data, or lower the learning rate")
+            regulariser = trainer.beta / (trainer.reg_batch_size or batch_size) * sum(
+                l.sum() for l in trainer.logits.values())
+            total = total + task_loss + regulariser
+            results.append({"loss": task_loss.detach(), "regulariser": regulariser.detach()})
+        for trainer in self.trainers:
+            trainer.optimizer.zero_grad(set_to_none=True)
+        total.backward()  # each mask's logits get the gradient of its own loss only
+        for trainer in self.trainers:
+            if trainer.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainer.clipped, trainer.grad_clip)
+            trainer.optimizer.step()
+        return results
+
+    def state_dict(self) -> dict:
+        """Logits, optimiser and noise-source states of every mask (for a checkpoint inside a stage)."""
+        return {"masks": [{"logits": {n: l.detach().clone() for n, l in t.logits.items()},
+                           "optimizer": copy.deepcopy(t.optimizer.state_dict()), "noise": t.source.state()}
+                          for t in self.trainers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for trainer, saved in zip(self.trainers, state["masks"], strict=True):
+            with torch.no_grad():
+                for name, logits in trainer.logits.items():
+                    logits.copy_(saved["logits"][name])
+            trainer.optimizer.load_state_dict(saved["optimizer"])
+            trainer.source.load_state(saved["noise"])
+
+
+def _concatenate(chunks_per_mask: list) -> tuple:
+    """The split arguments of every mask as one: tensors [k_m, B/k, ...] -> [sum k_m, B/k, ...];
+    other arguments must be the same for every mask."""
+    args = []
+    for values in zip(*(c[0] for c in chunks_per_mask), strict=True):
+        args.append(_join(values))
+    names = list(chunks_per_mask[0][1])
+    kwargs = {name: _join([c[1][name] for c in chunks_per_mask]) for name in names}
+    return tuple(args), kwargs
+
+
+def _join(values: Sequence[Any]) -> Any:
+    if isinstance(values[0], torch.Tensor) and values[0].dim():
+        return torch.cat(values)
+    if any(v is not values[0] and not (isinstance(v, torch.Tensor) and torch.equal(v, values[0])) and v != values[0]
+           for v in values[1:]):
+        raise ValueError("a non-batched argument (e.g. a step count or flag) differs between the masks' batches; "
+                         "a joint stage calls the model once for all of them")
+    return values[0]
+
+
+def _split_outputs(outputs: Any, parts: list) -> list:
+    """The joint output [sum B_m, ...] split back into each mask's [B_m, ...] (same structure)."""
+    tensors, rebuild = flatten_output(outputs)
+    sizes = [batch_size for _, _, batch_size in parts]
+    pieces = [t.split(sizes) if t.dim() and t.shape[0] == sum(sizes) else [t] * len(sizes) for t in tensors]
+    return [rebuild([p[m] for p in pieces]) for m in range(len(sizes))]
+
+
+def train_masks_jointly(model: nn.Module, functions: Sequence[tuple[Iterable, LossFn]],
+                        configs: Sequence[MaskConfig] | MaskConfig, *, seeds: Sequence[int],
+                        options: Sequence[dict] | None = None, progress: bool | str = True, log_every: int = 100,
+                        on_log: Callable[[int, dict], None] | None = None, start: int = 0,
+                        state: dict | None = None, checkpoint: Callable[[int, dict], None] | None = None,
+                        checkpoint_every: int = 0) -> list[TrainedMask]:
+    """Train one mask per (batches, loss_fn) of `functions` in one pass; the same result as
+    train_mask on each with its config and seed, up to float rounding.
+
+    configs: one MaskConfig per function, or one for all (steps and mode must agree). options:
+    per function, MaskTrainer's extra arguments (e.g. fixed_masks). on_log(m, record) gets mask
+    m's record every `log_every` steps. checkpoint(step, state) is called every `checkpoint_every`
+    steps with the state to resume from (`start`=step, `state`=state; the batch iterables must be
+    resumed by the caller).
+    """
+    configs = list(configs) if isinstance(configs, Sequence) else [configs] * len(functions)
+    if not (len(configs) == len(functions) == len(seeds)):
+        raise ValueError(f"{len(functions)} functions, {len(configs)} configs and {len(seeds)} seeds: give one each")
+    steps, mode = configs[0].steps, configs[0].mode
+    for index, config in enumerate(configs):
+        if (config.steps, config.mode) != (steps, mode):
+            raise ValueError(f"mask {index} has steps={config.steps}, mode={config.mode!r} but mask 0 has "
+                             f"steps={steps}, mode={mode!r}: a joint stage runs one loop")
+    options = list(options or [{}] * len(functions))
+    joint = JointMaskTrainer([MaskTrainer(model, loss_fn, seed=seed, **config.trainer_options(), **extra)
+                              for (_, loss_fn), config, seed, extra in zip(functions, configs, seeds, options)])
+    if state is not None:
+        joint.load_state_dict(state)
+    histories: list[list[dict]] = [[] for _ in functions]
+    streams = [_batches_forever(batches) for batches, _ in functions]
+    bar = tqdm(total=steps, initial=start, desc=progress if isinstance(progress, str) else "masks",
+               disable=not progress, leave=False)
+    device = joint.trainers[0].device
+    with model_mode(model, mode), torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                                        enabled=mode == "train"):
+        if mode == "train":
+            torch.manual_seed(seeds[0])
+        for step in range(start, steps):
+            losses = joint.step([next(stream) for stream in streams])
+            if step % log_every == 0 or step == steps - 1:
+                for index, (trainer, loss) in enumerate(zip(joint.trainers, losses)):
+                    record = {"step": step, "loss": loss["loss"].item(), "regulariser": loss["regulariser"].item(),
+                              "density": trainer.density()}
+                    histories[index].append(record)
+                    if on_log:
+                        on_log(index, record)
+            if checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                checkpoint(step + 1, joint.state_dict())
+            bar.update()
+    bar.close()
+    return [trainer.result(history) for trainer, history in zip(joint.trainers, histories)]
+
+
