@@ -33,7 +33,7 @@ def test_smoke_run_writes_every_artifact(finished):
     confusion = results["aggregate"]["confusion"]["Full"]
     assert len(confusion) == 2 and len(confusion[0]) == 3
     timings = json.loads((seed / "timings.json").read_text())
-    assert set(timings) == {"pretrain", "mask:full", "mask:add", "mask:mul"}
+    assert set(timings) == {"pretrain", "masks:full,add,mul"}  # the three masks in one pass
     report = (finished / "report.md").read_text()
     assert "| + |" in report and "![accuracy](figures/accuracy.png)" in report
     assert not list(finished.rglob("*.tmp"))
@@ -46,6 +46,7 @@ def test_report_rebuilds_without_training(finished, capsys):
 
 
 def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, monkeypatch):
+    """Masks one at a time (mask.joint=false): a run killed in its second mask stage resumes there."""
     out = tmp_path / "interrupted"
     real = stage.train_mask
     calls = []
@@ -58,13 +59,13 @@ def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, mo
 
     monkeypatch.setattr(stage, "train_mask", dies_on_the_second_mask)
     with pytest.raises(KeyboardInterrupt):
-        _run(out)
+        _run(out, "--set", "mask.joint=false")
     assert (out / "seed-0/masks/full.safetensors").exists()
     assert not (out / "seed-0/masks/add.safetensors").exists()
     monkeypatch.setattr(stage, "train_mask", real)
     before = {phase: _phase_lines(out, phase) for phase in ("pretrain", "mask:full", "mask:add")}
     assert before["pretrain"] > 0 and before["mask:full"] > 0 and before["mask:add"] == 0
-    assert _run(out) == 0
+    assert _run(out, "--set", "mask.joint=false") == 0
     assert _phase_lines(out, "pretrain") == before["pretrain"]  # pretraining was not redone
     assert _phase_lines(out, "mask:full") == before["mask:full"]  # nor the finished mask
     assert _phase_lines(out, "mask:add") > 0
@@ -78,6 +79,41 @@ def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, mo
 def _phase_lines(out, phase):
     lines = (out / "seed-0/metrics.jsonl").read_text().splitlines()
     return sum(json.loads(line)["phase"] == phase for line in lines)
+
+
+def test_a_joint_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    real = stage.train_masks_jointly
+
+    def dies_after_the_first_checkpoint(*args, checkpoint=None, **kwargs):
+        def save_then_die(step, state):
+            checkpoint(step, state)
+            raise KeyboardInterrupt
+        return real(*args, checkpoint=save_then_die, **kwargs)
+
+    monkeypatch.setattr(stage, "train_masks_jointly", dies_after_the_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, "--set", "checkpoint_every=20")
+    assert (out / "seed-0/checkpoints/masks-partial.pt").exists()
+    assert not list((out / "seed-0/masks").glob("*.safetensors"))
+    monkeypatch.undo()
+    assert _run(out, "--set", "checkpoint_every=20") == 0
+    assert _phase_lines(out, "mask:add") == 1 + 1  # step 0 before the kill, step 39 after: nothing redone
+    assert not (out / "seed-0/checkpoints/masks-partial.pt").exists()
+    resumed = json.loads((out / "results.json").read_text())["aggregate"]
+    fresh = json.loads((finished / "results.json").read_text())["aggregate"]
+    for key in ("accuracy", "confusion", "half_mask"):
+        assert resumed[key] == fresh[key], key
+
+
+def test_joint_and_one_at_a_time_masks_agree(finished, tmp_path):
+    assert _run(tmp_path, "--set", "mask.joint=false") == 0
+    separate = json.loads((tmp_path / "results.json").read_text())["aggregate"]
+    joint = json.loads((finished / "results.json").read_text())["aggregate"]
+    assert separate["masks"]["counts"] == joint["masks"]["counts"]
+    for condition, values in joint["accuracy"].items():
+        for op, value in values.items():
+            assert value["mean"] == pytest.approx(separate["accuracy"][condition][op]["mean"], abs=0.2), condition
 
 
 def test_resuming_with_other_settings_is_refused(finished, capsys):

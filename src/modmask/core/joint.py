@@ -136,6 +136,11 @@ def _concatenate(chunks_per_mask: list) -> tuple:
 
 def _join(values: Sequence[Any]) -> Any:
     if isinstance(values[0], torch.Tensor) and values[0].dim():
+        shapes = {tuple(v.shape[1:]) for v in values}
+        if len(shapes) > 1:
+            raise ValueError(f"the masks' batches have inputs of different shapes per sample {sorted(shapes)} "
+                             f"(e.g. sequences padded to other lengths); a joint stage needs one shape: pad them "
+                             f"alike, or train the masks one at a time")
         return torch.cat(values)
     if any(v is not values[0] and not (isinstance(v, torch.Tensor) and torch.equal(v, values[0])) and v != values[0]
            for v in values[1:]):

@@ -28,7 +28,9 @@ class MaskConfig:
     teacher forcing active). samples_per_pass: how many of the k samples run together (a divisor
     of k; None: all k; 'auto': the most that fit the device's free memory), which bounds the masked
     copies in memory to samples_per_pass x |W| with the same result. precision: 'fp32' or 'bf16'
-    (the model's forward under autocast; logits and Adam stay fp32)."""
+    (the model's forward under autocast; logits and Adam stay fp32). joint: a study trains its
+    independent masks in one pass (core/joint.py; the same masks up to float rounding) or, when
+    False, one at a time."""
 
     steps: int = 20_000
     k: int = 4
@@ -46,6 +48,7 @@ class MaskConfig:
     mode: str = "eval"
     samples_per_pass: int | str | None = None
     precision: str = "fp32"
+    joint: bool = True
 
     def __post_init__(self):
         problems = [f"{name} must be positive (got {getattr(self, name)})" for name in ("steps", "k", "lr")
@@ -62,8 +65,9 @@ class MaskConfig:
             raise ValueError("mask settings: " + "; ".join(problems))
 
     def trainer_options(self) -> dict[str, Any]:
-        """The keyword arguments of MaskTrainer (every field except steps and mode)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("steps", "mode")}
+        """The keyword arguments of MaskTrainer (every field except steps, mode and joint)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("steps", "mode", "joint")}
 
 
 MASK_SETTINGS = tuple(f.name for f in dataclasses.fields(MaskConfig))

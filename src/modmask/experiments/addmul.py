@@ -97,7 +97,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     functions = [Function(name, RandomBatches(train.subset(op), config.batch_size, 1234 + seed),
                           fixed_batches(valid.subset(op), 1000), digit_loss, digits_correct, label)
                  for name, label, op in STAGES]
-    trained = train_masks(model, functions, run_dir, config.mask, seed, progress)
+    trained = train_masks(model, functions, run_dir, config.mask, seed, progress, config.checkpoint_every)
     masks = {name: t.masks for name, t in trained.items()}
 
     metric = removal_matrix(model, functions, trained)

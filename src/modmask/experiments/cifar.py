@@ -28,7 +28,7 @@ from ..data.sampling import IndexSubset, RandomBatches, balanced_subset, fixed_b
 from ..models import CifarResNet, SimpleCNN
 from ..runs import RunDir
 from .pretrain import pretrain
-from .stage import mask_stage
+from .stage import Stage, mask_stages
 from .study import half_mask_test
 
 DESCRIPTION = "CIFAR-10 simple CNN or ResNet-110: class-exclusive weights and confusion changes"
@@ -179,18 +179,23 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                  steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every, progress=progress,
                  seed=seed, **recipe)
 
-    def stage(name: str, indices: torch.Tensor, stage_seed: int, fixed: Masks | None = None) -> Masks:
-        masks = mask_stage(run_dir, name, model, batches(indices, config.mask_batch_size, stage_seed),
-                           F.cross_entropy, config.mask, seed=stage_seed, progress=progress, fixed_masks=fixed).masks
-        return Masks({**masks, **fixed}) if fixed else masks
+    def train(specs: list[tuple[str, torch.Tensor, int]], fixed: Masks | None = None) -> list[Masks]:
+        """The masks (name, training indices, seed) of one stage; with `fixed`, those tensors keep it."""
+        stages = [Stage(name, batches(indices, config.mask_batch_size, stage_seed), F.cross_entropy, stage_seed,
+                        {"fixed_masks": fixed} if fixed else {}) for name, indices, stage_seed in specs]
+        trained = mask_stages(run_dir, model, stages, config.mask, progress=progress,
+                              checkpoint_every=config.checkpoint_every)
+        return [Masks({**t.masks, **fixed}) if fixed else t.masks for t in trained.values()]
 
     train_labels = labels[train_idx]
-    reference = stage("reference", train_idx, seed * 100)
+    reference, = train([("reference", train_idx, seed * 100)])
     kept_output = reference.only(OUTPUT)
     c_ref = confusion(model, reference, valid, classes)
+    # the class-removed masks depend on the reference only: one joint stage
+    without = train([(f"without-{k}", train_idx[train_labels != k], seed * 100 + k + 1) for k in range(classes)],
+                    kept_output)
     removal, class_masks = [], {}
-    for k in range(classes):
-        mask = stage(f"without-{k}", train_idx[train_labels != k], seed * 100 + k + 1, kept_output)
+    for k, mask in enumerate(without):
         class_masks[f"without {cifar['classes'][k]}"] = mask
         c_k = confusion(model, mask, valid, classes)
         removal.append({"class": cifar["classes"][k], **drops(c_ref, c_k, k),
@@ -199,8 +204,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                         **random_removal(model, mask, reference, valid, c_ref, k, config.random_draws, seed)})
 
     pair = torch.isin(train_labels, torch.tensor(config.stability_classes))
-    stability = iou(stage("stability-a", train_idx[pair], seed * 100 + 50),
-                    stage("stability-b", train_idx[pair], seed * 100 + 51))
+    stability = iou(*train([("stability-a", train_idx[pair], seed * 100 + 50),
+                            ("stability-b", train_idx[pair], seed * 100 + 51)]))
     # The CNN's early half: its first three convolutions; the ResNet's: the first half of the tensors.
     early = ([n for n in reference if n.startswith(("convs.0.", "convs.1.", "convs.2."))]
              if config.model == "cnn" else None)

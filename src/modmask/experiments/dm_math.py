@@ -27,7 +27,7 @@ from ..runs import RunDir, read_json, write_json
 from .config import fill_defaults, to_json
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss
-from .stage import mask_stage
+from .stage import Stage, mask_stages
 
 DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
 
@@ -146,10 +146,12 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
                  adam_betas=config.adam_betas, adam_eps=config.adam_eps, warmup=config.warmup,
                  checkpoint_every=config.checkpoint_every, progress=progress, seed=seed)
 
-    masks = {stage: mask_stage(run_dir, stage, model,
-                               SequenceBatches(train, config.mask_batch_size, 1234 + seed * 10 + index, 1.0), loss,
-                               config.mask, seed=seed * 10 + index, progress=progress).masks
-             for index, (stage, train) in enumerate({"control": full, "easy": data["train_easy"]}.items())}
+    stages = [Stage(stage, SequenceBatches(train, config.mask_batch_size, 1234 + seed * 10 + index, 1.0), loss,
+                    seed * 10 + index)
+              for index, (stage, train) in enumerate({"control": full, "easy": data["train_easy"]}.items())]
+    # one at a time: each mask's batches are padded to their own lengths, so they cannot share one call
+    masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, progress=progress,
+                                                      joint=False).items()}
 
     with run_dir.timed("evaluate"):
         accuracy = {name: {d: evaluate(model, mask, tests[d], correct) * 100 for d in tests}

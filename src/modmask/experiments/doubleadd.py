@@ -140,7 +140,7 @@ def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draw
 
 def _study(model, run_dir: RunDir, prefix: str, config: Config, seed: int, train, valid_batches, progress):
     functions = [replace(f, name=prefix + f.name) for f in _functions(train, valid_batches, config, seed)]
-    trained = train_masks(model, functions, run_dir, config.mask, seed, progress)
+    trained = train_masks(model, functions, run_dir, config.mask, seed, progress, config.checkpoint_every)
     return {name[len(prefix):]: t for name, t in trained.items()}
 
 

@@ -22,7 +22,7 @@ from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..runs import RunDir
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss
-from .stage import mask_stage
+from .stage import Stage, mask_stages
 
 DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
 
@@ -109,10 +109,11 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         pretrain(model, SequenceBatches(train["simple"], config.batch_size, seed, teacher), loss,
                  run_dir, steps=config.pretrain_steps, **settings)
 
-    masks = {split: mask_stage(run_dir, split, model, SequenceBatches(train[split], config.batch_size,
-                                                             1234 + seed * 10 + index, teacher), loss,
-                               config.mask, seed=seed * 10 + index, progress=progress).masks
-             for index, split in enumerate(SPLITS)}
+    stages = [Stage(split, SequenceBatches(train[split], config.batch_size, 1234 + seed * 10 + index, teacher), loss,
+                    seed * 10 + index) for index, split in enumerate(SPLITS)]
+    # one at a time: each mask's batches are padded to their own lengths, so they cannot share one call
+    masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, progress=progress,
+                                                      joint=False).items()}
 
     accuracy = {"no mask": {s: evaluate(model, {}, test[s], correct) * 100 for s in SPLITS}}
     for name, mask in masks.items():

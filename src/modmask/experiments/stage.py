@@ -1,12 +1,18 @@
-"""One mask stage of a study, resumable: the mask file if a finished stage left it, else train,
-time, log and save (atomically). Every experiment trains its masks through `mask_stage`."""
+"""Mask stages of a study, resumable: the mask file if a finished stage left it, else train, time,
+log and save (atomically). Every experiment trains its masks through `mask_stage` (one mask) or
+`mask_stages` (several independent masks of one model: in one pass when `config.joint`, with a
+checkpoint every `checkpoint_every` steps inside the stage)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
 
+import torch
 from torch import nn
 
+from ..core.joint import train_masks_jointly
 from ..core.mask_config import MaskConfig
 from ..core.training import LossFn, TrainedMask, train_mask
 from ..runs import RunDir
@@ -30,3 +36,60 @@ def mask_stage(run: RunDir, name: str, model: nn.Module, batches: Iterable, loss
         before_save(trained)
     trained.save(path)
     return trained
+
+
+@dataclass
+class Stage:
+    """One mask of a study: its file name, batches (endless; with state()/load_state() a joint
+    stage checkpoints them too), loss, seed and MaskTrainer options (e.g. fixed_masks)."""
+
+    name: str
+    batches: Iterable
+    loss_fn: LossFn
+    seed: int
+    options: dict = field(default_factory=dict)
+    label: str | None = None
+
+
+def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: MaskConfig, *, progress: bool = True,
+                checkpoint_every: int = 0, joint: bool = True) -> dict[str, TrainedMask]:
+    """Every stage's mask (name -> TrainedMask): finished ones loaded, the others trained together
+    in one pass (config.joint) or one at a time (mask_stage). A joint stage is timed as one phase,
+    `masks:<name>,<name>,...`, and checkpointed to checkpoints/masks-partial.pt every
+    `checkpoint_every` steps when every stage's batches can save their state. joint=False: the
+    study's batches cannot share one call of the model (e.g. sequences of other lengths)."""
+    if not (config.joint and joint) or len(stages) < 2:
+        return {s.name: mask_stage(run, s.name, model, s.batches, s.loss_fn, config, seed=s.seed, progress=progress,
+                                   label=s.label, **s.options) for s in stages}
+    paths = {s.name: run.file("masks", f"{s.name}.safetensors") for s in stages}
+    done = {s.name: TrainedMask.load(paths[s.name], model) for s in stages if paths[s.name].exists()}
+    todo = [s for s in stages if s.name not in done]
+    if not todo:
+        return done
+    names = [s.name for s in todo]
+    partial = run.file("checkpoints", "masks-partial.pt")
+    resumable = all(hasattr(s.batches, "state") for s in todo) and checkpoint_every > 0
+    start, state = 0, None
+    if resumable and partial.exists():
+        saved = torch.load(partial, weights_only=False)  # our own file: numpy's noise state is a dict of ints
+        if saved["names"] == names:
+            start, state = saved["step"], saved["joint"]
+            for s, sampler in zip(todo, saved["samplers"]):
+                s.batches.load_state(sampler)
+
+    def save(step: int, joint_state: dict) -> None:
+        tmp = partial.with_name(partial.name + ".tmp")
+        torch.save({"names": names, "step": step, "joint": joint_state,
+                    "samplers": [s.batches.state() for s in todo]}, tmp)
+        os.replace(tmp, partial)
+
+    with run.timed("masks:" + ",".join(names)):
+        trained = train_masks_jointly(
+            model, [(s.batches, s.loss_fn) for s in todo], config, seeds=[s.seed for s in todo],
+            options=[s.options for s in todo], progress=f"masks {', '.join(s.label or s.name for s in todo)}"
+            if progress else False, on_log=lambda i, record: run.log({"phase": f"mask:{names[i]}", **record}),
+            start=start, state=state, checkpoint=save if resumable else None, checkpoint_every=checkpoint_every)
+    for stage, mask in zip(todo, trained):
+        mask.save(paths[stage.name])
+    partial.unlink(missing_ok=True)
+    return {s.name: done.get(s.name) or trained[names.index(s.name)] for s in stages}

@@ -25,7 +25,7 @@ from ..core.mask_config import MaskConfig
 from ..core.masks import Masks
 from ..core.training import TrainedMask
 from ..runs import RunDir, write_json
-from .stage import mask_stage
+from .stage import Stage, mask_stages
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,11 @@ class Function:
 
 
 def train_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, config: MaskConfig,
-                seed: int = 0, progress: bool = True) -> dict[str, TrainedMask]:
-    """One mask per function (mask_stage: a finished mask is loaded, not retrained)."""
-    return {function.name: mask_stage(run, function.name, model, function.train, function.loss, config,
-                                      seed=seed * 1000 + index, progress=progress, label=function.title)
-            for index, function in enumerate(functions)}
+                seed: int = 0, progress: bool = True, checkpoint_every: int = 0) -> dict[str, TrainedMask]:
+    """One mask per function, together in one pass unless config.joint is off (mask_stages: a
+    finished mask is loaded, not retrained)."""
+    stages = [Stage(f.name, f.train, f.loss, seed * 1000 + index, label=f.title) for index, f in enumerate(functions)]
+    return mask_stages(run, model, stages, config, progress=progress, checkpoint_every=checkpoint_every)
 
 
 def removal_matrix(model: nn.Module, functions: Sequence[Function], trained: dict[str, TrainedMask],
