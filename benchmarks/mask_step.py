@@ -1,23 +1,40 @@
-"""Cost of one mask-training step against one plain training step of the same network.
+"""Cost of one mask-training step against one plain training step of the same network: time and memory.
 
-    python benchmarks/mask_step.py [--models mlp-800x4,lstm] [--steps 20] [--compiled]
+    python benchmarks/mask_step.py [--models mlp-800x4,lstm,hf-gpt2] [--steps 20] [--compiled] [--device cuda]
+        [--group-model gpt-512x4 --samples-per-pass 4,2,1 --bf16]
 
-Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=..`, both measured in
-the same run (K=4, batch 128). A plain step is forward, backward and an Adam update of all weights;
-a mask step is modmask's MaskTrainer.step (K samples, straight-through, Adam on the logits).
+Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=.. plain_peak_mb=..
+mask_peak_mb=.. peak_ratio=.. runtime_mb=.. plan_mb=.. plan_err=..` (K=4, batch 128), then one line
+per samples_per_pass value of the group model (`--group-model`: gpt-<d>x<layers> or any model name,
+e.g. hf-gpt2). A plain step is forward, backward, clipping and an Adam update of all weights, in
+eval mode, with the same call the mask step makes; a mask step is modmask's MaskTrainer.step (K
+samples, straight-through, Adam on the logits).
 
-The real-model lines (`--models hf-gpt2,hf-bert,torch-transformer`, not in the default list;
-hf-* need `pip install transformers`) are language models of 4 layers, d_model 512, 8 heads,
-vocabulary 4,096, on 8 sequences of 64 tokens (`--batch` does not apply): GPT-2 (causal), BERT
-(no padding) and an nn.TransformerEncoder, each with a next-token cross-entropy over the vocabulary.
-`hf-bert-padded` adds a 2D attention mask with padding, which puts BERT on the sequential path;
-`hf-bert-padded-4d` passes the same mask in 4D, which keeps the vmap path.
+Every step kind runs in a process of its own, so its peak is its own: the RSS high-water mark on
+the CPU (`runtime_mb` is that of the interpreter with torch (and transformers, for hf-*) imported,
+after a step of each kind on a tiny model, before the model is built), the peak of allocated
+memory on a GPU. `plan_mb` is modmask's memory plan of the mask step, `plan_err` its error against
+the measured peak less the runtime. A line whose step fails (out of memory, ...) says `error=..`.
+
+Models: mlp-800x4 and mlp-400-400-200 (42 inputs, 20 outputs), lstm (2 layers, hidden 256, 20
+steps), transformer (one encoder layer, d 256), cnn (the paper's simple CIFAR CNN), each on batch
+`--batch`; and language models on 8 sequences of 64 tokens with a next-token cross-entropy
+(`--batch` does not apply): gpt-<d>x<layers> (a GPT-2-shaped stack of the project's Transformer
+layers, vocabulary 8,192), and, not in the default list, 4 layers of d_model 512, 8 heads,
+vocabulary 4,096: torch-transformer (nn.TransformerEncoder), hf-gpt2 (GPT-2, causal) and hf-bert
+(BERT, no padding); hf-* need `pip install transformers`. `hf-bert-padded` adds a 2D attention mask
+with padding, which puts BERT on the sequential path; `hf-bert-padded-4d` passes the same mask in
+4D, which keeps the vmap path.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -26,8 +43,10 @@ from torch.nn import functional as F
 
 from modmask import MaskTrainer
 from modmask.allocator import keep_freed_memory
-from modmask.core.batches import without_cache
-from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier, SimpleCNN
+from modmask.core.batches import to_device, without_cache
+from modmask.models import MLP, EncoderLayer, SimpleCNN
+
+DEFAULT_MODELS = "mlp-800x4,mlp-400-400-200,lstm,transformer,cnn"
 
 
 class SequenceClassifier(nn.Module):
@@ -43,6 +62,25 @@ class SequenceClassifier(nn.Module):
         return self.output(hidden[:, -1])
 
 
+class GPTLike(nn.Module):
+    """A GPT-2-shaped language model from the project's layers: token and position embeddings,
+    `layers` Transformer layers with causal attention (d_ff = 4d), a final norm and output layer.
+    Token ids [B, T] -> logits [B, T, vocab]."""
+
+    def __init__(self, vocab: int, d: int, layers: int, heads: int, steps: int):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocab, d), nn.Embedding(steps, d)
+        self.layers = nn.ModuleList(EncoderLayer(d, heads, 4 * d) for _ in range(layers))
+        self.norm, self.output = nn.LayerNorm(d), nn.Linear(d, vocab)
+        self.register_buffer("causal", torch.ones(steps, steps, dtype=torch.bool).tril(), persistent=False)
+
+    def forward(self, ids):
+        x = self.tokens(ids) + self.positions.weight[:ids.shape[1]]
+        for layer in self.layers:
+            x = layer(x, self.causal[:ids.shape[1], :ids.shape[1]])
+        return self.output(self.norm(x))
+
+
 class TokenEncoder(nn.Module):
     """Token ids [B, T] -> logits [B, T, vocab]: nn.Embedding, nn.TransformerEncoder, Linear."""
 
@@ -56,36 +94,53 @@ class TokenEncoder(nn.Module):
         return self.output(self.body(self.embedding(ids)))
 
 
-def language_model(name: str, vocab: int = 4096, d: int = 512, layers: int = 4, heads: int = 8):
-    """The real-model lines: (model, inputs, targets, loss_fn) for 8 sequences of 64 tokens."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (8, 64), generator=g)
-    logits = lambda out: out.logits if hasattr(out, "logits") else out  # noqa: E731
-    loss = lambda out, t: F.cross_entropy(logits(out).flatten(0, 1), t.flatten())  # noqa: E731
+def _logits(out):
+    return out.logits if hasattr(out, "logits") else out  # a Hugging Face ModelOutput or a tensor
+
+
+def next_token_loss(out, targets):
+    """Cross-entropy of logits [B, T, vocab] (or a ModelOutput holding them) against ids [B, T]."""
+    return F.cross_entropy(_logits(out).flatten(0, 1), targets.flatten())
+
+
+def language_model(name: str, tokens: int = 64, d: int = 512, layers: int = 4, heads: int = 8):
+    """(model, inputs, targets, loss_fn) of a language-model line on 8 sequences of `tokens` tokens."""
+    if name.startswith("gpt-"):  # gpt-<d>x<layers>
+        d, layers = map(int, name[4:].split("x"))
+        vocab, heads = 8192, max(d // 64, 1)
+    else:
+        vocab = 4096
+    ids = torch.randint(0, vocab, (8, tokens + 1), generator=torch.Generator().manual_seed(0))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    if name.startswith("gpt-"):
+        return GPTLike(vocab, d, layers, heads, tokens), inputs, targets, next_token_loss
     if name == "torch-transformer":
-        return TokenEncoder(vocab, d, layers, heads), ids, ids, loss
+        return TokenEncoder(vocab, d, layers, heads), inputs, targets, next_token_loss
     import transformers
 
     if name == "hf-gpt2":
-        config = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=d, n_layer=layers, n_head=heads,
-                                         bos_token_id=0, eos_token_id=0)
-        return transformers.GPT2LMHeadModel(config), {"input_ids": ids}, ids, loss
+        config = transformers.GPT2Config(vocab_size=vocab, n_positions=tokens, n_embd=d, n_layer=layers,
+                                         n_head=heads, bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(config), {"input_ids": inputs}, targets, next_token_loss
+    if name not in ("hf-bert", "hf-bert-padded", "hf-bert-padded-4d"):
+        raise ValueError(f"unknown model {name!r}")
     config = transformers.BertConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers,
-                                     num_attention_heads=heads, intermediate_size=4 * d, max_position_embeddings=64)
-    inputs = {"input_ids": ids}
-    if name.startswith("hf-bert-padded"):
-        inputs["attention_mask"] = torch.ones_like(ids)
-        inputs["attention_mask"][::2, 48:] = 0
+                                     num_attention_heads=heads, intermediate_size=4 * d,
+                                     max_position_embeddings=tokens)
+    kwargs = {"input_ids": inputs}
+    if name != "hf-bert":
+        kwargs["attention_mask"] = torch.ones_like(inputs)
+        kwargs["attention_mask"][::2, 3 * tokens // 4:] = 0
         if name == "hf-bert-padded-4d":  # docs/real_models.md: a 4D mask keeps the vmap path
-            inputs["attention_mask"] = inputs["attention_mask"].bool()[:, None, None, :]
-    return transformers.BertForMaskedLM(config), inputs, ids, loss
+            kwargs["attention_mask"] = kwargs["attention_mask"].bool()[:, None, None, :]
+    return transformers.BertForMaskedLM(config), kwargs, targets, next_token_loss
 
 
 def make(name: str, batch: int):
     """(model, inputs, targets, loss_fn) for one benchmark model."""
-    g = torch.Generator().manual_seed(0)
-    if name.startswith(("hf-", "torch-")):
+    if name.startswith(("gpt-", "hf-", "torch-")):
         return language_model(name)
+    g = torch.Generator().manual_seed(0)
     if name.startswith("mlp"):
         hidden = [800] * 4 if name == "mlp-800x4" else [400, 400, 200]
         model = MLP(42, hidden, 20)
@@ -105,52 +160,143 @@ def make(name: str, batch: int):
     return model, x, torch.randint(0, 10, (batch,), generator=g), F.cross_entropy
 
 
-def time_steps(step, steps: int, warmup: int = 3) -> float:
+def time_steps(step, steps: int, device: torch.device, warmup: int = 3) -> float:
     """Median ms per call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step()
     times = []
     for _ in range(steps):
+        sync()
         start = time.perf_counter()
         step()
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 
-def bench(name: str, steps: int, k: int, batch: int, compiled: bool) -> str:
-    model, x, y, loss_fn = make(name, batch)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
-    def plain_step():
-        optimizer.zero_grad(set_to_none=True)
-        # the same call the mask step makes: keyword batches, and no key/value cache
-        loss_fn(model(**without_cache(model, x)) if isinstance(x, dict) else model(x), y).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
 
+def warm_up(device: torch.device, model_name: str) -> None:
+    """A plain and a mask step of a tiny MLP: PyTorch's lazy set-up (autograd, vmap, Adam) is then
+    part of `runtime_mb`, the same for both step kinds, not of either step's peak; so is the
+    import of transformers for the hf-* models."""
+    if model_name.startswith("hf-"):
+        import transformers  # noqa: F401
+    model, x = MLP(4, [4], 2).to(device), torch.randn(8, 4, device=device)
+    y = torch.randint(0, 2, (8,), device=device)
+    F.cross_entropy(model(x), y).backward()
+    torch.optim.Adam(model.parameters()).step()
+    MaskTrainer(model, F.cross_entropy).step((x, y))
+
+
+def measure(args) -> dict:
+    """One step kind in this process: its median ms, peak MB and (mask steps) the memory plan."""
+    device = torch.device(args.device)
+    warm_up(device, args.child_model)
+    runtime = peak_mb(device)
+    model, x, y, loss_fn = make(args.child_model, args.batch)
+    model, x, y = model.to(device), to_device(x, device), y.to(device)
     model.eval()  # mask training runs the model in eval mode; use the same for the plain step
-    trainer = MaskTrainer(model, loss_fn, k=k, compiled=compiled)
-    plain_ms = time_steps(plain_step, steps)
-    mask_ms = time_steps(lambda: trainer.step((x, y)), steps)
-    return (f"model={name} plain_ms={plain_ms:.1f} mask_ms={mask_ms:.1f} ratio={mask_ms / plain_ms:.2f}"
-            + (f" path={trainer.path}" if trainer.path != "vmap" else ""))
+    result = {"runtime_mb": runtime}
+    if args.child == "plain":
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            # the same call the mask step makes: keyword batches, and no key/value cache
+            loss_fn(model(**without_cache(model, x)) if isinstance(x, dict) else model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+    else:
+        trainer = MaskTrainer(model, loss_fn, k=args.k, compiled=args.compiled, precision=args.precision,
+                              samples_per_pass=args.child_samples or None)
+        step = lambda: trainer.step((x, y))  # noqa: E731
+    result["ms"] = time_steps(step, args.steps, device)
+    result["peak_mb"] = peak_mb(device)
+    if args.child == "mask":
+        result.update(plan_mb=trainer.plan.total / 2**20, path=trainer.path)
+    return result
+
+
+def run_child(args, kind: str, model: str, samples: int = 0, precision: str = "fp32") -> dict:
+    """measure() of one step kind in a fresh process; a RuntimeError with its error's last line if it fails."""
+    command = [sys.executable, __file__, "--child", kind, "--child-model", model, "--child-samples", str(samples),
+               "--precision", precision, "--steps", str(args.steps), "--k", str(args.k), "--batch", str(args.batch),
+               "--device", args.device, *(["--compiled"] if args.compiled else []),
+               *(["--default-malloc"] if args.default_malloc else [])]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise RuntimeError(f"{kind} step failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def line(args, model: str, plain: dict | None = None, samples: int = 0, precision: str = "fp32") -> str:
+    """One output line: the plain step (measured here unless given) against the mask step."""
+    settings = (f" samples_per_pass={samples}" if samples else "") + (f" precision={precision}"
+                                                                      if precision != "fp32" else "")
+    try:  # one failing line (e.g. out of memory) leaves the others
+        plain = plain or run_child(args, "plain", model)
+        mask = run_child(args, "mask", model, samples, precision)
+    except RuntimeError as error:
+        return f"model={model}{settings} error={str(error)!r}"
+    net = mask["peak_mb"] - mask["runtime_mb"]
+    return (f"model={model}{settings}"
+            f" plain_ms={plain['ms']:.1f} mask_ms={mask['ms']:.1f} ratio={mask['ms'] / plain['ms']:.2f}"
+            f" plain_peak_mb={plain['peak_mb']:.0f} mask_peak_mb={mask['peak_mb']:.0f}"
+            f" peak_ratio={mask['peak_mb'] / plain['peak_mb']:.2f} runtime_mb={mask['runtime_mb']:.0f}"
+            f" plan_mb={mask['plan_mb']:.0f} plan_err={(mask['plan_mb'] - net) / net:+.0%}"
+            + (f" path={mask['path']}" if mask["path"] != "vmap" else ""))
+
+
+def group_lines(args):
+    """The group model's lines: one plain step, then the mask step at every samples_per_pass (and bf16)."""
+    try:
+        plain = run_child(args, "plain", args.group_model)
+    except RuntimeError as error:
+        yield f"model={args.group_model} error={str(error)!r}"
+        return
+    for samples in map(int, args.samples_per_pass.split(",")):
+        yield line(args, args.group_model, plain, samples)
+    if args.bf16:
+        yield line(args, args.group_model, plain, 1, "bf16")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="mlp-800x4,mlp-400-400-200,lstm,transformer,cnn")
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated; '' for none")
+    parser.add_argument("--group-model", default="gpt-512x4",
+                        help="'' for none; gpt-<d>x<layers> or any model name, e.g. hf-gpt2")
+    parser.add_argument("--samples-per-pass", default="4,2,1", help="lines of the group model")
+    parser.add_argument("--bf16", action="store_true", help="also the group model at samples_per_pass=1 in bf16")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--compiled", action="store_true", help="fuse the mask kernels with torch.compile")
     parser.add_argument("--default-malloc", action="store_true", help="keep glibc's default allocator settings")
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)  # the child processes' options
+    parser.add_argument("--child", choices=["plain", "mask"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-model", help=argparse.SUPPRESS)
+    parser.add_argument("--child-samples", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.default_malloc:
         keep_freed_memory()  # as the command line does; applies to the plain and the mask step alike
+    if args.child:
+        print(json.dumps(measure(args)), flush=True)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, k={args.k}, batch={args.batch}, "
-          f"compiled={args.compiled}", flush=True)
-    for name in args.models.split(","):
-        print(bench(name, args.steps, args.k, args.batch, args.compiled), flush=True)
+          f"compiled={args.compiled}, device={args.device}", flush=True)
+    for name in filter(None, args.models.split(",")):
+        print(line(args, name), flush=True)
+    if args.group_model:
+        for text in group_lines(args):
+            print(text, flush=True)
 
 
 if __name__ == "__main__":
