@@ -73,8 +73,10 @@ part mask_step_large 45 "$PYTHON" benchmarks/mask_step.py --device "$DEVICE" --s
 #    (permuted_mnist paper_prefer_old*, cifar paper_no_dropout) cost the same and are not run.
 #    CIFAR, SCAN, permuted MNIST and DeepMind Mathematics need MODMASK_DATA (the layout of the
 #    project's datasets folder; dm_math runs one module on 2,000 examples per difficulty, read
-#    from MODMASK_DATA's dm_math_generated folder or generated there with mathematics-dataset);
-#    without it they are skipped.
+#    from MODMASK_DATA's dm_math_generated folder or generated with mathematics-dataset);
+#    without it they are skipped. A run that stops early (its time limit) is projected from the
+#    phases it finished, marked INCOMPLETE. They run last and get what is left of BUDGET (after the parts
+#    above, about enough for the three that need no data); `ONLY=paper` gives them all of it.
 HOURS="$OUT/paper_hours.txt"
 : > "$HOURS"
 
