@@ -153,13 +153,13 @@ def _masked_forward(thresholds, weights, uniforms, dtype):
 
 
 def _grad_sum_backward(grad_masked, a, b, c, d, uniforms):
-    """sum_k g_k s_k (1 - s_k): [k, n] -> [n]."""
-    return torch.ops.aten.sigmoid_backward(grad_masked, _soft_from_codes(a, b, c, d, uniforms)).sum(0)
+    """sum_k g_k s_k (1 - s_k) per mask: [m, k, n] -> [m, n]."""
+    return torch.ops.aten.sigmoid_backward(grad_masked, _soft_from_codes(a, b, c, d, uniforms)).sum(-2)
 
 
 def _weights_backward(grad_masked, logits, uniforms):
-    """sum_k h_k g_k: [k, n] -> [n] (the same comparison-into-float trick as the forward)."""
-    return _masked_forward(keep_thresholds(logits), grad_masked, uniforms, grad_masked.dtype).sum(0)
+    """sum over masks and samples of h g: [m, k, n] -> [n] (the forward's comparison trick)."""
+    return _masked_forward(keep_thresholds(logits), grad_masked, uniforms, grad_masked.dtype).sum((0, 1))
 
 
 _COMPILED_BACKWARD = []
@@ -177,24 +177,29 @@ def _grad_sum_kernel(compiled: bool):
 
 
 class _StraightThroughMask(torch.autograd.Function):
-    """weights * hard sample, with the Gumbel-sigmoid straight-through gradient to the logits."""
+    """weights * hard sample, with the Gumbel-sigmoid straight-through gradient to the logits.
 
-    # The kernels see flat views ([n] and [k, n]), so one compiled kernel serves every shape.
+    The logits may stack m masks of one tensor ([m, *shape], joint training): sample j of mask i
+    is row i * k + j of the output, one pass for all masks instead of m copies to concatenate."""
+
+    # The kernels see flat views ([m, 1, n] and [m, k, n]), so one compiled kernel serves every shape.
     @staticmethod
     def forward(ctx, logits, weights, uniforms, compiled, dtype, thresholds):
         ctx.save_for_backward(logits, weights, uniforms)
         ctx.compiled = compiled
-        k = uniforms.shape[0]
-        thresholds = keep_thresholds(logits.reshape(-1)) if thresholds is None else thresholds.reshape(-1)
-        flat = _masked_forward(thresholds, weights.reshape(-1), uniforms.view(k, -1), dtype)
+        m = logits.shape[0] if logits.dim() > weights.dim() else 1
+        k = uniforms.shape[0] // m
+        thresholds = keep_thresholds(logits.reshape(m, 1, -1)) if thresholds is None else thresholds.reshape(m, 1, -1)
+        flat = _masked_forward(thresholds, weights.reshape(-1), uniforms.view(m, k, -1), dtype)
         return flat.view(uniforms.shape)
 
     @staticmethod
     def backward(ctx, grad_masked):
         logits, weights, uniforms = ctx.saved_tensors
-        k = uniforms.shape[0]
-        flat_logits, flat_uniforms = logits.reshape(-1), uniforms.view(k, -1)
-        flat_grad = grad_masked.reshape(k, -1).to(logits.dtype)  # (another layout or type is copied)
+        m = logits.shape[0] if logits.dim() > weights.dim() else 1
+        k = uniforms.shape[0] // m
+        flat_logits, flat_uniforms = logits.reshape(m, 1, -1), uniforms.view(m, k, -1)
+        flat_grad = grad_masked.reshape(m, k, -1).to(logits.dtype)  # (another layout or type is copied)
         grad_logits = grad_weights = None
         if ctx.needs_input_grad[0]:
             # W is the same for every sample: multiply it in after the sum over k
@@ -209,11 +214,12 @@ class _StraightThroughMask(torch.autograd.Function):
 def sample_masked_weights(logits: torch.Tensor, weights: torch.Tensor, uniforms: torch.Tensor,
                           compiled: bool = False, dtype: torch.dtype | None = None,
                           thresholds: torch.Tensor | None = None) -> torch.Tensor:
-    """K masked copies of a weight tensor.
+    """K masked copies of a weight tensor (for each of m stacked masks).
 
-    logits: [*shape] float (requires grad); weights: [*shape] frozen; uniforms: int16 [k, *shape].
-    Returns [k, *shape] = weights * h_k with h_k the hard Gumbel-sigmoid sample k; the gradient
-    reaches the logits through the soft sample (straight-through). `compiled` fuses the
+    logits: [*shape] float (requires grad), or [m, *shape] for m masks; weights: [*shape] frozen;
+    uniforms: int16 [k, *shape], or [m * k, *shape] (mask i's samples in rows i*k .. i*k+k-1).
+    Returns [k, *shape] (or [m * k, *shape]) = weights * h with h the hard Gumbel-sigmoid samples;
+    the gradient reaches the logits through the soft sample (straight-through). `compiled` fuses the
     backward's elementwise work with torch.compile (a one-off compile of some seconds). `dtype`:
     the copies' float type (default the weights'; torch.bfloat16 for a bf16 forward, which halves
     their memory; the gradient to the logits is computed in the logits' type). `thresholds`:

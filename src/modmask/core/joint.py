@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import as_arguments, flatten_output, split_batch, to_device, unpack_batch
+from .gumbel import sample_masked_weights
 from .mask_config import MaskConfig
 from .masking import call_sequential, call_vmap, choose_path, model_mode, parameters_restored
 from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever
@@ -56,8 +57,8 @@ class JointMaskTrainer:
             if trainer.samples_per_pass != trainer.k:
                 raise ValueError(f"{where}: samples_per_pass below k is not supported in a joint stage yet; "
                                  f"leave samples_per_pass unset (or train the masks one at a time)")
-            if trainer.dtype != first.dtype or trainer.compiled != first.compiled:
-                raise ValueError(f"{where} has another precision or `compiled` setting than mask 0")
+            if trainer.dtype != first.dtype or trainer.compiled != first.compiled or trainer.k != first.k:
+                raise ValueError(f"{where} has another k, precision or `compiled` setting than mask 0")
         self.trainers = list(trainers)
         self.model, self.path = first.model, None
 
@@ -75,10 +76,7 @@ class JointMaskTrainer:
             sizes = ", ".join(f"mask {i}: batch {parts[i][2]} for k={t.k}" for i, t in enumerate(self.trainers))
             raise ValueError(f"the masks of a joint stage need the same examples per sample (batch size / k); "
                              f"got {sizes}: use one batch size (or train the masks one at a time)")
-        low = self.trainers[0].dtype if self.trainers[0].dtype != torch.float32 else None
-        masked_parts = [t._masked(t.source.reserve(t.k, [w.shape for w in t.weights.values()]), {}, 0, t.k, low)
-                        for t in self.trainers]
-        masked = {name: torch.cat([m[name] for m in masked_parts]) for name in masked_parts[0]}
+        masked = self._masked()
         chunks = _concatenate([p[0] for p in parts])
         others = self.trainers[0].others
         with parameters_restored(self.model) if self.path is None else contextlib.nullcontext():
@@ -107,6 +105,22 @@ class JointMaskTrainer:
                 torch.nn.utils.clip_grad_norm_(trainer.clipped, trainer.grad_clip)
             trainer.optimizer.step()
         return results
+
+    def _masked(self) -> dict[str, torch.Tensor]:
+        """Every mask's k samples of every masked tensor, [sum k, *shape] in the model's layout: the
+        masks' logits stacked, so one kernel makes all copies (each mask with its own noise)."""
+        first = self.trainers[0]
+        low = first.dtype if first.dtype != torch.float32 else None
+        noise = [t.source.reserve(t.k, [w.shape for w in t.weights.values()]) for t in self.trainers]
+        masked = {}
+        for index, (name, weights) in enumerate(first.weights.items()):
+            # as in MaskTrainer._masked: under bf16, vectors stay fp32 on the sequential path
+            dtype = low if low and (self.path == "vmap" or weights.dim() >= 2) else None
+            logits = torch.stack([t.logits[name] for t in self.trainers])
+            uniforms = torch.cat([n.take(index, 0, t.k) for n, t in zip(noise, self.trainers)])
+            sample = sample_masked_weights(logits, weights, uniforms, first.compiled, dtype)
+            masked[name] = sample.transpose(-1, -2) if name in first.transposed else sample
+        return masked
 
     def state_dict(self) -> dict:
         """Logits, optimiser and noise-source states of every mask (for a checkpoint inside a stage)."""

@@ -29,8 +29,9 @@ class MaskConfig:
     of k; None: all k; 'auto': the most that fit the device's free memory), which bounds the masked
     copies in memory to samples_per_pass x |W| with the same result. precision: 'fp32' or 'bf16'
     (the model's forward under autocast; logits and Adam stay fp32). joint: a study trains its
-    independent masks in one pass (core/joint.py; the same masks up to float rounding) or, when
-    False, one at a time."""
+    independent masks in one pass (core/joint.py; the same masks up to float rounding, with
+    checkpoints inside the stage) instead of one at a time; off by default, since on 2 CPU cores it
+    is not faster yet (docs/performance.md)."""
 
     steps: int = 20_000
     k: int = 4
@@ -48,7 +49,7 @@ class MaskConfig:
     mode: str = "eval"
     samples_per_pass: int | str | None = None
     precision: str = "fp32"
-    joint: bool = True
+    joint: bool = False
 
     def __post_init__(self):
         problems = [f"{name} must be positive (got {getattr(self, name)})" for name in ("steps", "k", "lr")
