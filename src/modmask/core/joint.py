@@ -47,8 +47,9 @@ class JointMaskTrainer:
                 raise ValueError(f"{where} trains on another model than mask 0: the masks of one joint stage "
                                  f"share one frozen model (train the other model's masks in a stage of their own)")
             if list(trainer.weights) != list(first.weights) or trainer.transposed != first.transposed:
-                raise ValueError(f"{where} masks other tensors than mask 0 ({sorted(set(trainer.weights) ^ set(first.weights))}); "
-                                 f"give every mask of a joint stage the same parameters, biases and norms")
+                differ = sorted(set(trainer.weights) ^ set(first.weights))
+                raise ValueError(f"{where} masks other tensors than mask 0 ({differ}); give every mask of a "
+                                 f"joint stage the same parameters, biases and norms")
             if any(not torch.equal(trainer.others[n], first.others[n]) for n in first.others):
                 raise ValueError(f"{where} has other fixed masks than mask 0; train it in a stage of its own")
             if trainer.original_clipping or trainer.frozen_entries:

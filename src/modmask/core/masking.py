@@ -136,7 +136,8 @@ def parameter_slots(model: nn.Module) -> dict[str, list[str]]:
     return names
 
 
-def call_with_tensors(model: nn.Module, slots: Mapping[str, list[str]], tensors: Mapping[str, torch.Tensor], args, kwargs):
+def call_with_tensors(model: nn.Module, slots: Mapping[str, list[str]], tensors: Mapping[str, torch.Tensor],
+                      args, kwargs):
     """model(*args, **kwargs) with `tensors` (by parameter name) in place of its parameters."""
     swapped = {alias: t for name, t in tensors.items() for alias in slots.get(name, (name,))}
     return functional_call(model, swapped, args, kwargs, tie_weights=False)
@@ -167,7 +168,8 @@ def call_vmap(model: nn.Module, weights: Mapping[str, torch.Tensor], others: Map
     rebuild: list[Callable] = []
 
     def one_sample(sample_weights, sample_args, sample_kwargs):
-        tensors, rebuild_one = _tensors_of(call_with_tensors(model, slots, {**others, **sample_weights}, sample_args, sample_kwargs))
+        tensors, rebuild_one = _tensors_of(call_with_tensors(model, slots, {**others, **sample_weights},
+                                                             sample_args, sample_kwargs))
         rebuild[:] = [rebuild_one]
         return tuple(tensors)
 
@@ -189,8 +191,8 @@ def call_sequential(model: nn.Module, weights: Mapping[str, torch.Tensor],
         for i in range(k):
             sample_args = tuple(a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args)
             sample_kwargs = {n: a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for n, a in kwargs.items()}
-            tensors, rebuild = _tensors_of(call_with_tensors(model, slots, {**others, **{n: w[i] for n, w in weights.items()}},
-                                                 sample_args, sample_kwargs))
+            sample = {**others, **{n: w[i] for n, w in weights.items()}}
+            tensors, rebuild = _tensors_of(call_with_tensors(model, slots, sample, sample_args, sample_kwargs))
             parts.append(tensors)
     return rebuild([torch.cat(ts) if ts[0].dim() else torch.stack(ts) for ts in zip(*parts)])
 

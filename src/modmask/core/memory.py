@@ -196,7 +196,8 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
     # the model's own randomness (dropout, teacher forcing) must not see the probe
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, dtype):
         slots = parameter_slots(model)  # tied weights set once each (as in masked calls)
-        saved, largest, outputs = saved_bytes(lambda: call_with_tensors(model, slots, params, args, kwargs), exclude, leaves)
+        forward = lambda: call_with_tensors(model, slots, params, args, kwargs)  # noqa: E731
+        saved, largest, outputs = saved_bytes(forward, exclude, leaves)
     outputs = [t.nbytes for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)]
     return saved + sum(outputs), max([largest, *outputs])
 
