@@ -1,10 +1,9 @@
 """Device choice for the experiments, and batches moved to the network's device."""
 
-import pytest
 import torch
 
 from modmask import cli
-from modmask.core.masking import to_device
+from modmask.core.batches import to_device
 from modmask.experiments import placement
 
 

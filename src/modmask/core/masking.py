@@ -28,7 +28,6 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from .batches import Arguments, OutputError, describe_output, flatten_output, without_cache
-from .batches import to_device  # noqa: F401  (its old home: the experiments import it from here)
 
 log = logging.getLogger(__name__)
 

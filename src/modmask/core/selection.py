@@ -19,7 +19,6 @@ from __future__ import annotations
 import fnmatch
 from typing import Callable, Iterable, Union
 
-import torch
 from torch import nn
 
 ParameterFilter = Union[str, Iterable[str], Callable[[str, nn.Parameter], bool], None]

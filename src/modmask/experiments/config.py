@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any, Mapping
 
-from ..runs.legacy import nest
+from ..runs.legacy import flatten, nest
 
 
 class ConfigError(ValueError):
@@ -63,17 +63,6 @@ def field_types(config_class) -> dict[str, Any]:
         else:
             types_[field.name] = kind
     return types_
-
-
-def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
-    """{'mask': {'beta': 1e-4}} -> {'mask.beta': 1e-4} (dotted keys pass through)."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
-        else:
-            flat[key] = value
-    return flat
 
 
 def _canonical(config_class, values: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:

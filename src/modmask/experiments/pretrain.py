@@ -18,7 +18,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.masking import to_device
+from ..core.batches import to_device
 from ..runs import RunDir
 
 

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
+from .legacy import flatten
+
 
 def _clean(value):
     """JSON-safe: NaN/inf become None."""
@@ -24,17 +26,6 @@ def _clean(value):
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    """Nested dicts as dotted keys (JSON round-tripped, so tuples and lists compare equal)."""
-    flat = {}
-    for key, value in json.loads(json.dumps(_clean(values))).items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def write_text(path: Path, text: str) -> None:
@@ -79,8 +70,9 @@ class RunDir:
         path = self.path / "config.json"
         if path.exists():
             saved = read_json(path)
-            saved = _flat(normalise(saved) if normalise else saved)
-            wanted = _flat(config)
+            # dotted keys, JSON round-tripped so that tuples and lists compare equal
+            saved = flatten(json.loads(json.dumps(_clean(normalise(saved) if normalise else saved))))
+            wanted = flatten(json.loads(json.dumps(_clean(config))))
             changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             if changed:
                 raise ValueError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
