@@ -1,12 +1,15 @@
 """Cost of one mask-training step against one plain training step of the same network: time and memory.
 
     python benchmarks/mask_step.py [--models mlp-800x4,lstm,hf-gpt2] [--steps 20] [--compiled] [--device cuda]
-        [--group-model gpt-512x4 --samples-per-pass 4,2,1 --bf16]
+        [--group-model gpt-512x4 --samples-per-pass 4,2,1 --bf16] [--joint mlp-400-400-200:3,cnn:11]
 
 Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=.. plain_peak_mb=..
 mask_peak_mb=.. peak_ratio=.. runtime_mb=.. plan_mb=.. plan_err=..` (K=4, batch 128), then one line
 per samples_per_pass value of the group model (`--group-model`: gpt-<d>x<layers> or any model name,
-e.g. hf-gpt2). A plain step is forward, backward, clipping and an Adam update of all weights, in
+e.g. hf-gpt2), then one line per `--joint` model: `model=mlp-400-400-200 masks=3 joint_ms=..
+separate_ms=.. ratio=..`, one joint step of M masks (modmask.core.joint, each mask on its own
+batch) against M separate mask steps, in this process, the two kinds' steps interleaved so both see
+the same machine (ratio below 1: the joint step is faster). A plain step is forward, backward, clipping and an Adam update of all weights, in
 eval mode, with the same call the mask step makes; a mask step is modmask's MaskTrainer.step (K
 samples, straight-through, Adam on the logits).
 
@@ -44,6 +47,7 @@ from torch.nn import functional as F
 from modmask import MaskTrainer
 from modmask.allocator import keep_freed_memory
 from modmask.core.batches import to_device, without_cache
+from modmask.core.joint import JointMaskTrainer
 from modmask.models import MLP, EncoderLayer, SimpleCNN
 
 DEFAULT_MODELS = "mlp-800x4,mlp-400-400-200,lstm,transformer,cnn"
@@ -267,6 +271,28 @@ def group_lines(args):
         yield line(args, args.group_model, plain, 1, "bf16")
 
 
+def joint_line(args, spec: str) -> str:
+    """`model:masks`: one joint step of the masks against as many separate steps (median ms of
+    rounds in which each kind runs `args.steps` steps, alternately)."""
+    name, masks = spec.split(":")
+    device, masks = torch.device(args.device), int(masks)
+    model, _, _, loss_fn = make(name, args.batch)
+    model = model.to(device).eval()
+    batches = [[tuple(t.to(device) for t in make(name, args.batch)[1:3]) for _ in range(masks)] for _ in range(4)]
+    separate = [MaskTrainer(model, loss_fn, k=args.k, seed=m, compiled=args.compiled) for m in range(masks)]
+    joint = JointMaskTrainer([MaskTrainer(model, loss_fn, k=args.k, seed=m, compiled=args.compiled)
+                              for m in range(masks)])
+    kinds = {"joint": lambda i: joint.step(batches[i % 4]),
+             "separate": lambda i: [t.step(b) for t, b in zip(separate, batches[i % 4])]}
+    times = {kind: [] for kind in kinds}
+    for round in range(6):  # round 0 warms up
+        for kind, step in kinds.items():
+            times[kind].append(time_steps(lambda: [step(i) for i in range(max(args.steps // 5, 1))], 1, device, 0))
+    joint_ms, separate_ms = (statistics.median(times[k][1:]) / max(args.steps // 5, 1) for k in kinds)
+    return (f"model={name} masks={masks} joint_ms={joint_ms:.1f} separate_ms={separate_ms:.1f} "
+            f"ratio={joint_ms / separate_ms:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated; '' for none")
@@ -274,6 +300,8 @@ def main():
                         help="'' for none; gpt-<d>x<layers> or any model name, e.g. hf-gpt2")
     parser.add_argument("--samples-per-pass", default="4,2,1", help="lines of the group model")
     parser.add_argument("--bf16", action="store_true", help="also the group model at samples_per_pass=1 in bf16")
+    parser.add_argument("--joint", default="mlp-400-400-200:3,cnn:11",
+                        help="model:masks lines of joint against separate mask steps; '' for none")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
@@ -297,6 +325,8 @@ def main():
     if args.group_model:
         for text in group_lines(args):
             print(text, flush=True)
+    for spec in filter(None, args.joint.split(",")):
+        print(joint_line(args, spec), flush=True)
 
 
 if __name__ == "__main__":

@@ -77,3 +77,21 @@ def test_bad_joint_stages_are_clear_errors():
     with pytest.raises(ValueError, match="mask 1 has steps=3"):
         train_masks_jointly(model, [(_data(0), F.cross_entropy)] * 2, [MaskConfig(steps=2), MaskConfig(steps=3)],
                             seeds=[0, 1], progress=False)
+
+
+def test_the_memory_plan_of_a_joint_stage_counts_every_mask(caplog):
+    model = MLP(6, (16,), 3)
+    joint = JointMaskTrainer([MaskTrainer(model, F.cross_entropy, k=2, seed=s) for s in range(3)])
+    with caplog.at_level("INFO", logger="modmask"):
+        joint.step([_data(s)[0] for s in range(3)])
+    masked = sum(l[0].numel() for l in joint.logits.values())
+    assert joint.plan.masks == 3 and joint.plan.k == 6
+    assert joint.plan.parts["optimizer"] == 3 * 8 * masked and joint.plan.parts["masked copies"] == 6 * 4 * masked
+    assert "joint stage of 3 masks" in caplog.text and "3 masks, k=6" in caplog.text
+
+
+def test_a_checkpoint_of_another_format_is_a_clear_error():
+    model = MLP(6, (16,), 3)
+    joint = JointMaskTrainer([MaskTrainer(model, F.cross_entropy, seed=s) for s in range(2)])
+    with pytest.raises(ValueError, match="older modmask's joint stage.*masks-partial.pt"):
+        joint.load_state_dict({"masks": []})

@@ -14,7 +14,8 @@ GPU, which the paper's networks fill only partly, more so.
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
+import logging
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -24,8 +25,11 @@ from tqdm.auto import tqdm
 from .batches import as_arguments, flatten_output, split_batch, to_device, unpack_batch
 from .gumbel import sample_masked_weights
 from .mask_config import MaskConfig
+from .memory import check_fits_device, free_memory, memory_plan
 from .masking import call_sequential, call_vmap, choose_path, model_mode, parameters_restored
 from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever
+
+log = logging.getLogger(__name__)
 
 
 class JointMaskTrainer:
@@ -35,6 +39,11 @@ class JointMaskTrainer:
     the same number of examples (B_m / k_m equal for all m), since sample j of mask m is one slot
     of one vmapped call. original_clipping, trainable weights and sample groups are refused: the
     first two couple the masks through the shared weights' gradients.
+
+    The masks' logits are stacked into one leaf per tensor ([M, *shape]), and the regulariser,
+    per-mask gradient clipping and Adam (each mask with its own beta, clip and lr) run on the
+    stacks: a few kernels per tensor instead of M, which on small networks cost as much as the
+    pass itself. The trainers' `logits` become read-only views of the stacks.
     """
 
     def __init__(self, trainers: Sequence[MaskTrainer]):
@@ -61,7 +70,14 @@ class JointMaskTrainer:
             if trainer.dtype != first.dtype or trainer.compiled != first.compiled or trainer.k != first.k:
                 raise ValueError(f"{where} has another k, precision or `compiled` setting than mask 0")
         self.trainers = list(trainers)
-        self.model, self.path = first.model, None
+        self.model, self.path, self.plan = first.model, None, None
+        self.logits = {n: torch.stack([t.logits[n].detach() for t in trainers]).requires_grad_(True)
+                       for n in first.weights}
+        with torch.no_grad():
+            for index, trainer in enumerate(trainers):
+                trainer.logits = {n: stacked[index] for n, stacked in self.logits.items()}
+        self.adam = _StackedAdam(self.logits, [t.optimizer.defaults["lr"] for t in trainers])
+        self.clips = [t.grad_clip for t in trainers]
 
     def step(self, batches: Sequence) -> list[dict]:
         """One update of every mask, mask m on batches[m]; returns each mask's task loss and regulariser."""
@@ -77,8 +93,10 @@ class JointMaskTrainer:
             sizes = ", ".join(f"mask {i}: batch {parts[i][2]} for k={t.k}" for i, t in enumerate(self.trainers))
             raise ValueError(f"the masks of a joint stage need the same examples per sample (batch size / k); "
                              f"got {sizes}: use one batch size (or train the masks one at a time)")
-        masked = self._masked()
         chunks = _concatenate([p[0] for p in parts])
+        if self.plan is None:
+            self._plan_memory(chunks)
+        masked = self._masked()
         others = self.trainers[0].others
         with parameters_restored(self.model) if self.path is None else contextlib.nullcontext():
             if self.path is None:
@@ -88,28 +106,49 @@ class JointMaskTrainer:
                     trainer.path = self.path
             run = call_vmap if self.path == "vmap" else call_sequential
             outputs = run(self.model, masked, others, chunks)
-        results, total = [], 0.0
-        for trainer, output, (_, targets, batch_size) in zip(self.trainers, _split_outputs(outputs, parts), parts):
-            task_loss = trainer._loss(output, targets)
-            if not torch.isfinite(task_loss):
-                raise FloatingPointError(f"mask {len(results)}: mask training loss is {task_loss.item()}: check the "
+        task_losses = []
+        for index, (trainer, output, (_, targets, _)) in enumerate(zip(self.trainers, _split_outputs(outputs, parts),
+                                                                        parts)):
+            task_losses.append(trainer._loss(output, targets))
+            if not torch.isfinite(task_losses[-1]):
+                raise FloatingPointError(f"mask {index}: mask training loss is {task_losses[-1].item()}: check the "
                                          f"loss function and the data, or lower the learning rate")
-            regulariser = trainer.beta / (trainer.reg_batch_size or batch_size) * sum(
-                l.sum() for l in trainer.logits.values())
-            total = total + task_loss + regulariser
-            results.append({"loss": task_loss.detach(), "regulariser": regulariser.detach()})
-        for trainer in self.trainers:
-            trainer.optimizer.zero_grad(set_to_none=True)
-        total.backward()  # each mask's logits get the gradient of its own loss only
-        for trainer in self.trainers:
-            if trainer.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainer.clipped, trainer.grad_clip)
-            trainer.optimizer.step()
-        return results
+        # beta_m / b_m * sum(logits_m) for every mask m at once: [M]
+        scale = torch.tensor([t.beta / (t.reg_batch_size or b) for t, (_, _, b) in zip(self.trainers, parts)],
+                             device=self.trainers[0].device)
+        regularisers = scale * sum(l.flatten(1).sum(1) for l in self.logits.values())
+        for logits in self.logits.values():
+            logits.grad = None
+        (torch.stack(task_losses).sum() + regularisers.sum()).backward()  # each mask's logits: its own loss only
+        self._clip()
+        self.adam.step()
+        return [{"loss": loss.detach(), "regulariser": reg} for loss, reg in zip(task_losses, regularisers.detach())]
+
+    def _clip(self) -> None:
+        """Each mask's gradient scaled to global norm at most its grad_clip (as clip_grad_norm_ does alone)."""
+        if not any(self.clips):
+            return
+        grads = [l.grad for l in self.logits.values()]
+        norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]),
+                                         dim=0)  # [M]
+        limits = torch.tensor([c or float("inf") for c in self.clips], device=norms.device)
+        factors = (limits / (norms + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(factors.view(-1, *[1] * (grad.dim() - 1)))
+
+    def _plan_memory(self, chunks) -> None:
+        """The memory plan of the joint step (M masks' logits and Adam, M x k masked copies), logged;
+        on a GPU a plan that cannot fit stops here."""
+        first, masks = self.trainers[0], len(self.trainers)
+        plan = memory_plan(self.model, k=masks * first.k, chunks=chunks, parameters=list(self.logits),
+                           dtype=first.dtype)
+        self.plan = dataclasses.replace(plan, masks=masks)
+        log.info("modmask: joint stage of %d masks: %s", masks, self.plan.summary())
+        check_fits_device(self.plan, first.device, free_memory(first.device))
 
     def _masked(self) -> dict[str, torch.Tensor]:
-        """Every mask's k samples of every masked tensor, [sum k, *shape] in the model's layout: the
-        masks' logits stacked, so one kernel makes all copies (each mask with its own noise)."""
+        """Every mask's k samples of every masked tensor, [M k, *shape] in the model's layout: one
+        kernel per tensor makes all copies (each mask with its own noise)."""
         first = self.trainers[0]
         low = first.dtype if first.dtype != torch.float32 else None
         noise = [t.source.reserve(t.k, [w.shape for w in t.weights.values()]) for t in self.trainers]
@@ -117,25 +156,58 @@ class JointMaskTrainer:
         for index, (name, weights) in enumerate(first.weights.items()):
             # as in MaskTrainer._masked: under bf16, vectors stay fp32 on the sequential path
             dtype = low if low and (self.path == "vmap" or weights.dim() >= 2) else None
-            logits = torch.stack([t.logits[name] for t in self.trainers])
             uniforms = torch.cat([n.take(index, 0, t.k) for n, t in zip(noise, self.trainers)])
-            sample = sample_masked_weights(logits, weights, uniforms, first.compiled, dtype)
+            sample = sample_masked_weights(self.logits[name], weights, uniforms, first.compiled, dtype)
             masked[name] = sample.transpose(-1, -2) if name in first.transposed else sample
         return masked
 
     def state_dict(self) -> dict:
         """Logits, optimiser and noise-source states of every mask (for a checkpoint inside a stage)."""
-        return {"masks": [{"logits": {n: l.detach().clone() for n, l in t.logits.items()},
-                           "optimizer": copy.deepcopy(t.optimizer.state_dict()), "noise": t.source.state()}
-                          for t in self.trainers]}
+        return {"logits": {n: l.detach().clone() for n, l in self.logits.items()}, "adam": self.adam.state_dict(),
+                "noise": [t.source.state() for t in self.trainers]}
 
     def load_state_dict(self, state: dict) -> None:
-        for trainer, saved in zip(self.trainers, state["masks"], strict=True):
-            with torch.no_grad():
-                for name, logits in trainer.logits.items():
-                    logits.copy_(saved["logits"][name])
-            trainer.optimizer.load_state_dict(saved["optimizer"])
-            trainer.source.load_state(saved["noise"])
+        if "logits" not in state:
+            raise ValueError("this checkpoint was written by an older modmask's joint stage; delete it "
+                             "(checkpoints/masks-partial.pt) to restart the stage")
+        with torch.no_grad():
+            for name, logits in self.logits.items():
+                logits.copy_(state["logits"][name])
+        self.adam.load_state_dict(state["adam"])
+        for trainer, noise in zip(self.trainers, state["noise"], strict=True):
+            trainer.source.load_state(noise)
+
+
+class _StackedAdam:
+    """Adam (torch.optim.Adam's defaults and arithmetic) on stacked logits [M, *shape], mask m
+    with learning rate lrs[m]; all masks step together, so one step count serves them all."""
+
+    def __init__(self, params: dict[str, torch.Tensor], lrs: Sequence[float], betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.betas, self.eps, self.steps = params, betas, eps, 0
+        self.lrs = torch.tensor(lrs, device=next(iter(params.values())).device)
+        self.moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        step_sizes = self.lrs / (1 - beta1 ** self.steps)
+        correction = (1 - beta2 ** self.steps) ** 0.5
+        for name, param in self.params.items():
+            exp_avg, exp_avg_sq = self.moments[name]
+            exp_avg.lerp_(param.grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / correction).add_(self.eps)
+            param.addcmul_(exp_avg.div(denom), step_sizes.view(-1, *[1] * (param.dim() - 1)), value=-1)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "moments": {n: (a.clone(), b.clone()) for n, (a, b) in self.moments.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        for name, (exp_avg, exp_avg_sq) in self.moments.items():
+            exp_avg.copy_(state["moments"][name][0])
+            exp_avg_sq.copy_(state["moments"][name][1])
 
 
 def _concatenate(chunks_per_mask: list) -> tuple:

@@ -59,6 +59,7 @@ class MemoryPlan:
     dtype: torch.dtype = torch.float32
     largest_activation: int = 0  # bytes of the largest tensor one sample's forward saves
     unmasked: int = 0            # elements of the unmasked float parameters (bf16 copies)
+    masks: int = 1               # masks trained together (a joint stage: k counts all their samples)
 
     @property
     def parts(self) -> dict[str, int]:
@@ -66,9 +67,9 @@ class MemoryPlan:
         return {
             "frozen weights": self.model,
             "weight copies": self.copies,
-            "logits": 4 * self.masked,
-            "optimizer": 8 * self.masked,  # Adam's two moments
-            "logit gradients": 4 * self.masked,
+            "logits": 4 * self.masks * self.masked,
+            "optimizer": 8 * self.masks * self.masked,  # Adam's two moments
+            "logit gradients": 4 * self.masks * self.masked,
             "masked copies": s * c * self.masked,
             "noise": s * 2 * self.masked,  # int16 codes, saved for the backward
             "thresholds": 2 * self.masked if s < self.k else 0,  # int16, shared by the groups of a step
@@ -111,7 +112,8 @@ class MemoryPlan:
         """One line: the total, then every non-zero part."""
         parts = ", ".join(f"{name} {_megabytes(n)}" for name, n in self.parts.items() if n)
         probed = "" if self.activations_per_sample is not None else " (activations not probed: no batch)"
-        return (f"memory plan: {_megabytes(self.total)} = {parts}; k={self.k}, "
+        masks = f"{self.masks} masks, " if self.masks > 1 else ""
+        return (f"memory plan: {_megabytes(self.total)} = {parts}; {masks}k={self.k}, "
                 f"samples_per_pass={self.samples_per_pass}, {str(self.dtype).replace('torch.', '')}, "
                 f"{self.masked:,} masked weights{probed}")
 
@@ -270,12 +272,14 @@ def check_fits_device(plan: MemoryPlan, device: torch.device, free: int | None) 
         return
     fixes = []
     fewer = plan.with_settings(samples_per_pass=1)
-    if plan.samples_per_pass > 1:
+    if plan.samples_per_pass > 1 and plan.masks == 1:  # a joint stage runs all its samples at once
         fits = fit_samples_per_pass(plan, free)
         fixes.append(f"samples_per_pass={fits} (needs {_megabytes(plan.with_settings(samples_per_pass=fits).needed)})")
     if plan.dtype != torch.bfloat16:
         fixes.append(f"precision='bf16' (needs about {_megabytes(fewer.with_settings(dtype=torch.bfloat16).needed)} "
                      f"at samples_per_pass=1)")
+    if plan.masks > 1:
+        fixes.append(f"fewer masks per stage than {plan.masks} (mask.joint=false trains them one at a time)")
     fixes.append("fewer selected tensors (parameters=..., e.g. the MLP weights only): each masked weight "
                  "costs 24 bytes (logit, its gradient, Adam, a layout copy) plus 4 per sample per pass in "
                  "bf16 (6 in fp32)")
