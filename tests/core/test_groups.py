@@ -92,6 +92,7 @@ def test_memory_plan_parts_follow_the_formula():
     assert parts["frozen weights"] == 4 * (300 + 20 + 5) and parts["weight copies"] == 4 * 300
     assert parts["logits"] == 1200 and parts["optimizer"] == 2400 and parts["logit gradients"] == 1200
     assert parts["masked copies"] == 2 * 4 * 300 and parts["noise"] == 2 * 2 * 300
+    assert parts["copy gradients"] == 2 * 4 * 300
     assert parts["thresholds"] == 2 * 300 and memory_plan(model, k=4).parts["thresholds"] == 0
     # one sample's slice (2 examples) saves the ReLU's output 2x20 (also the next layer's input;
     # the batch itself is not counted) and returns 2x5 outputs, in fp32
@@ -99,7 +100,7 @@ def test_memory_plan_parts_follow_the_formula():
     assert parts["activations"] == 2 * plan.activations_per_sample
     assert plan.total == sum(parts.values())
     half = plan.with_settings(samples_per_pass=1, dtype=torch.bfloat16)
-    assert half.parts["masked copies"] == 2 * 300 and half.parts["logits"] == 1200
+    assert half.parts["masked copies"] == half.parts["copy gradients"] == 2 * 300 and half.parts["logits"] == 1200
     assert "memory plan" in plan.summary() and "samples_per_pass=2" in str(plan)
     bf16 = memory_plan(model, k=4, batch=(x, None), dtype="bf16")
     # bf16: the input's cast 2x10 is new, the ReLU output and outputs halve; weight casts are not counted

@@ -3,18 +3,21 @@
 One mask-training step holds, besides the frozen model: a logit per masked weight, Adam's two
 moments and the logits' gradient (fp32), and for the samples that run together
 (`samples_per_pass` of the K) one masked copy of every masked tensor (`samples_per_pass x |W|`)
-with its 16-bit noise codes, the activations those samples save for the backward pass, and the
-backward's temporary buffers of one tensor. The activations are measured, not guessed: one probe
-forward of one sample's slice of the batch counts the bytes autograd saves
-(`torch.autograd.graph.saved_tensors_hooks`), scaled by the samples per pass.
+with its 16-bit noise codes, the gradients of those copies, the activations those samples save
+for the backward pass, and the backward's temporary buffers of one tensor. The copies' gradients
+all exist at once at the end of the backward: autograd runs the straight-through nodes, made
+before the model's forward, only after every node of the model (it orders ready nodes by creation,
+latest first). The activations are measured, not guessed: one probe forward of one sample's slice
+of the batch counts the bytes autograd saves (`torch.autograd.graph.saved_tensors_hooks`), scaled
+by the samples per pass.
 
     bytes = model + copies + |W| (4 logits + 8 Adam + 4 gradient)
-            + s |W| (c + 2) + s (A_1 + 2 a_1) + n_max (32 + s g) [+ 2 |W| when s < K]
+            + s |W| (2c + 2) + s (A_1 + 2 a_1) + n_max (32 + s g) [+ 2 |W| when s < K]
 
-with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16), A_1 one
-sample's saved activations, a_1 the largest of them (the backward holds the gradients of about
-two such tensors at a time), n_max the largest masked tensor, g the backward's bytes per weight
-and sample (16 in fp32, 18 in bf16), and `copies` the trainer's
+with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16; a copy and
+its gradient), A_1 one sample's saved activations, a_1 the largest of them (the backward holds the
+gradients of about two such tensors at a time), n_max the largest masked tensor, g the backward's
+bytes per weight and sample (16 in fp32, 18 in bf16), and `copies` the trainer's
 transposed copies of masked matrices (kept so their gradients arrive without a copy; see
 docs/performance.md); in bf16 also 2 bytes per unmasked float parameter. The 2 |W| are the keep
 thresholds the groups of a step share. docs/scaling.md applies the formula to large models.
@@ -71,6 +74,8 @@ class MemoryPlan:
             "optimizer": 8 * self.masks * self.masked,  # Adam's two moments
             "logit gradients": 4 * self.masks * self.masked,
             "masked copies": s * c * self.masked,
+            # all held at the end of the backward, until the straight-through nodes run
+            "copy gradients": s * c * self.masked,
             "noise": s * 2 * self.masked,  # int16 codes, saved for the backward
             "thresholds": 2 * self.masked if s < self.k else 0,  # int16, shared by the groups of a step
             "activations": s * (self.activations_per_sample or 0),
@@ -281,7 +286,7 @@ def check_fits_device(plan: MemoryPlan, device: torch.device, free: int | None) 
     if plan.masks > 1:
         fixes.append(f"fewer masks per stage than {plan.masks} (mask.joint=false trains them one at a time)")
     fixes.append("fewer selected tensors (parameters=..., e.g. the MLP weights only): each masked weight "
-                 "costs 24 bytes (logit, its gradient, Adam, a layout copy) plus 4 per sample per pass in "
-                 "bf16 (6 in fp32)")
+                 "costs 24 bytes (logit, its gradient, Adam, a layout copy) plus 6 per sample per pass in "
+                 "bf16 (a copy, its gradient, its noise; 10 in fp32)")
     raise MemoryError(f"mask training needs {_megabytes(plan.needed)} more on {device} but "
                       f"{_megabytes(free)} is free ({plan.summary()}); change: " + "; or ".join(fixes))
