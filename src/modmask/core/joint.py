@@ -20,14 +20,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .batches import as_arguments, flatten_output, split_batch, to_device, unpack_batch
-from .gumbel import sample_masked_weights
+from .gumbel import keep_thresholds, sample_masked_weights
 from .mask_config import MaskConfig
-from .memory import check_fits_device, free_memory, memory_plan
+from .memory import autocast, check_fits_device, free_memory, memory_plan
 from .masking import call_sequential, call_vmap, choose_path, model_mode, parameters_restored
-from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever
+from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever, _rows, _samples
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ class JointMaskTrainer:
 
     The masks must mask the same tensors with the same fixed masks, and each mask's samples get
     the same number of examples (B_m / k_m equal for all m), since sample j of mask m is one slot
-    of one vmapped call. original_clipping, trainable weights and sample groups are refused: the
-    first two couple the masks through the shared weights' gradients.
+    of one vmapped call; they share k, samples_per_pass, precision and `compiled`. original_clipping
+    and trainable weights are refused: they couple the masks through the shared weights' gradients.
 
     The masks' logits are stacked into one leaf per tensor ([M, *shape]), and the regulariser,
     per-mask gradient clipping and Adam (each mask with its own beta, clip and lr) run on the
@@ -64,13 +65,15 @@ class JointMaskTrainer:
             if trainer.original_clipping or trainer.frozen_entries:
                 raise ValueError(f"{where} uses original_clipping or trainable weights, which couple the masks "
                                  f"through the shared weights' gradients: train it alone")
-            if trainer.samples_per_pass != trainer.k:
-                raise ValueError(f"{where}: samples_per_pass below k is not supported in a joint stage yet; "
-                                 f"leave samples_per_pass unset (or train the masks one at a time)")
-            if trainer.dtype != first.dtype or trainer.compiled != first.compiled or trainer.k != first.k:
-                raise ValueError(f"{where} has another k, precision or `compiled` setting than mask 0")
+            if trainer.samples_per_pass == "auto":
+                raise ValueError(f"{where}: samples_per_pass='auto' is resolved by one mask's plan; give a joint "
+                                 f"stage a number (the joint plan, logged on the first step, shows what fits)")
+            if (trainer.dtype, trainer.compiled, trainer.k, trainer.samples_per_pass) != (
+                    first.dtype, first.compiled, first.k, first.samples_per_pass):
+                raise ValueError(f"{where} has another k, samples_per_pass, precision or `compiled` setting "
+                                 f"than mask 0")
         self.trainers = list(trainers)
-        self.model, self.path, self.plan = first.model, None, None
+        self.model, self.path, self.plan, self.others = first.model, None, None, first.others
         self.logits = {n: torch.stack([t.logits[n].detach() for t in trainers]).requires_grad_(True)
                        for n in first.weights}
         with torch.no_grad():
@@ -80,7 +83,10 @@ class JointMaskTrainer:
         self.clips = [t.grad_clip for t in trainers]
 
     def step(self, batches: Sequence) -> list[dict]:
-        """One update of every mask, mask m on batches[m]; returns each mask's task loss and regulariser."""
+        """One update of every mask, mask m on batches[m]; returns each mask's task loss and regulariser.
+
+        With samples_per_pass s < k the k samples of every mask run in groups of s (group g holds
+        samples g s .. g s + s - 1 of every mask: M x s copies), as MaskTrainer.step runs them."""
         if len(batches) != len(self.trainers):
             raise ValueError(f"{len(batches)} batches for {len(self.trainers)} masks")
         parts, samples = [], []
@@ -93,36 +99,65 @@ class JointMaskTrainer:
             sizes = ", ".join(f"mask {i}: batch {parts[i][2]} for k={t.k}" for i, t in enumerate(self.trainers))
             raise ValueError(f"the masks of a joint stage need the same examples per sample (batch size / k); "
                              f"got {sizes}: use one batch size (or train the masks one at a time)")
-        chunks = _concatenate([p[0] for p in parts])
+        first = self.trainers[0]
+        k, group = first.k, first.samples_per_pass
         if self.plan is None:
-            self._plan_memory(chunks)
-        masked = self._masked()
-        others = self.trainers[0].others
-        with parameters_restored(self.model) if self.path is None else contextlib.nullcontext():
-            if self.path is None:
-                with torch.no_grad():
-                    self.path = choose_path(self.model, masked, others, chunks, self.trainers[0].requested_path)
-                for trainer in self.trainers:
-                    trainer.path = self.path
-            run = call_vmap if self.path == "vmap" else call_sequential
-            outputs = run(self.model, masked, others, chunks)
-        task_losses = []
-        for index, (trainer, output, (_, targets, _)) in enumerate(zip(self.trainers, _split_outputs(outputs, parts),
-                                                                        parts)):
-            task_losses.append(trainer._loss(output, targets))
-            if not torch.isfinite(task_losses[-1]):
-                raise FloatingPointError(f"mask {index}: mask training loss is {task_losses[-1].item()}: check the "
-                                         f"loss function and the data, or lower the learning rate")
-        # beta_m / b_m * sum(logits_m) for every mask m at once: [M]
-        scale = torch.tensor([t.beta / (t.reg_batch_size or b) for t, (_, _, b) in zip(self.trainers, parts)],
-                             device=self.trainers[0].device)
-        regularisers = scale * sum(l.flatten(1).sum(1) for l in self.logits.values())
+            self._plan_memory(_concatenate([p[0] for p in parts]))
+        noise = [t.source.reserve(t.k, [w.shape for w in t.weights.values()]) for t in self.trainers]
+        # groups share the per-weight thresholds of this step
+        thresholds = {n: keep_thresholds(l) for n, l in self.logits.items()} if group < k else {}
         for logits in self.logits.values():
             logits.grad = None
-        (torch.stack(task_losses).sum() + regularisers.sum()).backward()  # each mask's logits: its own loss only
+        task_losses = [0.0] * len(self.trainers)
+        with parameters_restored(self.model) if self.path is None else contextlib.nullcontext():
+            for lo in range(0, k, group):
+                losses = self._group_losses(parts, noise, thresholds, lo, lo + group)
+                torch.stack(losses).sum().backward()  # each mask's logits: its own loss only
+                task_losses = [total + loss.detach() for total, loss in zip(task_losses, losses)]
+        # beta_m / b_m * sum(logits_m) for every mask m at once: [M]
+        scale = torch.tensor([t.beta / (t.reg_batch_size or b) for t, (_, _, b) in zip(self.trainers, parts)],
+                             device=first.device)
+        regularisers = scale * sum(l.flatten(1).sum(1) for l in self.logits.values())
+        regularisers.sum().backward()
         self._clip()
         self.adam.step()
-        return [{"loss": loss.detach(), "regulariser": reg} for loss, reg in zip(task_losses, regularisers.detach())]
+        return [{"loss": loss, "regulariser": reg} for loss, reg in zip(task_losses, regularisers.detach())]
+
+    def _group_losses(self, parts: list, noise: list, thresholds: dict, lo: int, hi: int) -> list[torch.Tensor]:
+        """Every mask's task loss on its samples lo..hi-1 (one call of the model), times their share of the batch."""
+        first = self.trainers[0]
+        k, low = first.k, first.dtype if first.dtype != torch.float32 else None
+        chunks = _concatenate([c if hi - lo == k else _samples(c, lo, hi) for c, _, _ in parts])
+        if self.path is None:
+            with torch.no_grad():  # the paths are compared in fp32 (bf16 roundings differ)
+                self.path = choose_path(self.model, self._masked(noise, thresholds, lo, hi, None), first.others,
+                                        chunks, first.requested_path)
+            for trainer in self.trainers:
+                trainer.path = self.path
+            if low:  # as in MaskTrainer: bf16 copies of the unmasked tensors too
+                self.others = {n: p.to(low) if p.is_floating_point() and (self.path == "vmap" or p.dim() >= 2) else p
+                               for n, p in first.others.items()}
+        run = call_vmap if self.path == "vmap" else call_sequential
+        with autocast(first.device, first.dtype):
+            outputs = run(self.model, self._masked(noise, thresholds, lo, hi, low), self.others, chunks)
+        if low:  # the losses in fp32
+            outputs = tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
+                               outputs)
+        losses = []
+        sizes = [b * (hi - lo) // k for _, _, b in parts]
+        for index, (trainer, output, (_, targets, b)) in enumerate(zip(self.trainers, _split_outputs(outputs, sizes),
+                                                                       parts)):
+            if hi - lo == k:
+                loss = trainer._loss(output, targets)
+            else:
+                rows = b // k
+                loss = trainer._loss(output, tree_map(lambda t: _rows(t, b, lo * rows, hi * rows), targets)) \
+                    * ((hi - lo) / k)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"mask {index}: mask training loss is {loss.item()}: check the "
+                                         f"loss function and the data, or lower the learning rate")
+            losses.append(loss)
+        return losses
 
     def _clip(self) -> None:
         """Each mask's gradient scaled to global norm at most its grad_clip (as clip_grad_norm_ does alone)."""
@@ -141,23 +176,23 @@ class JointMaskTrainer:
         on a GPU a plan that cannot fit stops here."""
         first, masks = self.trainers[0], len(self.trainers)
         plan = memory_plan(self.model, k=masks * first.k, chunks=chunks, parameters=list(self.logits),
-                           dtype=first.dtype)
+                           dtype=first.dtype, samples_per_pass=masks * first.samples_per_pass)
         self.plan = dataclasses.replace(plan, masks=masks)
         log.info("modmask: joint stage of %d masks: %s", masks, self.plan.summary())
         check_fits_device(self.plan, first.device, free_memory(first.device))
 
-    def _masked(self) -> dict[str, torch.Tensor]:
-        """Every mask's k samples of every masked tensor, [M k, *shape] in the model's layout: one
-        kernel per tensor makes all copies (each mask with its own noise)."""
+    def _masked(self, noise: list, thresholds: dict, lo: int, hi: int, low: torch.dtype | None
+                ) -> dict[str, torch.Tensor]:
+        """Samples lo..hi-1 of every mask's copies of every masked tensor, [M (hi - lo), *shape] in
+        the model's layout: one kernel per tensor makes all copies (each mask with its own noise)."""
         first = self.trainers[0]
-        low = first.dtype if first.dtype != torch.float32 else None
-        noise = [t.source.reserve(t.k, [w.shape for w in t.weights.values()]) for t in self.trainers]
         masked = {}
         for index, (name, weights) in enumerate(first.weights.items()):
             # as in MaskTrainer._masked: under bf16, vectors stay fp32 on the sequential path
             dtype = low if low and (self.path == "vmap" or weights.dim() >= 2) else None
-            uniforms = torch.cat([n.take(index, 0, t.k) for n, t in zip(noise, self.trainers)])
-            sample = sample_masked_weights(self.logits[name], weights, uniforms, first.compiled, dtype)
+            uniforms = torch.cat([n.take(index, lo, hi) for n in noise])
+            sample = sample_masked_weights(self.logits[name], weights, uniforms, first.compiled, dtype,
+                                           thresholds.get(name))
             masked[name] = sample.transpose(-1, -2) if name in first.transposed else sample
         return masked
 
@@ -236,10 +271,9 @@ def _join(values: Sequence[Any]) -> Any:
     return values[0]
 
 
-def _split_outputs(outputs: Any, parts: list) -> list:
+def _split_outputs(outputs: Any, sizes: list[int]) -> list:
     """The joint output [sum B_m, ...] split back into each mask's [B_m, ...] (same structure)."""
     tensors, rebuild = flatten_output(outputs)
-    sizes = [batch_size for _, _, batch_size in parts]
     pieces = [t.split(sizes) if t.dim() and t.shape[0] == sum(sizes) else [t] * len(sizes) for t in tensors]
     return [rebuild([p[m] for p in pieces]) for m in range(len(sizes))]
 

@@ -77,7 +77,7 @@ class MemoryPlan:
             # all held at the end of the backward, until the straight-through nodes run
             "copy gradients": s * c * self.masked,
             "noise": s * 2 * self.masked,  # int16 codes, saved for the backward
-            "thresholds": 2 * self.masked if s < self.k else 0,  # int16, shared by the groups of a step
+            "thresholds": 2 * self.masks * self.masked if s < self.k else 0,  # int16, shared by the groups of a step
             "activations": s * (self.activations_per_sample or 0),
             # the backward's gradients of activations: about two of the widest at a time
             "activation gradients": 2 * s * self.largest_activation,
@@ -264,10 +264,12 @@ def divisors(k: int) -> list[int]:
 
 
 def fit_samples_per_pass(plan: MemoryPlan, free: int | None) -> int:
-    """The most samples per pass (a divisor of k) whose plan fits in `free` bytes; k if unknown."""
+    """The most samples per pass of each mask (a divisor of its k) whose plan fits in `free` bytes;
+    k if unknown. (A joint plan's k and samples_per_pass count the samples of all its masks.)"""
+    k = plan.k // plan.masks
     if free is None:
-        return plan.k
-    fitting = [d for d in divisors(plan.k) if plan.with_settings(samples_per_pass=d).needed <= SAFETY * free]
+        return k
+    fitting = [d for d in divisors(k) if plan.with_settings(samples_per_pass=d * plan.masks).needed <= SAFETY * free]
     return max(fitting, default=1)
 
 
@@ -276,10 +278,11 @@ def check_fits_device(plan: MemoryPlan, device: torch.device, free: int | None) 
     if device.type != "cuda" or free is None or plan.needed <= SAFETY * free:
         return
     fixes = []
-    fewer = plan.with_settings(samples_per_pass=1)
-    if plan.samples_per_pass > 1 and plan.masks == 1:  # a joint stage runs all its samples at once
+    fewer = plan.with_settings(samples_per_pass=plan.masks)  # one sample of each mask per pass
+    if plan.samples_per_pass > plan.masks:
         fits = fit_samples_per_pass(plan, free)
-        fixes.append(f"samples_per_pass={fits} (needs {_megabytes(plan.with_settings(samples_per_pass=fits).needed)})")
+        needs = plan.with_settings(samples_per_pass=fits * plan.masks).needed
+        fixes.append(f"samples_per_pass={fits} (needs {_megabytes(needs)})")
     if plan.dtype != torch.bfloat16:
         fixes.append(f"precision='bf16' (needs about {_megabytes(fewer.with_settings(dtype=torch.bfloat16).needed)} "
                      f"at samples_per_pass=1)")
