@@ -55,15 +55,24 @@ part environment 15 bash -c "nvidia-smi; $PYTHON -c 'import torch; print(\"torch
 # 1. The tests marked `cuda` (CUDA equals CPU, sample groups, the memory plan against the peak
 #    allocated, a plan that does not fit, bf16), then the core tests on the GPU machine's PyTorch.
 part cuda_tests 90 "$PYTHON" -m pytest -m cuda tests/core -q -p no:cacheprovider -rs
-part core_tests 40 "$PYTHON" -m pytest tests/core -q -p no:cacheprovider -x
 
 # 2. Mask step against plain step, with peak memory and the plan, for every model line; the
 #    group model (samples_per_pass 4, 2, 1 and bf16) at two sizes: 21M and 117M parameters.
-part mask_step 120 "$PYTHON" benchmarks/mask_step.py --device "$DEVICE" --steps 10 --bf16
-part mask_step_large 45 "$PYTHON" benchmarks/mask_step.py --device "$DEVICE" --steps 10 --bf16 --models "" \
-    --group-model gpt-1024x8 --samples-per-pass 4,1
+part mask_step 100 "$PYTHON" benchmarks/mask_step.py --device "$DEVICE" --steps 10 --bf16
+part mask_step_large 40 "$PYTHON" benchmarks/mask_step.py --device "$DEVICE" --steps 10 --bf16 --models "" \
+    --group-model gpt-1024x8 --samples-per-pass 4,1 --joint ""
 
-# 3. PAPER_STEPS pretraining steps and PAPER_STEPS steps per mask of each experiment's paper
+# 3. Does a short GPU run learn hard problems? DeepMind Mathematics' small preset on one module
+#    with five times its pretraining (6,000 steps), its two masks and the hard-test evaluation, in
+#    at most 4 minutes (needs MODMASK_DATA; generated data is cached in its dm_math_generated).
+if [[ -n ${MODMASK_DATA:-} ]]; then
+    rm -rf "$OUT/dm_math_learn"
+    part dm_math_learn 240 "$PYTHON" -m modmask.cli run dm_math --preset small --set modules=arithmetic__add_or_sub \
+        --set pretrain_steps=6000 --set warmup=600 --device "$DEVICE" --quiet --out "$OUT/dm_math_learn"
+    cp "$OUT/dm_math_learn/report.md" "$OUT/dm_math_learn_report.md" 2>/dev/null
+fi
+
+# 4. PAPER_STEPS pretraining steps and PAPER_STEPS steps per mask of each experiment's paper
 #    presets, timed, and the hours per seed the paper's step counts would take: seconds per step
 #    from seed-0's timings.json (phases `pretrain`, scan's `baseline:<split>`, `mask:<name>` and
 #    `masks:<names>` of masks trained together), scaled to the paper's pretrain_steps and
@@ -174,5 +183,8 @@ else
     echo "paper presets of permuted_mnist, scan, cifar, dm_math skipped: set MODMASK_DATA to their data" \
         | tee -a "$SUMMARY" "$HOURS"
 fi
+
+# 5. The whole core suite on the GPU machine's PyTorch, with what is left.
+part core_tests 40 "$PYTHON" -m pytest tests/core -q -p no:cacheprovider -x
 
 echo "== done in $(( $(date +%s) - START ))s; results in $OUT" | tee -a "$SUMMARY"
