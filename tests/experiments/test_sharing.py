@@ -25,3 +25,24 @@ def test_sharing_smoke_end_to_end(tmp_path, sweep):
     if sweep == "beta":  # both betas reuse one pretrained network
         a, b = sorted((tmp_path / "seed-0").glob("point-*/checkpoints/pretrained.safetensors"))
         assert a.stat().st_ino == b.stat().st_ino
+
+
+def test_joint_beta_points_give_the_masks_of_points_trained_alone(tmp_path):
+    """mask.joint: the beta points of one network in one joint stage, the same masks up to rounding."""
+    def run(out, joint):
+        args = ["run", "sharing", "--preset", "smoke", "--set", "sweep=beta", "--set", f"mask.joint={joint}", "--set", "mask.lr=0.2",
+                "--out", str(out), "--quiet"]
+        assert cli.main(args) == 0
+        return json.loads((out / "results.json").read_text())["aggregate"]["points"]
+
+    joint, alone = run(tmp_path / "joint", "true"), run(tmp_path / "alone", "false")
+    timings = json.loads((tmp_path / "joint/seed-0/timings.json").read_text())
+    assert [p for p in timings if p.startswith("masks:")] == [
+        "masks:point-0-full,point-0-add,point-0-mul,point-1-full,point-1-add,point-1-mul"]
+    for a, b in zip(joint, alone):
+        assert a["beta"] == b["beta"]
+        assert a["weights_add"]["mean"] == pytest.approx(b["weights_add"]["mean"], abs=2)
+        assert a["iou"]["mean"] == pytest.approx(b["iou"]["mean"], abs=0.01)
+        assert a["full_accuracy"]["mean"] == pytest.approx(b["full_accuracy"]["mean"], abs=0.5)
+    # the two betas made masks of other sizes, each in its own point
+    assert joint[0]["weights_add"]["mean"] > 1.2 * joint[1]["weights_add"]["mean"]

@@ -27,6 +27,12 @@ class RandomBatches:
     def load_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
 
+    def fork(self) -> "RandomBatches":
+        """An independent stream at this one's position (the data shared, not copied)."""
+        copy = RandomBatches(self.data, self.batch_size, 0)
+        copy.load_state(self.state())
+        return copy
+
 
 def fixed_batches(data, batch_size: int) -> list:
     """The whole set, in order, as a list of batches (for evaluation)."""

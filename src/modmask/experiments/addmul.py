@@ -85,7 +85,9 @@ def op_confusion(model: nn.Module, masks, valid: AddMulData) -> list[list[float]
     return [(rows[rows[:, 0] == op, 1:].float().mean(0) * 100).tolist() for op in (ADD, MUL)]
 
 
-def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
+def prepare(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")):
+    """(the pretrained network, its Functions (Full, +, *), the validation data): pretrained in
+    run_dir, or loaded from its finished checkpoint."""
     train = AddMulData.generate("train", config.train_size)
     valid = AddMulData.generate("valid", config.valid_size)
     model = build_model(config, seed).to(device)
@@ -93,10 +95,14 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
                  steps=config.pretrain_steps, lr=config.lr, grad_clip=config.grad_clip,
                  checkpoint_every=config.checkpoint_every, progress=progress, seed=seed)
-
     functions = [Function(name, RandomBatches(train.subset(op), config.batch_size, 1234 + seed),
                           fixed_batches(valid.subset(op), 1000), digit_loss, digits_correct, label)
                  for name, label, op in STAGES]
+    return model, functions, valid
+
+
+def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
+    model, functions, valid = prepare(config, run_dir, seed, progress=progress, device=device)
     trained = train_masks(model, functions, run_dir, config.mask, seed, progress, config.checkpoint_every)
     masks = {name: t.masks for name, t in trained.items()}
 

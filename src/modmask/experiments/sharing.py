@@ -1,7 +1,8 @@
 """How much do the + and * masks share, against network size and against beta? (paper §2.9)
 
 Each point of the sweep is a full add/mul FNN study (addmul.run) in its own folder; points of the
-beta sweep with the same network reuse one pretrained model. Recorded per point: the total
+beta sweep with the same network reuse one pretrained model, and with mask.joint their masks are
+trained in one joint stage per network (3 masks per beta point). Recorded per point: the total
 fraction of the + mask shared with the * mask (|M+ ∧ M*| / |M+|, and the same for *), the pooled
 IoU (the original code's "shared" total) and the Full mask's accuracy on the mixed validation set.
 """
@@ -16,6 +17,7 @@ from ..core.mask_config import MaskConfig
 from . import addmul
 from .config import build
 from ..runs import RunDir
+from .stage import Stage, mask_stages
 
 DESCRIPTION = "add/mul FNN: weight sharing against network size or beta (sweep)"
 
@@ -71,17 +73,43 @@ def _share_pretrained(source: RunDir, target: RunDir) -> None:
         os.link(done, link)
 
 
+def _joint_beta_masks(studies: list, dirs: list[RunDir], sizes: list[str], run_dir: RunDir, seed: int,
+                      progress: bool, device) -> None:
+    """The beta sweep with mask.joint: for each network, the masks of all its beta points in one
+    joint stage (3 masks per point, each with its point's beta, seed and batches, so each equals
+    what the point trains alone up to float rounding), kept in the sweep's seed folder and linked
+    into each point's masks/ folder, where addmul.run finds them finished."""
+    for size in dict.fromkeys(sizes):
+        group = [i for i, s in enumerate(sizes) if s == size]
+        model, functions, _ = addmul.prepare(studies[group[0]], dirs[group[0]], seed, progress=progress,
+                                             device=device)
+        stages = [Stage(f"point-{i}-{f.name}", f.train.fork(), f.loss, seed * 1000 + index, label=f"{f.title} #{i}",
+                        config=studies[i].mask)
+                  for i in group for index, f in enumerate(functions)]
+        mask_stages(run_dir, model, stages, studies[group[0]].mask, progress=progress,
+                    checkpoint_every=studies[group[0]].checkpoint_every)
+        for i in group:
+            for f in functions:
+                link = dirs[i].file("masks", f"{f.name}.safetensors")
+                if not link.exists():
+                    os.link(run_dir.file("masks", f"point-{i}-{f.name}.safetensors"), link)
+
+
 def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=None) -> dict:
     base = build(addmul.Config, addmul.PRESETS["small"])
-    results, first_of_size, timings = [], {}, {}
-    for index, point in enumerate(points(config)):
-        point_dir = run_dir.child(f"point-{index}-{point['size']}-beta{point['beta']:g}")
-        if point["size"] in first_of_size:
-            _share_pretrained(first_of_size[point["size"]], point_dir)
+    sweep = points(config)
+    studies = [dataclasses.replace(base, hidden=hidden(point["size"]), train_size=config.train_size,
+                                   pretrain_steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every,
+                                   mask=dataclasses.replace(config.mask, beta=point["beta"])) for point in sweep]
+    dirs = [run_dir.child(f"point-{index}-{point['size']}-beta{point['beta']:g}") for index, point in enumerate(sweep)]
+    first_of_size = {}
+    for point, point_dir in zip(sweep, dirs):
         first_of_size.setdefault(point["size"], point_dir)
-        study = dataclasses.replace(base, hidden=hidden(point["size"]), train_size=config.train_size,
-                                    pretrain_steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every,
-                                    mask=dataclasses.replace(config.mask, beta=point["beta"]))
+    if config.sweep == "beta" and config.mask.joint:
+        _joint_beta_masks(studies, dirs, [p["size"] for p in sweep], run_dir, seed, progress, device)
+    results, timings = [], dict(run_dir.timings())  # the joint stages' phases, if any
+    for point, study, point_dir in zip(sweep, studies, dirs):
+        _share_pretrained(first_of_size[point["size"]], point_dir)
         outcome = addmul.run(study, point_dir, seed, progress=progress, device=device)
         total = outcome["masks"]["overlap"]["add|mul"][-1]
         results.append({**point, "shared_add": total["shared_add"], "shared_mul": total["shared_mul"],

@@ -41,7 +41,9 @@ def mask_stage(run: RunDir, name: str, model: nn.Module, batches: Iterable, loss
 @dataclass
 class Stage:
     """One mask of a study: its file name, batches (endless; with state()/load_state() a joint
-    stage checkpoints them too), loss, seed and MaskTrainer options (e.g. fixed_masks)."""
+    stage checkpoints them too), loss, seed and MaskTrainer options (e.g. fixed_masks); `config`,
+    if given, replaces the study's MaskConfig for this mask (e.g. another beta; a joint stage needs
+    the same steps and mode)."""
 
     name: str
     batches: Iterable
@@ -49,6 +51,7 @@ class Stage:
     seed: int
     options: dict = field(default_factory=dict)
     label: str | None = None
+    config: MaskConfig | None = None
 
 
 def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: MaskConfig, *, progress: bool = True,
@@ -59,8 +62,8 @@ def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: 
     `checkpoint_every` steps when every stage's batches can save their state. joint=False: the
     study's batches cannot share one call of the model (e.g. sequences of other lengths)."""
     if not (config.joint and joint) or len(stages) < 2:
-        return {s.name: mask_stage(run, s.name, model, s.batches, s.loss_fn, config, seed=s.seed, progress=progress,
-                                   label=s.label, **s.options) for s in stages}
+        return {s.name: mask_stage(run, s.name, model, s.batches, s.loss_fn, s.config or config, seed=s.seed,
+                                   progress=progress, label=s.label, **s.options) for s in stages}
     paths = {s.name: run.file("masks", f"{s.name}.safetensors") for s in stages}
     done = {s.name: TrainedMask.load(paths[s.name], model) for s in stages if paths[s.name].exists()}
     todo = [s for s in stages if s.name not in done]
@@ -85,7 +88,8 @@ def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: 
 
     with run.timed("masks:" + ",".join(names)):
         trained = train_masks_jointly(
-            model, [(s.batches, s.loss_fn) for s in todo], config, seeds=[s.seed for s in todo],
+            model, [(s.batches, s.loss_fn) for s in todo], [s.config or config for s in todo],
+            seeds=[s.seed for s in todo],
             options=[s.options for s in todo], progress=f"masks {', '.join(s.label or s.name for s in todo)}"
             if progress else False, on_log=lambda i, record: run.log({"phase": f"mask:{names[i]}", **record}),
             start=start, state=state, checkpoint=save if resumable else None, checkpoint_every=checkpoint_every)
