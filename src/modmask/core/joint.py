@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .batches import as_arguments, flatten_output, split_batch, to_device, unpack_batch
 from .gumbel import keep_thresholds, sample_masked_weights
 from .mask_config import MaskConfig
-from .memory import autocast, check_fits_device, free_memory, memory_plan
+from .memory import autocast, check_fits_device, fit_samples_per_pass, free_memory, memory_plan
 from .masking import call_sequential, call_vmap, choose_path, model_mode, parameters_restored
 from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever, _rows, _samples
 
@@ -65,9 +65,6 @@ class JointMaskTrainer:
             if trainer.original_clipping or trainer.frozen_entries:
                 raise ValueError(f"{where} uses original_clipping or trainable weights, which couple the masks "
                                  f"through the shared weights' gradients: train it alone")
-            if trainer.samples_per_pass == "auto":
-                raise ValueError(f"{where}: samples_per_pass='auto' is resolved by one mask's plan; give a joint "
-                                 f"stage a number (the joint plan, logged on the first step, shows what fits)")
             if (trainer.dtype, trainer.compiled, trainer.k, trainer.samples_per_pass) != (
                     first.dtype, first.compiled, first.k, first.samples_per_pass):
                 raise ValueError(f"{where} has another k, samples_per_pass, precision or `compiled` setting "
@@ -172,14 +169,22 @@ class JointMaskTrainer:
             grad.mul_(factors.view(-1, *[1] * (grad.dim() - 1)))
 
     def _plan_memory(self, chunks) -> None:
-        """The memory plan of the joint step (M masks' logits and Adam, M x k masked copies), logged;
-        on a GPU a plan that cannot fit stops here."""
+        """The memory plan of the joint step (M masks' logits and Adam, M x samples_per_pass masked
+        copies), logged; samples_per_pass='auto' resolved for all masks; on a GPU a plan that cannot
+        fit stops here."""
         first, masks = self.trainers[0], len(self.trainers)
+        auto = first.samples_per_pass == "auto"
         plan = memory_plan(self.model, k=masks * first.k, chunks=chunks, parameters=list(self.logits),
-                           dtype=first.dtype, samples_per_pass=masks * first.samples_per_pass)
-        self.plan = dataclasses.replace(plan, masks=masks)
+                           dtype=first.dtype, samples_per_pass=masks * (first.k if auto else first.samples_per_pass))
+        plan, free = dataclasses.replace(plan, masks=masks), free_memory(first.device)
+        if auto:
+            fits = fit_samples_per_pass(plan, free)
+            plan = plan.with_settings(samples_per_pass=masks * fits)
+            for trainer in self.trainers:
+                trainer.samples_per_pass = fits
+        self.plan = plan
         log.info("modmask: joint stage of %d masks: %s", masks, self.plan.summary())
-        check_fits_device(self.plan, first.device, free_memory(first.device))
+        check_fits_device(self.plan, first.device, free)
 
     def _masked(self, noise: list, thresholds: dict, lo: int, hi: int, low: torch.dtype | None
                 ) -> dict[str, torch.Tensor]:

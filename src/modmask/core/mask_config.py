@@ -15,6 +15,10 @@ PATHS = ("auto", "vmap", "sequential")
 MODES = ("eval", "train")
 
 
+# settings that change how masks train, not what they learn (beyond float rounding)
+EXECUTION_SETTINGS = ("path", "compiled", "samples_per_pass", "joint")
+
+
 @dataclass(frozen=True)
 class MaskConfig:
     """steps: updates per mask. k: mask samples per step (each on B/k examples). beta, reg_batch_size:
@@ -30,8 +34,9 @@ class MaskConfig:
     copies in memory to samples_per_pass x |W| with the same result. precision: 'fp32' or 'bf16'
     (the model's forward under autocast; logits and Adam stay fp32). joint: a study trains its
     independent masks in one pass (core/joint.py; the same masks up to float rounding, with
-    checkpoints inside the stage) instead of one at a time; off by default, since on 2 CPU cores it
-    is not faster yet (docs/performance.md)."""
+    checkpoints inside the stage; false: one at a time). path, compiled, samples_per_pass and
+    joint change how masks train, not what they learn (beyond float rounding): a run may be
+    resumed with other values (EXECUTION_SETTINGS)."""
 
     steps: int = 20_000
     k: int = 4
@@ -49,7 +54,7 @@ class MaskConfig:
     mode: str = "eval"
     samples_per_pass: int | str | None = None
     precision: str = "fp32"
-    joint: bool = False
+    joint: bool = True
 
     def __post_init__(self):
         problems = [f"{name} must be positive (got {getattr(self, name)})" for name in ("steps", "k", "lr")

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from ..core.mask_config import EXECUTION_SETTINGS
 from ..runs import RunDir, aggregate, read_json, seed_dir, seed_finished, write_json
 from ..runs.catalogue import experiment_module
 from ..runs.legacy import legacy_keys, upgrade
@@ -46,7 +47,7 @@ class Plan:
     def check(self, path: Path) -> RunDir:
         """The run directory at `path`, its config.json written or checked against this plan."""
         run = RunDir(path)
-        run.check_config(self.described, self.normalise)
+        run.check_config(self.described, self.normalise, free=[f"mask.{name}" for name in EXECUTION_SETTINGS])
         return run
 
 

@@ -61,7 +61,8 @@ def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: 
     `masks:<name>,<name>,...`, and checkpointed to checkpoints/masks-partial.pt every
     `checkpoint_every` steps when every stage's batches can save their state. joint=False: the
     study's batches cannot share one call of the model (e.g. sequences of other lengths)."""
-    if not (config.joint and joint) or len(stages) < 2:
+    # in mode=train the model's own randomness (dropout) would be one stream for all masks of a pass
+    if not (config.joint and joint) or len(stages) < 2 or config.mode == "train":
         return {s.name: mask_stage(run, s.name, model, s.batches, s.loss_fn, s.config or config, seed=s.seed,
                                    progress=progress, label=s.label, **s.options) for s in stages}
     paths = {s.name: run.file("masks", f"{s.name}.safetensors") for s in stages}

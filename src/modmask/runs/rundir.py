@@ -12,7 +12,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .legacy import flatten
 
@@ -63,17 +63,20 @@ class RunDir:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def check_config(self, config: dict, normalise: Callable[[dict], dict] | None = None) -> None:
+    def check_config(self, config: dict, normalise: Callable[[dict], dict] | None = None,
+                     free: Iterable[str] = ()) -> None:
         """Write config.json, or refuse to resume a run made with other settings. `normalise` turns
         the saved config into today's form (legacy keys, settings added since, which take their
-        defaults), so run directories stay resumable across versions."""
+        defaults), so run directories stay resumable across versions. `free`: dotted keys that
+        may differ (settings that do not change the results, e.g. mask.samples_per_pass); the
+        file keeps the values the run started with."""
         path = self.path / "config.json"
         if path.exists():
             saved = read_json(path)
             # dotted keys, JSON round-tripped so that tuples and lists compare equal
             saved = flatten(json.loads(json.dumps(_clean(normalise(saved) if normalise else saved))))
             wanted = flatten(json.loads(json.dumps(_clean(config))))
-            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k) and k not in free)
             if changed:
                 raise ValueError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
                                  f"use another --out directory or the same settings to resume it")
