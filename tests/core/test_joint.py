@@ -128,3 +128,12 @@ def test_joint_masks_in_bf16_match_masks_trained_alone_in_bf16():
         # bf16 products of another batch shape round differently, which can flip a sample now and then
         same = sum(int((kept_alone[n] == kept_joint[n]).sum()) for n in a.logits) / sum(l.numel() for l in a.logits.values())
         assert same > 0.95
+
+
+def test_samples_per_pass_auto_is_resolved_for_every_mask_of_a_joint_stage():
+    model = MLP(6, (16,), 3)
+    joint = JointMaskTrainer([MaskTrainer(model, F.cross_entropy, k=4, samples_per_pass="auto", seed=s)
+                              for s in range(2)])
+    joint.step([_data(s)[0] for s in range(2)])
+    assert [t.samples_per_pass for t in joint.trainers] == [4, 4]  # a tiny model fits: all samples at once
+    assert joint.plan.samples_per_pass == 8 and joint.plan.masks == 2

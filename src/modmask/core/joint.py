@@ -97,9 +97,9 @@ class JointMaskTrainer:
             raise ValueError(f"the masks of a joint stage need the same examples per sample (batch size / k); "
                              f"got {sizes}: use one batch size (or train the masks one at a time)")
         first = self.trainers[0]
-        k, group = first.k, first.samples_per_pass
         if self.plan is None:
-            self._plan_memory(_concatenate([p[0] for p in parts]))
+            self._plan_memory(_concatenate([p[0] for p in parts]))  # resolves samples_per_pass='auto'
+        k, group = first.k, first.samples_per_pass
         noise = [t.source.reserve(t.k, [w.shape for w in t.weights.values()]) for t in self.trainers]
         # groups share the per-weight thresholds of this step
         thresholds = {n: keep_thresholds(l) for n, l in self.logits.items()} if group < k else {}
