@@ -30,16 +30,32 @@ def write_report(out: Path, summary: dict) -> Path:
                     {n: [mean(f[n]) * 100 for f in agg["free"]] for n in agg["free"][0]},
                     {n: [std(f[n]) * 100 for f in agg["free"]] for n in agg["free"][0]},
                     xlabel="after task", ylabel="free weights [%]", title="Weights no task uses yet")
-    sharing_rows = [[f"T{p + 1}"] + [fmt(agg["sharing"][p - 1][n], 3) for n in layers]
+    # chance: a random mask with task p's count in a layer lands in the earlier tasks' weights as
+    # often as they fill the layer, 1 - (free before task p)
+    chance = {p: {n: 1 - mean(agg["free"][p - 1][n]) for n in layers} for p in tasks}
+    sharing_rows = [[f"T{p + 1}"] + [cell for n in layers for cell in (fmt(agg["sharing"][p - 1][n], 3),
+                                                                        f"{chance[p][n]:.3f}")]
                     + [fmt(agg["free"][p - 1][layers[0]], 3)] for p in tasks]
+    above = [mean(agg["sharing"][p - 1][n]) / chance[p][n] for p in tasks for n in layers if chance[p][n] > 0]
+    verdict = (f"Against chance (a random mask of the same size in each layer shares 1 - the free fraction): "
+               f"each new task's mask shares {min(above):.1f}-{max(above):.1f}x what a random mask of its size "
+               f"would, in every layer and task: the new tasks reuse old weights more than chance, even while "
+               f"free weights remain." if above and min(above) > 1 else
+               "Against chance (a random mask of the same size in each layer shares 1 - the free fraction): "
+               "some tasks share no more than chance: " + ", ".join(
+                   f"T{p + 1} {label}" for p in tasks for n, label in zip(layers, labels)
+                   if chance[p][n] > 0 and mean(agg["sharing"][p - 1][n]) <= chance[p][n]) + ".")
     accuracy_rows = [[f"T{q + 1}", fmt(a)] for q, a in enumerate(agg["accuracy"])]
     text = [f"# Permuted MNIST: FNN 784-{'-'.join(str(h) for h in config['hidden'])}-10", "",
             f"{run_line(summary)}; {config['tasks']} tasks, "
             f"{config['mask']['steps']} steps each, k {config['mask']['k']}, beta {config['mask']['beta']}, new-weight logits "
             f"{config['mask_new_init']}.", "",
-            "## Finding", "", PAPER_FINDING, "",
+            "## Finding", "", PAPER_FINDING, "", verdict, "",
             "## Sharing with earlier tasks", "",
-            table(["task", *labels, f"free in {layers[0]} before it"], sharing_rows), "",
+            table(["task", *[h for label in labels for h in (label, "chance")], f"free in {layers[0]} before it"],
+                  sharing_rows), "",
+            "Chance: the share of a random mask with the task's weight count in the layer that falls in the "
+            "earlier tasks' weights (the fraction they use).", "",
             "![sharing](figures/sharing.png)", "", "![free](figures/free.png)", "",
             "## Accuracy of every task with its own mask, after all tasks [%]", "",
             table(["task", "accuracy"], accuracy_rows), "",
