@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .batches import as_arguments, flatten_output, split_batch, to_device, unpack_batch
@@ -28,7 +27,7 @@ from .gumbel import keep_thresholds, sample_masked_weights
 from .mask_config import MaskConfig
 from .memory import autocast, check_fits_device, fit_samples_per_pass, free_memory, memory_plan
 from .masking import call_sequential, call_vmap, choose_path, model_mode, parameters_restored
-from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever, _rows, _samples
+from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever, _samples, fp32_outputs, low_precision
 
 log = logging.getLogger(__name__)
 
@@ -131,25 +130,16 @@ class JointMaskTrainer:
                                         chunks, first.requested_path)
             for trainer in self.trainers:
                 trainer.path = self.path
-            if low:  # as in MaskTrainer: bf16 copies of the unmasked tensors too
-                self.others = {n: p.to(low) if p.is_floating_point() and (self.path == "vmap" or p.dim() >= 2) else p
-                               for n, p in first.others.items()}
+            if low:  # as in MaskTrainer
+                self.others = low_precision(first.others, low, self.path)
         run = call_vmap if self.path == "vmap" else call_sequential
         with autocast(first.device, first.dtype):
             outputs = run(self.model, self._masked(noise, thresholds, lo, hi, low), self.others, chunks)
-        if low:  # the losses in fp32
-            outputs = tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
-                               outputs)
         losses = []
         sizes = [b * (hi - lo) // k for _, _, b in parts]
-        for index, (trainer, output, (_, targets, b)) in enumerate(zip(self.trainers, _split_outputs(outputs, sizes),
-                                                                       parts)):
-            if hi - lo == k:
-                loss = trainer._loss(output, targets)
-            else:
-                rows = b // k
-                loss = trainer._loss(output, tree_map(lambda t: _rows(t, b, lo * rows, hi * rows), targets)) \
-                    * ((hi - lo) / k)
+        for index, (trainer, output, (_, targets, b)) in enumerate(
+                zip(self.trainers, _split_outputs(fp32_outputs(outputs) if low else outputs, sizes), parts)):
+            loss = trainer._share_loss(output, targets, b, lo, hi)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"mask {index}: mask training loss is {loss.item()}: check the "
                                          f"loss function and the data, or lower the learning rate")

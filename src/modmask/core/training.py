@@ -269,19 +269,17 @@ class MaskTrainer:
                 self.path = choose_path(self.model, self._masked(noise, thresholds, lo, hi, None), self.others, group,
                                         self.requested_path)
             if not self.original_clipping:
-                # bf16 copies of the unmasked tensors too: under vmap a bias kept in fp32 would promote
-                # every linear layer's bf16 output back to fp32 (autocast does not see the add)
-                self.others = {n: p.to(low) if p.is_floating_point() and (self.path == "vmap" or p.dim() >= 2) else p
-                               for n, p in self.others.items()}
+                self.others = low_precision(self.others, low, self.path)
         masked = self._masked(noise, thresholds, lo, hi, low)
         if self.path is None:
             self.path = choose_path(self.model, masked, self.others, group, self.requested_path)
         run = call_vmap if self.path == "vmap" else call_sequential
         with autocast(self.device, self.dtype):
             outputs = run(self.model, masked, self.others, group)
-        if low:  # the loss in fp32
-            outputs = tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
-                               outputs)
+        return self._share_loss(fp32_outputs(outputs) if low else outputs, targets, batch_size, lo, hi)
+
+    def _share_loss(self, outputs, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
+        """The task loss of samples lo..hi-1 (their outputs, the batch's targets), times their share of the batch."""
         if hi - lo == self.k:
             return self._loss(outputs, targets)
         rows = batch_size // self.k
@@ -322,6 +320,18 @@ class MaskTrainer:
         return TrainedMask({n: (l.detach().t() if n in self.transposed else l.detach()).contiguous().clone()
                             for n, l in self.logits.items()}, history or [],
                            self.weights_by_name() if self.frozen_entries else None)
+
+
+def low_precision(others: dict[str, torch.Tensor], low: torch.dtype, path: str) -> dict[str, torch.Tensor]:
+    """bf16 copies of the unmasked tensors: under vmap a bias kept in fp32 would promote every
+    linear layer's bf16 output back to fp32 (autocast does not see the add); on the sequential
+    path vectors stay fp32 (CPU layer norm refuses a bf16 weight with an fp32 input)."""
+    return {n: p.to(low) if p.is_floating_point() and (path == "vmap" or p.dim() >= 2) else p for n, p in others.items()}
+
+
+def fp32_outputs(outputs: Any) -> Any:
+    """The model's outputs with every float tensor in fp32 (the loss is computed in fp32)."""
+    return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, outputs)
 
 
 def _samples(chunks, lo: int, hi: int):
