@@ -33,6 +33,13 @@ def against_controls(acc: dict, overlap_total: dict) -> str:
             verdict = "holds" if own > control + 10 else "does not hold"
             parts.append(f"Removing the {op} mask costs {name} {own:.1f} points; removing as many random weights "
                          f"per layer costs it {control:.1f}: the effect {verdict} against random removal.")
+        for op, other, name in (("+", "*", "multiplication"), ("*", "+", "addition")):
+            # "the other operation stays intact": compared with the same random removal
+            cost, control = _drop(acc, f"¬{op}", other), _drop(acc, f"random ¬{op}", other)
+            parts.append(f"The {op} mask's removal costs {name} {cost:.1f} points, random removal {control:.1f}: "
+                         + ("no more than removing random weights, so " + name + " does not need the " + op
+                            + " mask's weights beyond their number." if cost <= control + 10 else
+                            name + " needs the " + op + " mask's weights more than random ones."))
     if "iou_chance" in overlap_total:
         ratio = mean(overlap_total["iou"]) / max(mean(overlap_total["iou_chance"]), 1e-12)
         parts.append(f"The + and * masks overlap with IoU {mean(overlap_total['iou']):.3f} against "

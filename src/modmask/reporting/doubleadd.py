@@ -49,6 +49,15 @@ def finding(agg: dict) -> str:
         text += (f" Removing as many random weights per layer as the Pair 1 mask has costs pair 1 {control:.1f} "
                  f"points: the Pair 1 mask's own effect {'holds' if own > control + 10 else 'does not hold'} "
                  f"against random removal.")
+        # the claim "removing Pair 1 leaves pair 2 mostly intact", against the same random removal
+        random_other = mean(acc["Full"]["pair 2"]) - mean(acc["random ¬Pair 1"]["pair 2"])
+        spared = other <= random_other + 10
+        text += (f" The same random removal costs pair 2 {random_other:.1f} points against the Pair 1 mask's "
+                 f"{other:.1f}: removing the Pair 1 mask "
+                 + ("spares pair 2 about as much as removing random weights does, so the pair masks are separate "
+                    "as far as removal shows." if spared else
+                    "hurts pair 2 much more than removing random weights does, so pair 2 needs weights of the "
+                    "Pair 1 mask: the masks are not functionally separate."))
     if "control" in agg:
         control_iou = mean(_iou_total(agg["control"]["masks"]))
         text += (f" In the copy-weight control the IoU is {control_iou:.3f} "
