@@ -99,6 +99,8 @@ def test_scan_smoke_end_to_end(tmp_path, preset):
     assert set(agg["accuracy"]) == {"no mask", "simple", "jump", "length", "turn_left"}
     assert set(agg["output_removed"]) == {"I_TURN_LEFT", "I_TURN_RIGHT", "I_JUMP", "I_WALK", "I_RUN", "I_LOOK", "EOS"}
     assert set(agg["baseline"]) == {"jump", "length", "turn_left"}
+    assert set(agg["control"]) == {"jump", "length", "turn_left"} and 0 <= agg["control"]["jump"]["mean"] <= 100
+    assert "Against the random control: on jump" in (tmp_path / "run/report.md").read_text()
     assert (tmp_path / "run/figures/accuracy.png").exists() and (tmp_path / "run/report.md").exists()
 
 

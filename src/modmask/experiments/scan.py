@@ -16,6 +16,7 @@ import torch
 
 from ..core.analysis import overlap_matrix
 from ..core.evaluation import evaluate
+from ..core.masks import random_masks
 from ..core.mask_config import MaskConfig
 from ..data.scan import ScanData, ScanVocabulary
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
@@ -55,6 +56,7 @@ class Config:
     baseline: bool = True  # also train from scratch on the baseline splits
     baseline_splits: tuple[str, ...] = ("jump", "length", "turn_left")  # a subset saves time
     test_examples: int = 0  # evaluate on at most this many test examples per split (0: all)
+    random_draws: int = 3  # random subsets of the full-problem mask per split mask: its control (0: none)
     data: str | None = None
     checkpoint_every: int = 2000
 
@@ -97,6 +99,19 @@ def _model(config: Config, vocab: ScanVocabulary, seed: int) -> torch.nn.Module:
         return LSTMEncoderDecoder(*sizes, config.embedding, config.hidden, dropout=config.dropout)
 
 
+def split_controls(model, masks: dict, test: dict, draws: int, seed: int) -> dict[str, float]:
+    """Split -> the accuracy [%] on its test set of the full-problem mask with as many of its
+    weights removed at random, per tensor, as the split's mask lacks of it (a random subset of the
+    simple mask with the counts of split & simple), mean over `draws`. The split mask should do
+    worse than this if the weights it lacks are split-specific, not merely as many."""
+    if not draws:
+        return {}
+    generator = torch.Generator().manual_seed(seed)
+    full = masks["simple"]
+    return {split: sum(evaluate(model, random_masks(masks[split] & full, generator, within=full), test[split], correct)
+                       for _ in range(draws)) / draws * 100 for split in SPLITS[1:]}
+
+
 def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     vocab = ScanVocabulary.load(config.data)
     train = {s: ScanData.load(s, "train", vocab, config.data) for s in SPLITS}
@@ -124,6 +139,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     removed = {token: (simple[rows[token]] & ~jump[rows[token]]).sum().item()
                / max(simple[rows[token]].sum().item(), 1) * 100 for token in TOKEN_ORDER}
 
+    control = split_controls(model, masks, test, config.random_draws, seed)
     baseline = {}
     if config.baseline:
         for split in config.baseline_splits:
@@ -132,6 +148,6 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                 pretrain(scratch, SequenceBatches(train[split], config.batch_size, seed, teacher),
                          loss, run_dir.child(f"baseline-{split}"), steps=config.pretrain_steps, **settings)
             baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
-    return {"accuracy": accuracy, "output_removed": removed, "baseline": baseline,
+    return {"accuracy": accuracy, "output_removed": removed, "baseline": baseline, "control": control,
             "densities": {name: m.density() for name, m in masks.items()}, "overlap": overlap_matrix(masks),
             "timings": run_dir.timings()}

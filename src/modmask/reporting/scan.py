@@ -17,6 +17,19 @@ PAPER_FINDING = ("The paper (poster): a network pretrained on all of SCAN perfor
                  "removes most of the weights of I_JUMP.")
 
 
+def against_control(acc: dict, control: dict) -> str:
+    """One sentence per split: is the split mask worse on its split than a random subset of the
+    full-problem mask of the same size?"""
+    parts = []
+    for split, value in control.items():
+        own, reference = mean(acc[split][split]), mean(value)
+        verdict = ("so the weights it lacks are split-specific" if own < reference - 10 else
+                   "so what it lacks matters no more than as many random weights of the full-problem mask")
+        parts.append(f"on {split} the {split} mask reaches {own:.1f}% against {reference:.1f}% for the full-problem "
+                     f"mask with as many random weights removed, {verdict}")
+    return "Against the random control: " + "; ".join(parts) + "."
+
+
 def write_report(out: Path, summary: dict) -> Path:
     figures = out / "figures"
     agg = summary["aggregate"]
@@ -32,6 +45,7 @@ def write_report(out: Path, summary: dict) -> Path:
                      {"removed": [std(v) for v in removed.values()]}, ylabel="removed [%]",
                      title="Output-layer weights of the simple mask that the jump mask removes")
     rows = [[mask] + [fmt(acc[mask][s]) for s in SPLITS] for mask in acc]
+    control = agg.get("control") or {}
     own, full = mean(acc["jump"]["jump"]), mean(acc["simple"]["jump"])
     model = {"transformer": "Transformer"}.get(summary["config"].get("model"), "LSTM")
     text = [f"# SCAN: {model} encoder-decoder", "",
@@ -41,8 +55,13 @@ def write_report(out: Path, summary: dict) -> Path:
             f"Measured: on the jump test set the full-problem mask reaches {full:.1f}% and the jump mask {own:.1f}%; "
             f"the jump mask removes {mean(removed['I_JUMP']):.1f}% of I_JUMP's output weights "
             f"(the other tokens: {', '.join(f'{t} {mean(v):.1f}%' for t, v in removed.items() if t != 'I_JUMP')}).", "",
+            *([against_control(acc, control), ""] if control else []),
             "## Test accuracy of every mask on every split [%]", "",
             table(["mask", *SPLITS], rows), "", "![accuracy](figures/accuracy.png)", "",
+            *([table(["split", "full-problem mask", "split mask", "random control"],
+                     [[s, fmt(acc["simple"][s]), fmt(acc[s][s]), fmt(control[s])] for s in control]), "",
+               "Random control: the full-problem mask with as many of its weights removed at random, in every "
+               "tensor, as the split mask lacks of it (mean over the draws).", ""] if control else []),
             "## Output tokens", "", "![removed](figures/output_removed.png)", ""]
     if agg.get("baseline"):
         text += ["From scratch on the split: " + ", ".join(f"{s} {fmt(v)}%" for s, v in agg["baseline"].items()), ""]
