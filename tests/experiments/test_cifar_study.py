@@ -27,7 +27,7 @@ def test_cifar_smoke_end_to_end(image_folder, tmp_path):
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
     assert agg["classes"] == CLASSES and len(agg["removal"]) == 10
     assert len(agg["removal"][3]["difference"]) == 10
-    assert 0 <= agg["stability_iou"]["mean"] <= 1
+    assert 0 <= agg["stability_iou"]["mean"] <= 1 and 0 <= agg["stability_iou_chance"]["mean"] <= 1
     assert agg["half_mask"]["layers_late"] == ["convs.3.weight", "convs.3.bias", "output.weight", "output.bias"]
     for name in ("relative_drop.png", "other_over_target.png", "confusion_differences.png"):
         assert (tmp_path / "figures" / name).exists()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..core.analysis import iou, overlap_matrix
+from ..core.analysis import iou, overlap_chance, overlap_matrix
 from ..core.evaluation import collect
 from ..core.mask_config import MaskConfig
 from ..core.masks import Masks, random_masks
@@ -204,14 +204,15 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                         **random_removal(model, mask, reference, valid, c_ref, k, config.random_draws, seed)})
 
     pair = torch.isin(train_labels, torch.tensor(config.stability_classes))
-    stability = iou(*train([("stability-a", train_idx[pair], seed * 100 + 50),
-                            ("stability-b", train_idx[pair], seed * 100 + 51)]))
+    stable = train([("stability-a", train_idx[pair], seed * 100 + 50), ("stability-b", train_idx[pair], seed * 100 + 51)])
+    stability = iou(*stable)
+    stability_chance = overlap_chance(*stable)["total"]["iou_chance"]  # random masks of the same per-layer sizes
     # The CNN's early half: its first three convolutions; the ResNet's: the first half of the tensors.
     early = ([n for n in reference if n.startswith(("convs.0.", "convs.1.", "convs.2."))]
              if config.model == "cnn" else None)
     return {"classes": cifar["classes"], "reference_confusion": c_ref.tolist(), "removal": removal,
             "overlap": overlap_matrix(class_masks),
             "model": config.model, "evaluated_on": "test" if config.model == "resnet" else "iid",
-            "stability_iou": stability, "stability_classes": [cifar["classes"][c] for c in config.stability_classes],
+            "stability_iou": stability, "stability_iou_chance": stability_chance, "stability_classes": [cifar["classes"][c] for c in config.stability_classes],
             "half_mask": half_mask_test(model, reference, valid, lambda out, y: out.argmax(-1) == y, early=early),
             "timings": run_dir.timings()}

@@ -87,7 +87,12 @@ def write_report(out: Path, summary: dict) -> Path:
               if agg.get("overlap") else []),
             "## Mask stability", "",
             f"IoU of two masks trained with different seeds on {' and '.join(agg['stability_classes'])}: "
-            f"{fmt(agg['stability_iou'], 3)}.", "",
+            f"{fmt(agg['stability_iou'], 3)}"
+            + (f", against {mean(agg['stability_iou_chance']):.3f} for random masks with the same number of weights "
+               f"in every tensor: the seeds find the same weights "
+               + ("more often than chance." if mean(agg["stability_iou"]) > 1.2 * mean(agg["stability_iou_chance"])
+                  else "no more often than chance.")
+               if "stability_iou_chance" in agg else "."), "",
             "## Half-mask test (reference mask)", "", half_mask_section(agg["half_mask"], figures), "",
             *timings_section(agg["timings"])]
     return save_report(out, text)
