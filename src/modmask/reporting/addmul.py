@@ -37,9 +37,12 @@ def against_controls(acc: dict, overlap_total: dict) -> str:
             # "the other operation stays intact": compared with the same random removal
             cost, control = _drop(acc, f"¬{op}", other), _drop(acc, f"random ¬{op}", other)
             parts.append(f"The {op} mask's removal costs {name} {cost:.1f} points, random removal {control:.1f}: "
-                         + ("no more than removing random weights, so " + name + " does not need the " + op
-                            + " mask's weights beyond their number." if cost <= control + 10 else
-                            name + " needs the " + op + " mask's weights more than random ones."))
+                         + (name + " needs the " + op + " mask's weights more than random ones."
+                            if cost > control + 10 else
+                            name + " survives it better than random removal: it does not rely on the " + op
+                            + " mask's weights." if cost < control - 10 else
+                            "about what removing random weights costs, so " + name + " does not need the " + op
+                            + " mask's weights beyond their number."))
     if "iou_chance" in overlap_total:
         ratio = mean(overlap_total["iou"]) / max(mean(overlap_total["iou_chance"]), 1e-12)
         parts.append(f"The + and * masks overlap with IoU {mean(overlap_total['iou']):.3f} against "

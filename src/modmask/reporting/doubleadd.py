@@ -51,13 +51,14 @@ def finding(agg: dict) -> str:
                  f"against random removal.")
         # the claim "removing Pair 1 leaves pair 2 mostly intact", against the same random removal
         random_other = mean(acc["Full"]["pair 2"]) - mean(acc["random ¬Pair 1"]["pair 2"])
-        spared = other <= random_other + 10
         text += (f" The same random removal costs pair 2 {random_other:.1f} points against the Pair 1 mask's "
                  f"{other:.1f}: removing the Pair 1 mask "
-                 + ("spares pair 2 about as much as removing random weights does, so the pair masks are separate "
-                    "as far as removal shows." if spared else
+                 + ("spares pair 2 far more than removing random weights does, so pair 2 does not rely on the "
+                    "Pair 1 mask's weights: the masks are functionally separate." if other < random_other - 10 else
                     "hurts pair 2 much more than removing random weights does, so pair 2 needs weights of the "
-                    "Pair 1 mask: the masks are not functionally separate."))
+                    "Pair 1 mask: the masks are not functionally separate." if other > random_other + 10 else
+                    "costs pair 2 about what removing random weights does: the removal says nothing about "
+                    "separation beyond the number of weights."))
     if "control" in agg:
         control_iou = mean(_iou_total(agg["control"]["masks"]))
         text += (f" In the copy-weight control the IoU is {control_iou:.3f} "
