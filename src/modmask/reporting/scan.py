@@ -35,6 +35,8 @@ def write_report(out: Path, summary: dict) -> Path:
     agg = summary["aggregate"]
     acc = agg["accuracy"]
     series = {"full-problem mask": [acc["simple"][s] for s in SHOWN], "split mask": [acc[s][s] for s in SHOWN]}
+    if agg.get("control"):  # the full-problem mask with as many random weights removed as the split mask lacks
+        series["random control"] = [agg["control"][s] for s in SHOWN]
     if agg.get("baseline"):
         series["from scratch on the split"] = [agg["baseline"].get(s, float("nan")) for s in SHOWN]  # nan: no bar
     plots.bar_groups(figures / "accuracy.png", list(SHOWN), {k: [mean(v) for v in vs] for k, vs in series.items()},
