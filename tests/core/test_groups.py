@@ -151,3 +151,19 @@ def test_step_noise_gives_any_range_of_samples_the_full_draws_codes(host_bits):
         old = np.random.PCG64(9)
         codes = old.random_raw((4 * 21 + 3) // 4).view(np.int16)[:4 * 21]
         assert torch.equal(UniformSource(9).reserve(4, shapes).take(0, 0, 4), torch.from_numpy(codes).view(4, 7, 3))
+
+
+def test_a_plan_that_cannot_fit_names_the_settings_that_would():
+    import dataclasses
+
+    from modmask.core.memory import check_fits_device
+
+    model = MLP(6, [512, 512], 3)
+    plan = memory_plan(model, k=4, batch=(torch.randn(16, 6), None))
+    room = int(plan.with_settings(samples_per_pass=2).needed / 0.85)  # only 2 samples per pass fit
+    check_fits_device(plan, torch.device("cpu"), room)  # the check stops runs on a GPU only
+    with pytest.raises(MemoryError, match=r"samples_per_pass=2 .*precision='bf16'.*fewer selected tensors"):
+        check_fits_device(plan, torch.device("cuda"), room)
+    joint = dataclasses.replace(plan, masks=3, k=12, samples_per_pass=12)  # three masks in one stage
+    with pytest.raises(MemoryError, match=r"samples_per_pass=1 .*fewer masks per stage than 3"):
+        check_fits_device(joint, torch.device("cuda"), int(joint.with_settings(samples_per_pass=3).needed / 0.85))
