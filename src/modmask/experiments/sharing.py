@@ -114,6 +114,9 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         total = outcome["masks"]["overlap"]["add|mul"][-1]
         results.append({**point, "shared_add": total["shared_add"], "shared_mul": total["shared_mul"],
                         "iou": total["iou"], "full_accuracy": outcome["accuracy"]["Full"]["iid"],
+                        # random masks of the same per-layer sizes
+                        "iou_chance": total["iou_chance"], "shared_add_chance": total["shared_add_chance"],
+                        "shared_mul_chance": total["shared_mul_chance"],
                         "weights_add": total["count_add"], "weights_mul": total["count_mul"]})
         for phase, seconds in outcome["timings"].items():  # summed over the points
             timings[phase] = timings.get(phase, 0.0) + seconds

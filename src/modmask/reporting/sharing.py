@@ -34,20 +34,27 @@ def write_report(out: Path, summary: dict) -> Path:
     agg = summary["aggregate"]
     points = agg["points"]
     sweep = agg["sweep"]
+    chance = all("iou_chance" in p for p in points)  # runs of modmask 0.1 have no chance levels
     rows = [[p["size"], fmt(p["beta"], 6) if not isinstance(p["beta"], dict) else f"{mean(p['beta']):g}",
              fmt(p["weights_add"], 0), fmt(p["weights_mul"], 0), fmt(p["shared_add"], 3), fmt(p["shared_mul"], 3),
-             fmt(p["iou"], 3), fmt(p["full_accuracy"])] for p in points]
+             fmt(p["iou"], 3)] + ([fmt(p["shared_add_chance"], 3), fmt(p["iou_chance"], 3)] if chance else [])
+            + [fmt(p["full_accuracy"])] for p in points]
+    headers = ["network", "beta", "weights +", "weights *", "shared +", "shared *", "IoU",
+               *(["chance shared +", "chance IoU"] if chance else []), "Full acc. [%]"]
     text = [f"# Weight sharing of the + and * masks against {sweep}", "",
             f"{run_line(summary)}.", "",
             "## Finding", "", PAPER_FINDING[sweep], "",
-            table(["network", "beta", "weights +", "weights *", "shared +", "shared *", "IoU", "Full acc. [%]"], rows),
-            ""]
+            table(headers, rows), "",
+            *(["Chance: random masks with the same number of weights in every layer (the + mask's share of "
+               "them inside a random * mask, and their IoU)."] if chance else []), ""]
     if sweep == "size":
         sharing_plot(figures / "sharing_vs_size.png", [p["size"] for p in points], points, xlabel="network",
                      title="Sharing between the + and * masks")
         first, last = mean(points[0]["shared_add"]), mean(points[-1]["shared_add"])
         text += [f"Measured: the + mask shares {first * 100:.1f}% of its weights with the * mask in the "
-                 f"smallest network and {last * 100:.1f}% in the largest.", "",
+                 f"smallest network and {last * 100:.1f}% in the largest"
+                 + (f" (random masks of their sizes: {mean(points[0]['shared_add_chance']) * 100:.1f}% and "
+                    f"{mean(points[-1]['shared_add_chance']) * 100:.1f}%)." if chance else "."), "",
                  "![sharing vs size](figures/sharing_vs_size.png)", ""]
     else:
         for size in dict.fromkeys(p["size"] for p in points):
