@@ -24,6 +24,8 @@ def against_control(acc: dict, control: dict) -> str:
     for split, value in control.items():
         own, reference = mean(acc[split][split]), mean(value)
         verdict = ("so the weights it lacks are split-specific" if own < reference - 10 else
+                   "better than the control: it keeps what its split needs and lacks only weights the split "
+                   "can do without" if own > reference + 10 else
                    "so what it lacks matters no more than as many random weights of the full-problem mask")
         parts.append(f"on {split} the {split} mask reaches {own:.1f}% against {reference:.1f}% for the full-problem "
                      f"mask with as many random weights removed, {verdict}")
