@@ -1,8 +1,8 @@
 """Several independent masks of one frozen model trained in one pass (M masks x K samples).
 
 The masks of a study share nothing but the frozen weights, so their M x K masked copies and their
-batches can go through one call of the model: each mask keeps its own MaskTrainer (logits, Adam,
-noise source, settings, gradient clipping), and one joint step is exactly M separate steps (the
+batches can go through one call of the model: each mask keeps its own settings (beta, lr, clip,
+seed and noise source, from its MaskTrainer), and one joint step is exactly M separate steps (the
 same noise, losses and gradients; only the batched matrix products round differently). On a
 CPU with a small network one pass over M x K samples costs much less than M passes over K; on a
 GPU, which the paper's networks fill only partly, more so.
@@ -43,7 +43,8 @@ class JointMaskTrainer:
     The masks' logits are stacked into one leaf per tensor ([M, *shape]), and the regulariser,
     per-mask gradient clipping and Adam (each mask with its own beta, clip and lr) run on the
     stacks: a few kernels per tensor instead of M, which on small networks cost as much as the
-    pass itself. The trainers' `logits` become read-only views of the stacks.
+    pass itself. The trainers' `logits` become read-only views of the stacks; the trainers are the
+    stage's from then on (their own optimisers are dropped).
     """
 
     def __init__(self, trainers: Sequence[MaskTrainer]):
@@ -77,6 +78,11 @@ class JointMaskTrainer:
                 trainer.logits = {n: stacked[index] for n, stacked in self.logits.items()}
         self.adam = _StackedAdam(self.logits, [t.optimizer.defaults["lr"] for t in trainers])
         self.clips = [t.grad_clip for t in trainers]
+        for trainer in trainers:
+            # the stage steps them: their own optimiser and logits go, and the first trainer's
+            # layout copies of the frozen weights serve every mask (the plan counts them once)
+            trainer.optimizer, trainer.clipped = None, []
+            trainer.weights, trainer.others = first.weights, first.others
 
     def step(self, batches: Sequence) -> list[dict]:
         """One update of every mask, mask m on batches[m]; returns each mask's task loss and regulariser.

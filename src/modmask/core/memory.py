@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -245,16 +245,15 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
 
 def free_memory(device: torch.device) -> int | None:
     """Bytes that can still be allocated on `device`: CUDA's free memory plus blocks PyTorch's
-    allocator holds unused; on the CPU the kernel's MemAvailable (None where unknown)."""
+    allocator holds unused; on the CPU the free physical memory the OS reports (os.sysconf; a lower
+    bound, as the page cache it could reclaim is not counted), None where unknown."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
         try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):  # not a POSIX system
             return None
     return None
 
