@@ -1,6 +1,7 @@
 """SCAN: the encoder-decoder on tiny generated data, decoding, and the study end to end."""
 
 import json
+from functools import partial
 
 import torch
 
@@ -11,6 +12,7 @@ from modmask.data.scan_grammar import generate_commands, interpret
 from modmask.experiments import scan
 import pytest
 
+from modmask import MaskConfig, train_mask
 from modmask.core.training import MaskTrainer
 from modmask.models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from modmask.models.seq2seq import sequence_correct, sequence_loss
@@ -74,6 +76,40 @@ def test_transformer_decoder_is_causal_and_batches_over_mask_samples():
     (loss_v, grads_v), (loss_s, grads_s) = results["vmap"], results["sequential"]
     assert torch.allclose(loss_v, loss_s, atol=1e-5)
     assert all(torch.allclose(grads_v[n], grads_s[n], atol=1e-5) for n in grads_v)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_forced_chooses_teacher_forcing_per_example(kind):
+    vocab = ScanVocabulary.build([_pairs()])
+    (src, src_len), (tgt, _) = ScanData(_pairs(6, 4), vocab).encode(slice(None))
+    model, steps = _tiny(kind, vocab), tgt.shape[1]
+    forced = torch.tensor([True, False, True, False, False, True])
+    mixed = model(src, src_len, steps, tgt, forced)
+    assert torch.allclose(mixed[forced], model(src, src_len, steps, tgt)[forced], atol=1e-5)
+    assert torch.allclose(mixed[~forced], model(src, src_len, steps)[~forced], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_joint_scan_masks_with_padded_batches_equal_masks_trained_alone(kind):
+    """Batches of other lengths, some teacher-forced and some not, padded alike for one call."""
+    from modmask.core.joint import train_masks_jointly
+    from modmask.experiments.seq2seq import SequenceBatches, loss, pad_alike
+
+    vocab = ScanVocabulary.build([_pairs()])
+    model = _tiny(kind, vocab)
+    data = [ScanData(_pairs(40, 10 + i), vocab) for i in range(3)]
+    batches = lambda: [SequenceBatches(d, 8, seed=i, teacher_forcing=0.5) for i, d in enumerate(data)]  # noqa: E731
+    config = MaskConfig(steps=6, k=2, lr=0.1, beta=1e-3)
+    streams = batches()
+    shapes = [next(s) for s in streams]
+    assert len({b[0][0].shape[1] for b in shapes}) > 1 and len({b[0][3] is None for b in shapes}) > 1  # mixed
+    alone = [train_mask(model, b, loss, config, seed=i, progress=False) for i, b in enumerate(batches())]
+    joint = train_masks_jointly(model, [(b, loss) for b in batches()], config, seeds=[0, 1, 2], progress=False,
+                                collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos)))
+    for a, b in zip(alone, joint):
+        for name in a.logits:
+            assert torch.allclose(a.logits[name], b.logits[name], atol=1e-4), name
+    assert any((l != 2.0).any() for l in joint[0].logits.values())
 
 
 def test_scan_batches_resume_from_their_state():

@@ -263,7 +263,7 @@ def _join(values: Sequence[Any]) -> Any:
         if len(shapes) > 1:
             raise ValueError(f"the masks' batches have inputs of different shapes per sample {sorted(shapes)} "
                              f"(e.g. sequences padded to other lengths); a joint stage needs one shape: pad them "
-                             f"alike, or train the masks one at a time")
+                             f"alike (train_masks_jointly's `collate`), or train the masks one at a time")
         return torch.cat(values)
     if any(v is not values[0] and not (isinstance(v, torch.Tensor) and torch.equal(v, values[0])) and v != values[0]
            for v in values[1:]):
@@ -284,7 +284,8 @@ def train_masks_jointly(model: nn.Module, functions: Sequence[tuple[Iterable, Lo
                         options: Sequence[dict] | None = None, progress: bool | str = True, log_every: int = 100,
                         on_log: Callable[[int, dict], None] | None = None, start: int = 0,
                         state: dict | None = None, checkpoint: Callable[[int, dict], None] | None = None,
-                        checkpoint_every: int = 0) -> list[TrainedMask]:
+                        checkpoint_every: int = 0, collate: Callable[[list], list] | None = None
+                        ) -> list[TrainedMask]:
     """Train one mask per (batches, loss_fn) of `functions` in one pass; the same result as
     train_mask on each with its config and seed, up to float rounding.
 
@@ -292,7 +293,8 @@ def train_masks_jointly(model: nn.Module, functions: Sequence[tuple[Iterable, Lo
     per function, MaskTrainer's extra arguments (e.g. fixed_masks). on_log(m, record) gets mask
     m's record every `log_every` steps. checkpoint(step, state) is called every `checkpoint_every`
     steps with the state to resume from (`start`=step, `state`=state; the batch iterables must be
-    resumed by the caller).
+    resumed by the caller). collate(batches) -> batches: the masks' batches of a step made one
+    shape where they are not (e.g. sequences padded alike; modmask.experiments.seq2seq.pad_alike).
     """
     configs = list(configs) if isinstance(configs, Sequence) else [configs] * len(functions)
     if not (len(configs) == len(functions) == len(seeds)):
@@ -317,7 +319,8 @@ def train_masks_jointly(model: nn.Module, functions: Sequence[tuple[Iterable, Lo
         if mode == "train":
             torch.manual_seed(seeds[0])
         for step in range(start, steps):
-            losses = joint.step([next(stream) for stream in streams])
+            batches = [next(stream) for stream in streams]
+            losses = joint.step(collate(batches) if collate else batches)
             if step % log_every == 0 or step == steps - 1:
                 for index, (trainer, loss) in enumerate(zip(joint.trainers, losses)):
                     record = {"step": step, "loss": loss["loss"].item(), "regulariser": loss["regulariser"].item(),

@@ -11,6 +11,7 @@ easy-trained mask would do as well there as the control mask; the paper finds it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..runs import RunDir, read_json, write_json
 from .config import fill_defaults, to_json
 from .pretrain import pretrain
-from .seq2seq import SequenceBatches, correct, eval_batches, loss
+from .seq2seq import SequenceBatches, correct, eval_batches, loss, pad_alike
 from .stage import Stage, mask_stages
 
 DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
@@ -149,9 +150,11 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
     stages = [Stage(stage, SequenceBatches(train, config.mask_batch_size, 1234 + seed * 10 + index, 1.0), loss,
                     seed * 10 + index)
               for index, (stage, train) in enumerate({"control": full, "easy": data["train_easy"]}.items())]
-    # one at a time: each mask's batches are padded to their own lengths, so they cannot share one call
+    # a joint stage pads every step's batches of the masks alike
     masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, progress=progress,
-                                                      joint=False).items()}
+                                                      checkpoint_every=config.checkpoint_every,
+                                                      collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos))
+                                                      ).items()}
 
     with run_dir.timed("evaluate"):
         accuracy = {name: {d: evaluate(model, mask, tests[d], correct) * 100 for d in tests}

@@ -11,6 +11,7 @@ from-scratch baseline trains the same network on each split directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -22,7 +23,7 @@ from ..data.scan import ScanData, ScanVocabulary
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..runs import RunDir
 from .pretrain import pretrain
-from .seq2seq import SequenceBatches, correct, eval_batches, loss
+from .seq2seq import SequenceBatches, correct, eval_batches, loss, pad_alike
 from .stage import Stage, mask_stages
 
 DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
@@ -126,9 +127,11 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     stages = [Stage(split, SequenceBatches(train[split], config.batch_size, 1234 + seed * 10 + index, teacher), loss,
                     seed * 10 + index) for index, split in enumerate(SPLITS)]
-    # one at a time: each mask's batches are padded to their own lengths, so they cannot share one call
+    # a joint stage pads every step's batches of the masks alike
     masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, progress=progress,
-                                                      joint=False).items()}
+                                                      checkpoint_every=config.checkpoint_every,
+                                                      collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos))
+                                                      ).items()}
 
     accuracy = {"no mask": {s: evaluate(model, {}, test[s], correct) * 100 for s in SPLITS}}
     for name, mask in masks.items():

@@ -1,9 +1,11 @@
 """Batches, loss and metric of the sequence-to-sequence studies (SCAN, DeepMind Mathematics):
-teacher forcing drawn per batch, greedy-decoding evaluation batches, sequence accuracy."""
+teacher forcing drawn per batch, greedy-decoding evaluation batches, sequence accuracy, and the
+padding that lets the masks of one joint stage share a call of the model."""
 
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from ..data.sampling import RandomBatches, fixed_batches
 from ..data.scan import ScanData
@@ -34,6 +36,26 @@ class SequenceBatches:
         size = len(self.batches.state())
         self.batches.load_state(state[:size])
         self.coin.set_state(state[size:].clone())  # set_state needs a tensor of its own
+
+
+def pad_alike(batches: list, pads: tuple[int, int]) -> list:
+    """SequenceBatches' batches of the masks of one joint stage, in one shape (core/joint.py calls
+    the model once for all of them): sources and targets padded with `pads` (input id, output id)
+    to the longest, every batch decoding the most steps, and where only some of them are
+    teacher-forced, `forced` [B] says which examples are. No loss changes beyond rounding: the
+    models read the lengths, decode causally, and the loss counts the positions up to EOS only."""
+    in_length = max(inputs[0].shape[1] for inputs, _ in batches)
+    steps = max(inputs[2] for inputs, _ in batches)
+    teach = [inputs[3] is not None for inputs, _ in batches]
+    padded = []
+    for (src, src_lengths, _, teacher), (targets, lengths) in batches:
+        src = F.pad(src, (0, in_length - src.shape[1]), value=pads[0])
+        targets = F.pad(targets, (0, steps - targets.shape[1]), value=pads[1])
+        inputs = (src, src_lengths, steps, targets if any(teach) else None)
+        if any(teach) and not all(teach):
+            inputs += (torch.full((len(src),), teacher is not None),)
+        padded.append((inputs, (targets, lengths)))
+    return padded
 
 
 def eval_batches(data: ScanData, limit: int, batch_size: int = 512) -> list:

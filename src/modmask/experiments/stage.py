@@ -55,14 +55,15 @@ class Stage:
 
 
 def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: MaskConfig, *, progress: bool = True,
-                checkpoint_every: int = 0, joint: bool = True) -> dict[str, TrainedMask]:
+                checkpoint_every: int = 0, collate: Callable[[list], list] | None = None
+                ) -> dict[str, TrainedMask]:
     """Every stage's mask (name -> TrainedMask): finished ones loaded, the others trained together
     in one pass (config.joint) or one at a time (mask_stage). A joint stage is timed as one phase,
     `masks:<name>,<name>,...`, and checkpointed to checkpoints/masks-partial.pt every
-    `checkpoint_every` steps when every stage's batches can save their state. joint=False: the
-    study's batches cannot share one call of the model (e.g. sequences of other lengths)."""
+    `checkpoint_every` steps when every stage's batches can save their state. collate: makes the
+    masks' batches of a step one shape where they are not (train_masks_jointly)."""
     # in mode=train the model's own randomness (dropout) would be one stream for all masks of a pass
-    if not (config.joint and joint) or len(stages) < 2 or config.mode == "train":
+    if not config.joint or len(stages) < 2 or config.mode == "train":
         return {s.name: mask_stage(run, s.name, model, s.batches, s.loss_fn, s.config or config, seed=s.seed,
                                    progress=progress, label=s.label, **s.options) for s in stages}
     paths = {s.name: run.file("masks", f"{s.name}.safetensors") for s in stages}
@@ -93,7 +94,8 @@ def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: 
             seeds=[s.seed for s in todo],
             options=[s.options for s in todo], progress=f"masks {', '.join(s.label or s.name for s in todo)}"
             if progress else False, on_log=lambda i, record: run.log({"phase": f"mask:{names[i]}", **record}),
-            start=start, state=state, checkpoint=save if resumable else None, checkpoint_every=checkpoint_every)
+            start=start, state=state, checkpoint=save if resumable else None, checkpoint_every=checkpoint_every,
+            collate=collate)
     for stage, mask in zip(todo, trained):
         mask.save(paths[stage.name])
     partial.unlink(missing_ok=True)

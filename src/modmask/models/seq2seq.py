@@ -5,7 +5,8 @@ at each command's true end start the decoder. Decoder: embedding (16), 2-layer L
 to the output vocabulary (+ EOS, which doubles as the start token). Teacher forcing is decided per
 batch by the caller (an argument, not a random draw inside the model, so every mask sample of a
 batch sees the same choice and vmap needs no data-dependent control flow); without it the decoder
-feeds back its own argmax.
+feeds back its own argmax. `forced` [B] chooses per example instead (a joint mask stage calls the
+model once for the batches of several masks, some teacher-forced and some not).
 """
 
 from __future__ import annotations
@@ -31,22 +32,32 @@ class LSTMEncoderDecoder(nn.Module):
         self.output = nn.Linear(hidden, out_vocab)
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, steps: int,
-                teacher: torch.Tensor | None = None) -> torch.Tensor:
+                teacher: torch.Tensor | None = None, forced: torch.Tensor | None = None) -> torch.Tensor:
         """src [B, T_in] ids, src_lengths [B]; decode `steps` positions; teacher [B, steps] target
-        ids for teacher forcing (None: greedy). Returns logits [B, steps, out_vocab]."""
+        ids for teacher forcing (None: greedy); forced [B] bool: only these examples are fed the
+        teacher, the others their own argmax (None: all). Returns logits [B, steps, out_vocab]."""
         embedded = F.dropout(self.in_embedding(src), self.dropout, self.training)
         _, state = self.encoder(embedded, lengths=src_lengths)
         start = torch.full_like(src[:, :1], self.start)
-        if teacher is not None:  # one pass over the shifted targets
+        if teacher is not None and forced is None:  # one pass over the shifted targets
             inputs = torch.cat([start, teacher[:, :steps - 1]], dim=1)
             hidden, _ = self.decoder(F.dropout(self.out_embedding(inputs), self.dropout, self.training), state)
             return self.output(hidden)
         token, logits = start, []
-        for _ in range(steps):
+        for step in range(steps):
             hidden, state = self.decoder(F.dropout(self.out_embedding(token), self.dropout, self.training), state)
             logits.append(self.output(hidden[:, -1]))
-            token = logits[-1].argmax(-1, keepdim=True)
+            token = feedback(logits[-1].argmax(-1, keepdim=True), teacher, forced, step)
         return torch.stack(logits, dim=1)
+
+
+def feedback(predicted: torch.Tensor, teacher: torch.Tensor | None, forced: torch.Tensor | None,
+             step: int) -> torch.Tensor:
+    """The next decoder input [B, 1]: the prediction [B, 1], or where `forced` [B] the teacher's
+    token of this step (a where, not a branch, so vmap can batch it)."""
+    if forced is None:
+        return predicted
+    return torch.where(forced[:, None], teacher[:, step:step + 1], predicted)
 
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .seq2seq import feedback
+
 
 class Attention(nn.Module):
     """Multi-head attention; parameters `query`, `key`, `value`, `merge` (Linear, no bias)."""
@@ -152,15 +154,16 @@ class TransformerEncoderDecoder(nn.Module):
         return self.output(x)
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, steps: int,
-                teacher: torch.Tensor | None = None) -> torch.Tensor:
+                teacher: torch.Tensor | None = None, forced: torch.Tensor | None = None) -> torch.Tensor:
         """src [B, T_in] ids, src_lengths [B]; decode `steps` positions; teacher [B, steps] target
-        ids (None: greedy). Returns logits [B, steps, out_vocab]."""
+        ids (None: greedy); forced [B] bool: only these examples are fed the teacher (None: all).
+        Returns logits [B, steps, out_vocab]."""
         memory_mask = (torch.arange(src.shape[1], device=src.device) < src_lengths.unsqueeze(1))[:, None, None]
         memory = self._embed(self.in_embedding, src)
         for layer in self.encoder:
             memory = layer(memory, memory_mask)
         start = torch.full_like(src[:, :1], self.start)
-        if teacher is not None:
+        if teacher is not None and forced is None:
             return self._decode(torch.cat([start, teacher[:, :steps - 1]], dim=1), memory, memory_mask)
         # Greedy: earlier positions never see later ones, so each layer's inputs at earlier
         # positions stay fixed; keep them and run every layer on the newest position only.
@@ -171,5 +174,5 @@ class TransformerEncoderDecoder(nn.Module):
                 contexts[index] = x if contexts[index] is None else torch.cat([contexts[index], x], dim=1)
                 x = layer(x, memory, memory_mask, None, context=contexts[index])
             logits.append(self._project(x))
-            token = logits[-1].argmax(-1)
+            token = feedback(logits[-1].argmax(-1), teacher, forced, step)
         return torch.cat(logits, dim=1)
