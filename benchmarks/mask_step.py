@@ -7,9 +7,11 @@ Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=.. plai
 mask_peak_mb=.. peak_ratio=.. runtime_mb=.. plan_mb=.. plan_err=..` (K=4, batch 128), then one line
 per samples_per_pass value of the group model (`--group-model`: gpt-<d>x<layers> or any model name,
 e.g. hf-gpt2), then one line per `--joint` model: `model=mlp-400-400-200 masks=3 joint_ms=..
-separate_ms=.. ratio=..`, one joint step of M masks (modmask.core.joint, each mask on its own
-batch) against M separate mask steps, in this process, the two kinds' steps interleaved so both see
-the same machine (ratio below 1: the joint step is faster). A plain step is forward, backward, clipping and an Adam update of all weights, in
+separate_ms=.. ratio=.. one_mask_mk_ms=.. bound=..`, one joint step of M masks (modmask.core.joint,
+each mask on its own batch) against M separate mask steps, in this process, the kinds' steps
+interleaved so all see the same machine (ratio below 1: the joint step is faster). one_mask_mk_ms
+is one mask's step with M K samples on the M batches: the per-sample work of the joint step without
+its per-mask work, so `bound` (one_mask_mk_ms / separate_ms) is the ratio a joint step could reach. A plain step is forward, backward, clipping and an Adam update of all weights, in
 eval mode, with the same call the mask step makes; a mask step is modmask's MaskTrainer.step (K
 samples, straight-through, Adam on the logits).
 
@@ -282,15 +284,18 @@ def joint_line(args, spec: str) -> str:
     separate = [MaskTrainer(model, loss_fn, k=args.k, seed=m, compiled=args.compiled) for m in range(masks)]
     joint = JointMaskTrainer([MaskTrainer(model, loss_fn, k=args.k, seed=m, compiled=args.compiled)
                               for m in range(masks)])
+    one = MaskTrainer(model, loss_fn, k=args.k * masks, seed=0, compiled=args.compiled)
+    together = [tuple(torch.cat(parts) for parts in zip(*step_batches)) for step_batches in batches]
     kinds = {"joint": lambda i: joint.step(batches[i % 4]),
-             "separate": lambda i: [t.step(b) for t, b in zip(separate, batches[i % 4])]}
+             "separate": lambda i: [t.step(b) for t, b in zip(separate, batches[i % 4])],
+             "one": lambda i: one.step(together[i % 4])}
     times = {kind: [] for kind in kinds}
     for round in range(6):  # round 0 warms up
         for kind, step in kinds.items():
             times[kind].append(time_steps(lambda: [step(i) for i in range(max(args.steps // 5, 1))], 1, device, 0))
-    joint_ms, separate_ms = (statistics.median(times[k][1:]) / max(args.steps // 5, 1) for k in kinds)
+    joint_ms, separate_ms, one_ms = (statistics.median(times[k][1:]) / max(args.steps // 5, 1) for k in kinds)
     return (f"model={name} masks={masks} joint_ms={joint_ms:.1f} separate_ms={separate_ms:.1f} "
-            f"ratio={joint_ms / separate_ms:.2f}")
+            f"ratio={joint_ms / separate_ms:.2f} one_mask_mk_ms={one_ms:.1f} bound={one_ms / separate_ms:.2f}")
 
 
 def main():

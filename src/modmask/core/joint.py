@@ -14,6 +14,7 @@ GPU, which the paper's networks fill only partly, more so.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 from typing import Any, Callable, Iterable, Sequence
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from .batches import as_arguments, flatten_output, split_batch, to_device, unpack_batch
 from .gumbel import keep_thresholds, sample_masked_weights
 from .mask_config import MaskConfig
+from .optim import adam
 from .memory import autocast, check_fits_device, fit_samples_per_pass, free_memory, memory_plan
 from .masking import call_sequential, call_vmap, choose_path, model_mode, parameters_restored
 from .training import LossFn, MaskTrainer, TrainedMask, _batches_forever, _samples, fp32_outputs, low_precision
@@ -203,7 +205,7 @@ class JointMaskTrainer:
                 "noise": [t.source.state() for t in self.trainers]}
 
     def load_state_dict(self, state: dict) -> None:
-        if "logits" not in state:
+        if "logits" not in state or "param_groups" not in state["adam"]:
             raise ValueError("this checkpoint was written by an older modmask's joint stage; delete it "
                              "(checkpoints/masks-partial.pt) to restart the stage")
         with torch.no_grad():
@@ -215,35 +217,27 @@ class JointMaskTrainer:
 
 
 class _StackedAdam:
-    """Adam (torch.optim.Adam's defaults and arithmetic) on stacked logits [M, *shape], mask m
-    with learning rate lrs[m]; all masks step together, so one step count serves them all."""
+    """torch.optim.Adam on stacked logits [M, *shape], mask m with learning rate lrs[m]: one
+    parameter group per mask, whose parameters are views of the stacks (mask m's slices), so each
+    mask steps exactly as its own Adam would (fused: one kernel per group)."""
 
-    def __init__(self, params: dict[str, torch.Tensor], lrs: Sequence[float], betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params, self.betas, self.eps, self.steps = params, betas, eps, 0
-        self.lrs = torch.tensor(lrs, device=next(iter(params.values())).device)
-        self.moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
+    def __init__(self, params: dict[str, torch.Tensor], lrs: Sequence[float]):
+        self.params = list(params.values())
+        # detached views share the stacks' storage: Adam's in-place update moves the stacks
+        self.views = [[p.detach()[m] for p in self.params] for m in range(len(lrs))]
+        self.optimizer = adam([{"params": views, "lr": lr} for views, lr in zip(self.views, lrs)])
 
-    @torch.no_grad()
     def step(self) -> None:
-        self.steps += 1
-        beta1, beta2 = self.betas
-        step_sizes = self.lrs / (1 - beta1 ** self.steps)
-        correction = (1 - beta2 ** self.steps) ** 0.5
-        for name, param in self.params.items():
-            exp_avg, exp_avg_sq = self.moments[name]
-            exp_avg.lerp_(param.grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / correction).add_(self.eps)
-            param.addcmul_(exp_avg.div(denom), step_sizes.view(-1, *[1] * (param.dim() - 1)), value=-1)
+        for m, views in enumerate(self.views):
+            for view, param in zip(views, self.params):
+                view.grad = param.grad[m]
+        self.optimizer.step()
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "moments": {n: (a.clone(), b.clone()) for n, (a, b) in self.moments.items()}}
+        return copy.deepcopy(self.optimizer.state_dict())  # a snapshot: the live moments change in place
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps = state["steps"]
-        for name, (exp_avg, exp_avg_sq) in self.moments.items():
-            exp_avg.copy_(state["moments"][name][0])
-            exp_avg_sq.copy_(state["moments"][name][1])
+        self.optimizer.load_state_dict(state)
 
 
 def _concatenate(chunks_per_mask: list) -> tuple:

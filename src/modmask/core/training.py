@@ -37,6 +37,7 @@ from .masking import (call_sequential, call_vmap, choose_path, frozen_parameters
 from .masks import Masks, check_fits
 from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_samples_per_pass, free_memory,
                      memory_plan)
+from .optim import adam
 from .selection import ParameterFilter, owners, select_parameters
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -190,7 +191,7 @@ class MaskTrainer:
             self.weights[name] = self._physical(name, params[name]).clone().requires_grad_(True)
             self.frozen_entries[name] = ~self._physical(name, where.to(torch.bool))
             trained.append(self.weights[name])
-        self.optimizer = torch.optim.Adam(trained, lr=lr)
+        self.optimizer = adam(trained, lr=lr)
         self.clipped = list(trained)
         if original_clipping:  # the original code: weight gradients accumulate and are clipped too
             frozen = [*self.weights.values(), *self.others.values()]

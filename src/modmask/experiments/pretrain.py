@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.batches import to_device
+from ..core.optim import adam
 from ..runs import RunDir
 
 
@@ -59,7 +60,7 @@ def pretrain(model: nn.Module, batches, loss_fn: Callable, run: RunDir, *, steps
         load_model(model, str(final))
         return model.eval()
     partial = run.file("checkpoints", "pretrain-partial.pt")
-    optimizer = (torch.optim.Adam(model.parameters(), lr=lr, betas=adam_betas, eps=adam_eps) if optimizer == "adam"
+    optimizer = (adam(model.parameters(), lr=lr, betas=adam_betas, eps=adam_eps) if optimizer == "adam"
                  else torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay))
     start = 0
     if partial.exists():
