@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -49,3 +50,41 @@ def test_run_study_writes_masks_tables_and_report(tmp_path):
         assert (tmp_path / path).exists(), path
     assert json.loads((tmp_path / "results.json").read_text())["masks"]["overlap"]["task0|task1"]
     assert "| not task0 |" in (tmp_path / "report.md").read_text()
+
+
+class MeanOfTokens(nn.Module):
+    """Mean embedding of the first `lengths` tokens of each sequence, then a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding, self.out = nn.Embedding(8, 8), nn.Linear(8, 2)
+
+    def forward(self, ids, lengths):
+        valid = (torch.arange(ids.shape[1]) < lengths[:, None]).float()
+        return self.out((self.embedding(ids) * valid[..., None]).sum(1) / lengths[:, None])
+
+
+def _sequences(length, seed):
+    """Endless batches of 16 sequences of `length` tokens (other lengths per function); label: token 0 is even."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(0, 8, (16, length), generator=g)
+        yield (ids, torch.full((16,), length)), (ids[:, 0] % 2 == 0).long()
+
+
+def _pad_alike(batches):
+    longest = max(inputs[0].shape[1] for inputs, _ in batches)
+    return [((F.pad(ids, (0, longest - ids.shape[1])), lengths), y) for (ids, lengths), y in batches]
+
+
+def test_run_study_trains_functions_whose_batches_differ_in_shape_with_collate(tmp_path):
+    model = MeanOfTokens()
+    correct = lambda out, y: out.argmax(-1) == y  # noqa: E731
+    functions = [Function(f"len{n}", _sequences(n, n), [next(_sequences(n, 50 + n))], F.cross_entropy, correct)
+                 for n in (3, 5)]
+    with pytest.raises(ValueError, match="inputs of different shapes.*give `collate`"):
+        run_study(model, functions, tmp_path / "plain", steps=3, progress=False, random_draws=0)
+    results = run_study(model, functions, tmp_path / "padded", steps=3, progress=False, random_draws=0,
+                        collate=_pad_alike)
+    assert set(results["metric"]["none"]) == {"len3", "len5"}
+    assert (tmp_path / "padded/masks/len5.safetensors").exists()

@@ -256,8 +256,9 @@ def _join(values: Sequence[Any]) -> Any:
         shapes = {tuple(v.shape[1:]) for v in values}
         if len(shapes) > 1:
             raise ValueError(f"the masks' batches have inputs of different shapes per sample {sorted(shapes)} "
-                             f"(e.g. sequences padded to other lengths); a joint stage needs one shape: pad them "
-                             f"alike (train_masks_jointly's `collate`), or train the masks one at a time")
+                             f"(e.g. sequences padded to other lengths); a joint stage needs one shape: give "
+                             f"`collate` (run_study, train_masks_jointly) a function that pads them alike, or "
+                             f"train the masks one at a time (MaskConfig joint=False)")
         return torch.cat(values)
     if any(v is not values[0] and not (isinstance(v, torch.Tensor) and torch.equal(v, values[0])) and v != values[0]
            for v in values[1:]):

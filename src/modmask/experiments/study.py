@@ -50,11 +50,13 @@ class Function:
 
 
 def train_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, config: MaskConfig,
-                seed: int = 0, progress: bool = True, checkpoint_every: int = 0) -> dict[str, TrainedMask]:
+                seed: int = 0, progress: bool = True, checkpoint_every: int = 0,
+                collate: Callable[[list], list] | None = None) -> dict[str, TrainedMask]:
     """One mask per function, together in one pass unless config.joint is off (mask_stages: a
-    finished mask is loaded, not retrained)."""
+    finished mask is loaded, not retrained; collate and checkpoint_every as there)."""
     stages = [Stage(f.name, f.train, f.loss, seed * 1000 + index, label=f.title) for index, f in enumerate(functions)]
-    return mask_stages(run, model, stages, config, progress=progress, checkpoint_every=checkpoint_every)
+    return mask_stages(run, model, stages, config, progress=progress, checkpoint_every=checkpoint_every,
+                       collate=collate)
 
 
 def removal_matrix(model: nn.Module, functions: Sequence[Function], trained: dict[str, TrainedMask],
@@ -132,12 +134,17 @@ def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Cal
 
 def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int = 0,
               compare: Sequence[str] | None = None, progress: bool = True, mask: MaskConfig | None = None,
-              random_draws: int = 5, **mask_settings) -> dict:
+              random_draws: int = 5, collate: Callable[[list], list] | None = None, checkpoint_every: int = 0,
+              **mask_settings) -> dict:
     """Train a mask per function on the frozen `model` and analyse them; see the module docstring.
 
     mask: a MaskConfig; mask_settings: its fields (steps, k, beta, lr, ...), over `mask` where both
     are given. compare: the functions whose masks are compared with each other (default: all).
     random_draws: random masks per control (removal_controls; 0: none).
+    The masks train together in one pass (mask.joint, the default): collate(batches) -> batches
+    makes the functions' batches of a step one shape where they are not (e.g. sequences padded
+    alike); checkpoint_every > 0 saves the stage every that many steps when every function's
+    `train` has state() / load_state() (e.g. RandomBatches), so a killed run resumes mid-stage.
     Returns the results (also in results.json).
     """
     if random_draws < 0:
@@ -147,7 +154,7 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
     names = [f.name for f in functions]
     if len(set(names)) != len(names):
         raise ValueError(f"function names must be unique, got {names}")
-    trained = train_masks(model, functions, run, options, seed, progress)
+    trained = train_masks(model, functions, run, options, seed, progress, checkpoint_every, collate)
     results = {
         "functions": {f.name: f.title for f in functions},
         "metric": removal_matrix(model, functions, trained, options.mode),
