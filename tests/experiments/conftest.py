@@ -22,3 +22,21 @@ def image_folder(tmp_path_factory):
                 pixels[:, :, index % 3] += 25 * index
                 Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture
+def kill_joint_stage_after_first_checkpoint(monkeypatch):
+    """While active, a joint mask stage writes its first checkpoint, then dies (KeyboardInterrupt);
+    call the returned `undo()` to train normally again."""
+    from modmask.experiments import stage
+
+    real = stage.train_masks_jointly
+
+    def dies_after_the_first_checkpoint(*args, checkpoint=None, **kwargs):
+        def save_then_die(step, state):
+            checkpoint(step, state)
+            raise KeyboardInterrupt
+        return real(*args, checkpoint=save_then_die, **kwargs)
+
+    monkeypatch.setattr(stage, "train_masks_jointly", dies_after_the_first_checkpoint)
+    return monkeypatch.undo

@@ -81,22 +81,14 @@ def _phase_lines(out, phase):
     return sum(json.loads(line)["phase"] == phase for line in lines)
 
 
-def test_a_joint_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished, tmp_path, monkeypatch):
+def test_a_joint_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished, tmp_path,
+                                                                       kill_joint_stage_after_first_checkpoint):
     out = tmp_path / "killed"
-    real = stage.train_masks_jointly
-
-    def dies_after_the_first_checkpoint(*args, checkpoint=None, **kwargs):
-        def save_then_die(step, state):
-            checkpoint(step, state)
-            raise KeyboardInterrupt
-        return real(*args, checkpoint=save_then_die, **kwargs)
-
-    monkeypatch.setattr(stage, "train_masks_jointly", dies_after_the_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         _run(out, "--set", "checkpoint_every=20", "--set", "mask.joint=true")
     assert (out / "seed-0/checkpoints/masks-partial.pt").exists()
     assert not list((out / "seed-0/masks").glob("*.safetensors"))
-    monkeypatch.undo()
+    kill_joint_stage_after_first_checkpoint()  # undo: train normally again
     assert _run(out, "--set", "checkpoint_every=20", "--set", "mask.joint=true") == 0
     assert json.loads((out / "seed-0/timings.json").read_text()).keys() == {"pretrain", "masks:full,add,mul"}
     assert _phase_lines(out, "mask:add") == 1 + 1  # step 0 before the kill, step 39 after: nothing redone

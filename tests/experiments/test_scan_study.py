@@ -112,35 +112,26 @@ def test_joint_scan_masks_with_padded_batches_equal_masks_trained_alone(kind):
     assert any((l != 2.0).any() for l in joint[0].logits.values())
 
 
-def test_a_joint_scan_stage_killed_mid_way_resumes_to_the_same_masks(tmp_path, monkeypatch):
+def test_a_joint_scan_stage_killed_mid_way_resumes_to_the_same_masks(tmp_path,
+                                                                     kill_joint_stage_after_first_checkpoint):
     """Samplers and teacher-forcing coins are checkpointed with the stage (mixed forcing, padded batches)."""
-    from modmask.experiments import stage
     from modmask.experiments.seq2seq import SequenceBatches, loss, pad_alike
+    from modmask.experiments.stage import Stage, mask_stages
     from modmask.runs import RunDir
 
     vocab = ScanVocabulary.build([_pairs()])
     model = _tiny("lstm", vocab)
     data = [ScanData(_pairs(40, 10 + i), vocab) for i in range(3)]
-    stages = lambda: [stage.Stage(f"split{i}", SequenceBatches(d, 8, seed=i, teacher_forcing=0.5), loss, i)  # noqa: E731
+    stages = lambda: [Stage(f"split{i}", SequenceBatches(d, 8, seed=i, teacher_forcing=0.5), loss, i)  # noqa: E731
                       for i, d in enumerate(data)]
-    config = MaskConfig(steps=7, k=2, lr=0.1)
-    train = partial(stage.mask_stages, model=model, config=config, progress=False, checkpoint_every=3,
-                    collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos)))
-    whole = train(RunDir(tmp_path / "whole"), stages=stages())
-    real = stage.train_masks_jointly
-
-    def dies_after_the_first_checkpoint(*args, checkpoint=None, **kwargs):
-        def save_then_die(step, state):
-            checkpoint(step, state)
-            raise KeyboardInterrupt
-        return real(*args, checkpoint=save_then_die, **kwargs)
-
-    monkeypatch.setattr(stage, "train_masks_jointly", dies_after_the_first_checkpoint)
+    train = partial(mask_stages, model=model, config=MaskConfig(steps=7, k=2, lr=0.1), progress=False,
+                    checkpoint_every=3, collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos)))
     with pytest.raises(KeyboardInterrupt):
         train(RunDir(tmp_path / "killed"), stages=stages())
-    monkeypatch.undo()
+    kill_joint_stage_after_first_checkpoint()  # undo: train normally again
     assert (tmp_path / "killed/checkpoints/masks-partial.pt").exists()
     resumed = train(RunDir(tmp_path / "killed"), stages=stages())
+    whole = train(RunDir(tmp_path / "whole"), stages=stages())
     for name, mask in whole.items():
         for tensor in mask.logits:
             assert torch.equal(mask.logits[tensor], resumed[name].logits[tensor]), (name, tensor)
