@@ -165,6 +165,28 @@ def test_scan_smoke_end_to_end(tmp_path, preset):
     assert (tmp_path / "run/figures/accuracy.png").exists() and (tmp_path / "run/report.md").exists()
 
 
+@pytest.mark.parametrize("preset", ["smoke", "smoke-transformer"])
+def test_joint_and_one_at_a_time_scan_masks_agree(tmp_path, preset):
+    """The smoke presets end to end with mask.joint on and off: the same masks (the LSTM's steps mix
+    teacher-forced and greedy batches)."""
+    root = make_split_files(tmp_path / "data", _pairs(300, 3))
+    aggregates = {}
+    for joint in ("true", "false"):
+        out = tmp_path / f"joint-{joint}"
+        assert cli.main(["run", "scan", "--preset", preset, "--out", str(out), "--quiet", "--set", f"data={root}",
+                         "--set", "baseline=false", "--set", "mask.lr=0.3", "--set", f"mask.joint={joint}"]) == 0
+        aggregates[joint] = json.loads((out / "results.json").read_text())["aggregate"]
+        timings = json.loads((out / "seed-0/timings.json").read_text())
+        assert ("masks:simple,jump,length,turn_left" in timings) == (joint == "true")
+    joint, separate = aggregates["true"], aggregates["false"]
+    assert any(value["mean"] < 1 for value in joint["densities"].values())  # the masks trained
+    for name, value in joint["densities"].items():
+        assert value["mean"] == pytest.approx(separate["densities"][name]["mean"], abs=2e-3), name
+    for condition, values in joint["accuracy"].items():
+        for split, value in values.items():
+            assert value["mean"] == pytest.approx(separate["accuracy"][condition][split]["mean"], abs=2), condition
+
+
 def test_baseline_on_a_subset_of_splits_and_unknown_splits_are_an_error(tmp_path):
     root = make_split_files(tmp_path / "data", _pairs(300, 3))
     assert cli.main(["run", "scan", "--preset", "smoke", "--out", str(tmp_path / "run"), "--quiet",
