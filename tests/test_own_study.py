@@ -88,3 +88,14 @@ def test_run_study_trains_functions_whose_batches_differ_in_shape_with_collate(t
                         collate=_pad_alike)
     assert set(results["metric"]["none"]) == {"len3", "len5"}
     assert (tmp_path / "padded/masks/len5.safetensors").exists()
+
+
+def test_a_joint_stage_that_cannot_be_checkpointed_says_so_before_training(tmp_path, caplog):
+    """Generators have no state(): asked for checkpoints, the stage warns that a kill restarts it."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    correct = lambda out, y: out.argmax(-1) == y  # noqa: E731
+    functions = [Function(f"task{i}", _batches(i, 10 + i), [_task(i, seed=20 + i)], F.cross_entropy, correct)
+                 for i in (0, 1)]
+    with caplog.at_level("WARNING"):
+        run_study(model, functions, tmp_path, steps=2, progress=False, random_draws=0, checkpoint_every=1)
+    assert "the batches of task0, task1 have no state()" in caplog.text and "from step 0" in caplog.text

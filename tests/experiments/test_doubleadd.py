@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from modmask import cli
@@ -71,3 +72,23 @@ def test_each_pair_mask_trains_on_its_own_pair_inputs():
         shown = slice(pair * 40, pair * 40 + 40)
         hidden = slice((1 - pair) * 40, (1 - pair) * 40 + 40)
         assert x[:, shown].sum() > 0 and x[:, hidden].sum() == 0, function.name
+
+
+def test_a_doubleadd_joint_stage_killed_mid_way_resumes_to_the_same_masks(tmp_path,
+                                                                          kill_joint_stage_after_first_checkpoint):
+    """The pair masks' batches (the other pair's inputs zeroed) are checkpointed with the stage."""
+    from modmask.core.training import TrainedMask
+
+    def run(out):
+        return cli.main(["run", "doubleadd", "--preset", "smoke", "--out", str(out), "--quiet",
+                         "--set", "control=false", "--set", "checkpoint_every=20", "--set", "random_draws=0"])
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed")
+    kill_joint_stage_after_first_checkpoint()  # undo: train normally again
+    assert (tmp_path / "killed/seed-0/checkpoints/masks-partial.pt").exists()
+    assert run(tmp_path / "killed") == 0 and run(tmp_path / "whole") == 0
+    for name in ("full", "pair1", "pair2"):
+        resumed = TrainedMask.load(tmp_path / f"killed/seed-0/masks/{name}.safetensors").logits
+        whole = TrainedMask.load(tmp_path / f"whole/seed-0/masks/{name}.safetensors").logits
+        assert all(torch.equal(resumed[n], whole[n]) for n in whole), name

@@ -93,7 +93,7 @@ def test_forced_chooses_teacher_forcing_per_example(kind):
 def test_joint_scan_masks_with_padded_batches_equal_masks_trained_alone(kind):
     """Batches of other lengths, some teacher-forced and some not, padded alike for one call."""
     from modmask.core.joint import train_masks_jointly
-    from modmask.experiments.seq2seq import SequenceBatches, loss, pad_alike
+    from modmask.experiments.seq2seq import SequenceBatches, loss, padded_alike
 
     vocab = ScanVocabulary.build([_pairs()])
     model = _tiny(kind, vocab)
@@ -105,7 +105,7 @@ def test_joint_scan_masks_with_padded_batches_equal_masks_trained_alone(kind):
     assert len({b[0][0].shape[1] for b in shapes}) > 1 and len({b[0][3] is None for b in shapes}) > 1  # mixed
     alone = [train_mask(model, b, loss, config, seed=i, progress=False) for i, b in enumerate(batches())]
     joint = train_masks_jointly(model, [(b, loss) for b in batches()], config, seeds=[0, 1, 2], progress=False,
-                                collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos)))
+                                collate=padded_alike(vocab))
     for a, b in zip(alone, joint):
         for name in a.logits:
             assert torch.allclose(a.logits[name], b.logits[name], atol=1e-4), name
@@ -115,7 +115,7 @@ def test_joint_scan_masks_with_padded_batches_equal_masks_trained_alone(kind):
 def test_a_joint_scan_stage_killed_mid_way_resumes_to_the_same_masks(tmp_path,
                                                                      kill_joint_stage_after_first_checkpoint):
     """Samplers and teacher-forcing coins are checkpointed with the stage (mixed forcing, padded batches)."""
-    from modmask.experiments.seq2seq import SequenceBatches, loss, pad_alike
+    from modmask.experiments.seq2seq import SequenceBatches, loss, padded_alike
     from modmask.experiments.stage import Stage, mask_stages
     from modmask.runs import RunDir
 
@@ -125,7 +125,7 @@ def test_a_joint_scan_stage_killed_mid_way_resumes_to_the_same_masks(tmp_path,
     stages = lambda: [Stage(f"split{i}", SequenceBatches(d, 8, seed=i, teacher_forcing=0.5), loss, i)  # noqa: E731
                       for i, d in enumerate(data)]
     train = partial(mask_stages, model=model, config=MaskConfig(steps=7, k=2, lr=0.1), progress=False,
-                    checkpoint_every=3, collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos)))
+                    checkpoint_every=3, collate=padded_alike(vocab))
     with pytest.raises(KeyboardInterrupt):
         train(RunDir(tmp_path / "killed"), stages=stages())
     kill_joint_stage_after_first_checkpoint()  # undo: train normally again

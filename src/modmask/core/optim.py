@@ -1,7 +1,7 @@
 """torch's Adam, fused where torch has a fused kernel (one kernel for all tensors instead of about
 ten per tensor). The same algorithm and arithmetic as the per-tensor loop up to float rounding;
-measured on 2 CPU cores, a pretraining step of the add/mul FNN 400-400-200 takes 2.5 instead of
-4.0 ms (docs/performance.md)."""
+measured on 2 CPU cores, a pretraining step of the add/mul FNN 400-400-200 takes 2.3-2.6 instead
+of 3.6-4.5 ms (docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -34,6 +34,26 @@ class RandomBatches:
         return copy
 
 
+class MappedBatches:
+    """fn(batch) for every batch of `batches` (endless, with state() / load_state(), e.g.
+    RandomBatches), resumable as they are: the state is theirs."""
+
+    def __init__(self, batches, fn):
+        self.batches, self.fn = batches, fn
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.fn(next(self.batches))
+
+    def state(self):
+        return self.batches.state()
+
+    def load_state(self, state) -> None:
+        self.batches.load_state(state)
+
+
 def fixed_batches(data, batch_size: int) -> list:
     """The whole set, in order, as a list of batches (for evaluation)."""
     return [data.encode(slice(i, i + batch_size)) for i in range(0, len(data), batch_size)]

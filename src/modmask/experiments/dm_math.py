@@ -11,7 +11,6 @@ easy-trained mask would do as well there as the control mask; the paper finds it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..runs import RunDir, read_json, write_json
 from .config import fill_defaults, to_json
 from .pretrain import pretrain
-from .seq2seq import SequenceBatches, correct, eval_batches, loss, pad_alike
+from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
 from .stage import Stage, mask_stages
 
 DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
@@ -153,7 +152,7 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
     # a joint stage pads every step's batches of the masks alike
     masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, progress=progress,
                                                       checkpoint_every=config.checkpoint_every,
-                                                      collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos))
+                                                      collate=padded_alike(vocab)
                                                       ).items()}
 
     with run_dir.timed("evaluate"):

@@ -19,7 +19,7 @@ from torch import nn
 from ..core.evaluation import evaluate, inverse, random_control
 from ..core.mask_config import MaskConfig
 from ..data.arithmetic import DoubleAddData, digit_loss, digits_correct, only_pair, pair_outputs
-from ..data.sampling import RandomBatches, fixed_batches
+from ..data.sampling import MappedBatches, RandomBatches, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
 from .pretrain import pretrain
 from ..runs import RunDir
@@ -104,9 +104,9 @@ def _pair_correct(pair):
     return lambda outputs, targets: digits_correct(*pair_outputs(outputs, targets, pair))
 
 
-def _only_pair_batches(batches, pair: int):
-    """The batches with the other pair's inputs zeroed (a function, so `pair` is bound now)."""
-    return ((only_pair(x, pair), y) for x, y in batches)
+def _only_pair_batches(batches, pair: int) -> MappedBatches:
+    """The batches with the other pair's inputs zeroed, resumable with them (a joint stage's checkpoint)."""
+    return MappedBatches(batches, lambda batch: (only_pair(batch[0], pair), batch[1]))
 
 
 def _functions(train: DoubleAddData, valid_batches, config: Config, seed: int) -> list[Function]:

@@ -11,7 +11,6 @@ from-scratch baseline trains the same network on each split directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
@@ -23,7 +22,7 @@ from ..data.scan import ScanData, ScanVocabulary
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..runs import RunDir
 from .pretrain import pretrain
-from .seq2seq import SequenceBatches, correct, eval_batches, loss, pad_alike
+from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
 from .stage import Stage, mask_stages
 
 DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
@@ -133,7 +132,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     # a joint stage pads every step's batches of the masks alike
     masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, progress=progress,
                                                       checkpoint_every=config.checkpoint_every,
-                                                      collate=partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos))
+                                                      collate=padded_alike(vocab)
                                                       ).items()}
 
     accuracy = {"no mask": {s: evaluate(model, {}, test[s], correct) * 100 for s in SPLITS}}

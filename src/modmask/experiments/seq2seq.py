@@ -4,6 +4,9 @@ padding that lets the masks of one joint stage share a call of the model."""
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 from torch.nn import functional as F
 
@@ -56,6 +59,11 @@ def pad_alike(batches: list, pads: tuple[int, int]) -> list:
             inputs += (torch.full((len(src),), teacher is not None),)
         padded.append((inputs, (targets, lengths)))
     return padded
+
+
+def padded_alike(vocab) -> Callable[[list], list]:
+    """The `collate` of a joint stage over SequenceBatches of `vocab`: pad_alike with its EOS ids."""
+    return partial(pad_alike, pads=(vocab.in_eos, vocab.out_eos))
 
 
 def eval_batches(data: ScanData, limit: int, batch_size: int = 512) -> list:

@@ -5,6 +5,7 @@ checkpoint every `checkpoint_every` steps inside the stage)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -16,6 +17,8 @@ from ..core.joint import train_masks_jointly
 from ..core.mask_config import MaskConfig
 from ..core.training import LossFn, TrainedMask, train_mask
 from ..runs import RunDir
+
+log = logging.getLogger(__name__)
 
 
 def mask_stage(run: RunDir, name: str, model: nn.Module, batches: Iterable, loss_fn: LossFn, config: MaskConfig,
@@ -73,7 +76,12 @@ def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: 
         return done
     names = [s.name for s in todo]
     partial = run.file("checkpoints", "masks-partial.pt")
-    resumable = all(hasattr(s.batches, "state") for s in todo) and checkpoint_every > 0
+    stateless = [s.name for s in todo if not hasattr(s.batches, "state")]
+    resumable = checkpoint_every > 0 and not stateless
+    if checkpoint_every > 0 and stateless:  # said before the long work, not found out after a kill
+        log.warning("modmask: the batches of %s have no state() / load_state(), so the joint stage %s is not "
+                    "checkpointed and an interrupted run trains it again from step 0 (use e.g. RandomBatches)",
+                    ", ".join(stateless), ",".join(names))
     start, state = 0, None
     if resumable and partial.exists():
         saved = torch.load(partial, weights_only=False)  # our own file: numpy's noise state is a dict of ints
