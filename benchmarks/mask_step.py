@@ -7,9 +7,8 @@ Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=.. plai
 mask_peak_mb=.. peak_ratio=.. runtime_mb=.. plan_mb=.. plan_err=..` (K=4, batch 128), then one line
 per samples_per_pass value of the group model (`--group-model`: gpt-<d>x<layers> or any model name,
 e.g. hf-gpt2), then one line per `--joint` model: `model=mlp-400-400-200 masks=3 joint_ms=..
-separate_ms=.. ratio=.. one_mask_mk_ms=.. bound=..`, one joint step of M masks (modmask.core.joint,
-each mask on its own batch) against M separate mask steps, in this process, the kinds' steps
-interleaved so all see the same machine (ratio below 1: the joint step is faster). one_mask_mk_ms
+separate_ms=.. ratio=.. one_mask_mk_ms=.. bound=..`, one step of one MaskTrainer of M masks (each
+mask on its own batch) against M separate mask steps, in this process, the kinds' steps interleaved so all see the same machine (ratio below 1: the joint step is faster). one_mask_mk_ms
 is one mask's step with M K samples on the M batches: the per-sample work of the joint step without
 its per-mask work, so `bound` (one_mask_mk_ms / separate_ms) is the ratio a joint step could reach. A plain step is forward, backward, clipping and an Adam update of all weights, in
 eval mode, with the same call the mask step makes; a mask step is modmask's MaskTrainer.step (K
@@ -46,10 +45,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modmask import MaskTrainer
+from modmask import Execution, MaskConfig, MaskTrainer
 from modmask.allocator import keep_freed_memory
 from modmask.core.batches import to_device, without_cache
-from modmask.core.joint import JointMaskTrainer
 from modmask.models import MLP, EncoderLayer, SimpleCNN
 
 DEFAULT_MODELS = "mlp-800x4,mlp-400-400-200,lstm,transformer,cnn"
@@ -197,7 +195,7 @@ def warm_up(device: torch.device, model_name: str) -> None:
     y = torch.randint(0, 2, (8,), device=device)
     F.cross_entropy(model(x), y).backward()
     torch.optim.Adam(model.parameters()).step()
-    MaskTrainer(model, F.cross_entropy).step((x, y))
+    MaskTrainer(model, F.cross_entropy).prepare([(x, y)]).step([(x, y)])
 
 
 def measure(args) -> dict:
@@ -219,9 +217,10 @@ def measure(args) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
     else:
-        trainer = MaskTrainer(model, loss_fn, k=args.k, compiled=args.compiled, precision=args.precision,
+        execution = Execution(compiled=args.compiled, precision=args.precision,
                               samples_per_pass=args.child_samples or None)
-        step = lambda: trainer.step((x, y))  # noqa: E731
+        trainer = MaskTrainer(model, loss_fn, MaskConfig(k=args.k), execution).prepare([(x, y)])
+        step = lambda: trainer.step([(x, y)])  # noqa: E731
     result["ms"] = time_steps(step, args.steps, device)
     result["peak_mb"] = peak_mb(device)
     if args.child == "mask":
@@ -281,14 +280,14 @@ def joint_line(args, spec: str) -> str:
     model, _, _, loss_fn = make(name, args.batch)
     model = model.to(device).eval()
     batches = [[tuple(t.to(device) for t in make(name, args.batch)[1:3]) for _ in range(masks)] for _ in range(4)]
-    separate = [MaskTrainer(model, loss_fn, k=args.k, seed=m, compiled=args.compiled) for m in range(masks)]
-    joint = JointMaskTrainer([MaskTrainer(model, loss_fn, k=args.k, seed=m, compiled=args.compiled)
-                              for m in range(masks)])
-    one = MaskTrainer(model, loss_fn, k=args.k * masks, seed=0, compiled=args.compiled)
+    config, execution = MaskConfig(k=args.k), Execution(compiled=args.compiled)
+    separate = [MaskTrainer(model, loss_fn, config, execution, seed=m).prepare([batches[0][m]]) for m in range(masks)]
+    joint = MaskTrainer(model, loss_fn, [config] * masks, execution, seed=list(range(masks))).prepare(batches[0])
     together = [tuple(torch.cat(parts) for parts in zip(*step_batches)) for step_batches in batches]
+    one = MaskTrainer(model, loss_fn, MaskConfig(k=args.k * masks), execution).prepare([together[0]])
     kinds = {"joint": lambda i: joint.step(batches[i % 4]),
-             "separate": lambda i: [t.step(b) for t, b in zip(separate, batches[i % 4])],
-             "one": lambda i: one.step(together[i % 4])}
+             "separate": lambda i: [t.step([b]) for t, b in zip(separate, batches[i % 4])],
+             "one": lambda i: one.step([together[i % 4]])}
     times = {kind: [] for kind in kinds}
     for round in range(6):  # round 0 warms up
         for kind, step in kinds.items():

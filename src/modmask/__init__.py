@@ -9,19 +9,20 @@ from .core.analysis import (check_comparable, exclusive, iomin, iou, overlap_cha
                             stability, union)
 from .core.evaluation import collect, evaluate, half_masks, inverse, random_control, split_layers
 from .core.masking import masked_call
-from .core.mask_config import MaskConfig
+from .core.mask_config import Execution, MaskConfig
 from .core.masks import Masks, random_masks
 from .core.memory import MemoryPlan, memory_plan
 from .core.stats import mean_std_text, summarize
 from .core.selection import select_parameters
-from .core.training import MaskTrainer, TrainedMask, train_mask
+from .core.trained import TrainedMask
+from .core.training import MaskTrainer, train_mask, train_masks
 
 from .study import Function, run_study
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Masks", "MaskConfig", "TrainedMask", "MaskTrainer", "train_mask", "memory_plan", "MemoryPlan", "select_parameters",
+    "Masks", "MaskConfig", "Execution", "TrainedMask", "MaskTrainer", "train_mask", "train_masks", "memory_plan", "MemoryPlan", "select_parameters",
     "masked_call", "evaluate", "collect",
     "inverse", "half_masks", "split_layers", "iou", "iomin", "shared_fraction", "exclusive", "union",
     "stability", "overlap_table", "probability_histogram", "Function", "run_study",

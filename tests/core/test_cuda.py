@@ -13,21 +13,21 @@ from torch.nn import functional as F
 from modmask import iou, memory_plan, train_mask
 from modmask.core import training
 from modmask.core.gumbel import UniformSource
-from modmask.core.training import MaskTrainer
 from modmask.models import MLP, EncoderLayer
 
-from test_training import _batches, _toy
+from test_training import _batches, _toy, make_trainer
 
 pytestmark = pytest.mark.cuda
 
 
 def _steps(model, x, y, device, steps=3, host_bits=False, **options):
     model = copy.deepcopy(model).to(device).eval()
-    trainer = MaskTrainer(model, F.cross_entropy, k=4, seed=3, lr=0.1, **options)
+    batch = (x.to(device), y.to(device))
+    trainer = make_trainer(model, F.cross_entropy, batch, k=4, seed=3, lr=0.1, **options)
     if host_bits:  # the CPU's noise, copied to the GPU: the two runs see the same samples
-        trainer.source = UniformSource(3, device, host_bits=True)
+        trainer.sources[0] = UniformSource(3, device, host_bits=True)
     for _ in range(steps):
-        trainer.step((x.to(device), y.to(device)))
+        trainer.step([batch])
     return {n: l.detach().cpu() for n, l in trainer.logits.items()}
 
 
@@ -57,11 +57,11 @@ def test_memory_plan_matches_the_peak_allocated_on_the_gpu():
     x = torch.randn(16, 64, 512, device="cuda")
     loss = lambda out, t: (out - t).pow(2).mean()  # noqa: E731
     for samples in (4, 1):
-        trainer = MaskTrainer(model, loss, k=4, samples_per_pass=samples)
+        trainer = make_trainer(model, loss, (x, x), k=4, samples_per_pass=samples)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         for _ in range(3):
-            trainer.step((x, x))
+            trainer.step([(x, x)])
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - x.nbytes  # the batch (inputs = targets) is not in the plan
         assert 0.75 < trainer.plan.total / peak < 1.25, (samples, trainer.plan.summary(), peak / 2**20)
@@ -75,12 +75,12 @@ def test_a_plan_that_does_not_fit_stops_before_the_first_step(monkeypatch):
     # pretend the device has room for the plan at samples_per_pass=2 only
     room = int(plan.with_settings(samples_per_pass=2).needed / 0.85)
     monkeypatch.setattr(training, "free_memory", lambda device: room)
-    trainer = MaskTrainer(model, F.cross_entropy, k=4)
+    trainer = make_trainer(model, F.cross_entropy, k=4)
     with pytest.raises(MemoryError, match=r"samples_per_pass=2 .*precision='bf16'.*fewer selected tensors"):
-        trainer.step((x, y))
-    assert all(l.grad is None for l in trainer.logits.values())  # no step was taken
-    auto = MaskTrainer(model, F.cross_entropy, k=4, samples_per_pass="auto")
-    auto.step((x, y))
+        trainer.prepare([(x, y)])
+    assert trainer.path is None and all(l.grad is None for l in trainer.logits.values())  # no step was taken
+    auto = make_trainer(model, F.cross_entropy, (x, y), k=4, samples_per_pass="auto")
+    auto.step([(x, y)])
     assert auto.samples_per_pass == 2
 
 

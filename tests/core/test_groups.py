@@ -9,9 +9,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from modmask import memory_plan
+from modmask.core import training
 from modmask.core.gumbel import UniformSource
-from modmask.core.training import MaskTrainer
 from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier
+
+from test_training import make_trainer
 
 
 def _models():
@@ -26,8 +28,8 @@ def _models():
 def _train(make, x, y, path, steps=4, **options):
     torch.manual_seed(0)
     model = make().eval()
-    trainer = MaskTrainer(model, F.cross_entropy, k=4, seed=5, path=path, lr=0.1, **options)
-    losses = [trainer.step((x, y))["loss"] for _ in range(steps)]
+    trainer = make_trainer(model, F.cross_entropy, (x, y), k=4, seed=5, path=path, lr=0.1, **options)
+    losses = [trainer.step([(x, y)])[0]["loss"] for _ in range(steps)]
     assert trainer.path == path
     return trainer, torch.stack(losses)
 
@@ -63,24 +65,46 @@ def test_groups_with_original_clipping_and_trainable_weights():
 
 def test_samples_per_pass_must_divide_k_and_targets_need_a_batch_dim():
     model = MLP(6, [8], 3)
-    for bad in (0, 3, 5, 2.0, "half"):
+    for bad in (0, 2.0, "half"):
+        with pytest.raises(ValueError, match=r"execution settings: samples_per_pass must be a positive divisor"):
+            make_trainer(model, F.cross_entropy, k=4, samples_per_pass=bad)
+    for bad in (3, 5, 8):
         with pytest.raises(ValueError, match=r"samples_per_pass must divide k=4 \(one of \[1, 2, 4\]\)"):
-            MaskTrainer(model, F.cross_entropy, k=4, samples_per_pass=bad)
-    trainer = MaskTrainer(model, lambda out, t: F.cross_entropy(out, t[0]), k=4, samples_per_pass=2)
+            make_trainer(model, F.cross_entropy, k=4, samples_per_pass=bad)
+    batch = (torch.randn(8, 6), (torch.randint(0, 3, (8,)), torch.tensor(1.0)))
+    trainer = make_trainer(model, lambda out, t: F.cross_entropy(out, t[0]), batch, k=4, samples_per_pass=2)
     with pytest.raises(ValueError, match="targets are split along dim 0"):
-        trainer.step((torch.randn(8, 6), (torch.randint(0, 3, (8,)), torch.tensor(1.0))))
+        trainer.step([batch])
 
 
 def test_auto_and_the_plan_is_logged_once_before_the_first_step(caplog):
     model = MLP(6, [8], 3)
-    trainer = MaskTrainer(model, F.cross_entropy, k=4, samples_per_pass="auto")
     batch = (torch.randn(8, 6), torch.randint(0, 3, (8,)))
     with caplog.at_level(logging.INFO, logger="modmask"):
-        trainer.step(batch)
-        trainer.step(batch)
+        trainer = make_trainer(model, F.cross_entropy, batch, k=4, samples_per_pass="auto")
+        trainer.step([batch])
+        trainer.step([batch])
     lines = [r.getMessage() for r in caplog.records if "memory plan" in r.getMessage()]
     assert len(lines) == 1 and "samples_per_pass=4" in lines[0]  # a tiny model fits: all samples at once
     assert trainer.samples_per_pass == 4 and trainer.plan.samples_per_pass == 4
+
+
+def test_auto_takes_fewer_samples_per_pass_where_free_memory_is_small(monkeypatch):
+    model = MLP(6, [512, 512], 3)
+    batch = (torch.randn(16, 6), torch.randint(0, 3, (16,)))
+    plan = memory_plan(model, k=4, batch=batch)
+    room = int(plan.with_settings(samples_per_pass=2).needed / 0.85)  # only 2 samples per pass fit
+    assert plan.needed > 0.9 * room
+    monkeypatch.setattr(training, "free_memory", lambda device: room)
+    auto = make_trainer(model, F.cross_entropy, batch, k=4, samples_per_pass="auto", seed=1)
+    assert auto.samples_per_pass == 2 and auto.plan.samples_per_pass == 2
+    assert auto.plan.total == plan.with_settings(samples_per_pass=2).total  # the plan memory_plan makes
+    two = make_trainer(model, F.cross_entropy, batch, k=4, samples_per_pass=2, seed=1)
+    for trainer in (auto, two):
+        trainer.step([batch])
+    assert all(torch.equal(auto.logits[n], two.logits[n]) for n in auto.logits)
+    monkeypatch.setattr(training, "free_memory", lambda device: 1)  # nothing fits: one sample at a time
+    assert make_trainer(model, F.cross_entropy, batch, k=4, samples_per_pass="auto").samples_per_pass == 1
 
 
 def test_memory_plan_parts_follow_the_formula():
@@ -127,9 +151,9 @@ def test_groups_equal_one_pass_for_keyword_batches():
     loss = lambda out, y: F.cross_entropy(out["logits"], y)  # noqa: E731
     logits = []
     for group in (4, 1):
-        trainer = MaskTrainer(model, loss, k=4, samples_per_pass=group, seed=3)
+        trainer = make_trainer(model, loss, batches[0], k=4, samples_per_pass=group, seed=3)
         for batch in batches:
-            trainer.step(batch)
+            trainer.step([batch])
         logits.append(trainer.result().logits)
     for name in logits[0]:
         assert torch.allclose(logits[0][name], logits[1][name], atol=1e-6), name

@@ -6,8 +6,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from modmask import Masks, masked_call
-from modmask.core.training import MaskTrainer
 from modmask.models import MLP, EncoderLayer, RepeatLSTMClassifier
+
+from test_training import make_trainer
 
 
 def test_all_ones_mask_reproduces_the_model_exactly():
@@ -60,9 +61,9 @@ def test_vmap_and_sequential_paths_agree_on_loss_and_gradients(name):
     y = torch.randint(0, 3, (8,))
     results = {}
     for path in ("vmap", "sequential"):
-        trainer = MaskTrainer(model, F.cross_entropy, k=4, seed=11, path=path, grad_clip=None,
-                              norms=True)
-        losses = trainer.step((x, y))
+        trainer = make_trainer(model, F.cross_entropy, (x, y), k=4, seed=11, path=path, grad_clip=None,
+                               norms=True)
+        losses = trainer.step([(x, y)])[0]
         results[path] = (losses["loss"], {n: l.grad.clone() for n, l in trainer.logits.items()})
         assert trainer.path == path
     (loss_v, grads_v), (loss_s, grads_s) = results["vmap"], results["sequential"]
@@ -84,14 +85,42 @@ class FusedLSTM(nn.Module):
 
 def test_fused_lstm_falls_back_to_sequential_with_a_warning(caplog):
     model = FusedLSTM()
-    trainer = MaskTrainer(model, F.cross_entropy, k=2)
     with caplog.at_level(logging.WARNING):
-        trainer.step((torch.randn(4, 3, 4), torch.randint(0, 2, (4,))))
+        trainer = make_trainer(model, F.cross_entropy, (torch.randn(4, 3, 4), torch.randint(0, 2, (4,))), k=2)
     assert trainer.path == "sequential"
     assert "rnn (LSTM)" in caplog.text and "sequential" in caplog.text
 
 
 def test_forcing_vmap_on_a_fused_lstm_names_the_module_and_the_fix():
-    trainer = MaskTrainer(FusedLSTM(), F.cross_entropy, k=2, path="vmap")
+    trainer = make_trainer(FusedLSTM(), F.cross_entropy, k=2, path="vmap")
     with pytest.raises(ValueError, match=r"rnn \(LSTM\).*path='sequential'"):
-        trainer.step((torch.randn(4, 3, 4), torch.randint(0, 2, (4,))))
+        trainer.prepare([(torch.randn(4, 3, 4), torch.randint(0, 2, (4,)))])
+
+
+class CallCounter(nn.Module):
+    """Scales its output by how often it has been called: one vmap call over the k samples sees one
+    count, k separate calls see k different ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer, self.calls = nn.Linear(4, 3), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.layer(x) * self.calls
+
+
+def test_a_model_vmap_runs_differently_falls_back_to_sequential_with_a_warning(caplog):
+    batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    with caplog.at_level(logging.WARNING, logger="modmask"):
+        trainer = make_trainer(CallCounter(), F.cross_entropy, batch, k=4)
+    assert trainer.path == "sequential"
+    assert "torch.vmap gives different outputs from separate calls" in caplog.text
+    assert "using the sequential path" in caplog.text
+    trainer.step([batch])
+    with pytest.raises(ValueError, match=r"different outputs from separate calls.*path='sequential'"):
+        make_trainer(CallCounter(), F.cross_entropy, batch, k=4, path="vmap")
+    with caplog.at_level(logging.WARNING, logger="modmask"):
+        caplog.clear()
+        assert make_trainer(MLP(4, [8], 3), F.cross_entropy, batch, k=4).path == "vmap"  # no reason to fall back
+    assert not caplog.text

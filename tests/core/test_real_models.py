@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modmask import Masks, MaskTrainer, TrainedMask, collect, masked_call, select_parameters, train_mask
+from modmask import Masks, TrainedMask, collect, masked_call, select_parameters, train_mask
+
+from test_training import make_trainer
 
 B, T, D = 8, 6, 16
 
@@ -103,6 +105,12 @@ HF = ["hf-bert", "hf-bert-padded", "hf-bert-padded-4d", "hf-gpt2", "hf-llama", "
 SEQUENTIAL = {"hf-bert-padded"}  # HF's mask preparation branches on the 2D mask's values
 
 
+def _recipe(inputs):
+    """A Hugging Face batch with its 2D attention mask as the 4D mask of docs/real_models.md
+    ([B, 1, 1, T] bool, True = attend): the same function, which vmap can run."""
+    return {**inputs, "attention_mask": inputs["attention_mask"].bool()[:, None, None, :]}
+
+
 def _model(name):
     torch.manual_seed(0)
     model, inputs, targets = _torch_model(name) if name.startswith("torch") else _hf_model(name)
@@ -162,25 +170,37 @@ def test_masking_one_weight_equals_zeroing_it_by_hand(name):
 
 
 def _step_results(model, inputs, targets, path, loss_fn=_loss):
-    trainer = MaskTrainer(model, loss_fn, k=4, seed=5, path=path, grad_clip=None)
-    losses = trainer.step((inputs, targets) if targets is not None else inputs)
+    batch = (inputs, targets) if targets is not None else inputs
+    trainer = make_trainer(model, loss_fn, batch, k=4, seed=5, path=path, grad_clip=None)
+    losses = trainer.step([batch])[0]
     return trainer.path, losses["loss"], {n: l.grad.clone() for n, l in trainer.logits.items()}
 
 
-def _assert_paths_agree(model, inputs, targets, expected_path, loss_fn=_loss):
-    path, loss_v, grads_v = _step_results(model, inputs, targets, "auto", loss_fn)
+def _assert_paths_agree(model, inputs, targets, expected_path, loss_fn=_loss, vmap_inputs=None):
+    """The first step on the path 'auto' chooses (expected_path) equals the step on the other path
+    (same noise). Where 'auto' chooses the sequential path, vmap runs `vmap_inputs` instead: other
+    inputs for the same function (the 4D mask recipe)."""
+    path, loss_a, grads_a = _step_results(model, inputs, targets, "auto", loss_fn)
     assert path == expected_path
-    _, loss_s, grads_s = _step_results(model, inputs, targets, "sequential", loss_fn)
-    assert torch.allclose(loss_v, loss_s, rtol=1e-5, atol=1e-6)
-    for n in grads_s:
-        assert torch.allclose(grads_v[n], grads_s[n], rtol=1e-4, atol=1e-6), n
-    assert any(g.abs().sum() > 0 for g in grads_s.values())
+    other = "sequential" if path == "vmap" else "vmap"
+    other_inputs = inputs if path == "vmap" else vmap_inputs
+    assert other_inputs is not None, "the sequential path needs vmap inputs to be compared with"
+    chosen, loss_b, grads_b = _step_results(model, other_inputs, targets, other, loss_fn)
+    assert chosen == other
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    assert list(grads_a) == list(grads_b)
+    for n in grads_b:
+        assert torch.allclose(grads_a[n], grads_b[n], rtol=1e-4, atol=1e-6), n
+    assert any(g.abs().sum() > 0 for g in grads_b.values())
 
 
 @pytest.mark.parametrize("name", TORCH + HF)
 def test_vmap_and_sequential_paths_agree_on_loss_and_gradients(name):
     model, inputs, targets = _model(name)
-    _assert_paths_agree(model, inputs, targets, "sequential" if name in SEQUENTIAL else "vmap")
+    if name in SEQUENTIAL:  # vmap cannot run the 2D mask: the sequential path against vmap on the 4D recipe
+        _assert_paths_agree(model, inputs, targets, "sequential", vmap_inputs=_recipe(inputs))
+    else:
+        _assert_paths_agree(model, inputs, targets, "vmap")
 
 
 @pytest.mark.parametrize("name", TORCH)
@@ -191,8 +211,8 @@ def test_pytorch_attention_layers_run_on_the_vmap_path_in_train_mode_too(name):
 
 def test_dropout_in_train_mode_keeps_the_vmap_path():
     model, inputs, targets = _model("torch-encoder")
-    trainer = MaskTrainer(Encoder(dropout=0.1).train(), _loss, k=4)
-    trainer.step((inputs, targets))
+    trainer = make_trainer(Encoder(dropout=0.1).train(), _loss, (inputs, targets), k=4)
+    trainer.step([(inputs, targets)])
     assert trainer.path == "vmap"
 
 
@@ -249,7 +269,7 @@ def test_default_rule_for_hf_models_leaves_embeddings_out_and_keeps_norms_and_co
 
 def test_conv1d_weights_are_used_in_their_own_layout():
     model, inputs, ids = _model("hf-gpt2")
-    trainer = MaskTrainer(model, _loss, k=4)
+    trainer = make_trainer(model, _loss, k=4)
     assert "transformer.h.0.attn.c_attn.weight" not in trainer.transposed
     assert trainer.result().logits["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)
 
@@ -288,8 +308,9 @@ def test_outputs_are_rebuilt_with_tensors_and_constants_and_no_cache():
         seen.append(out)
         return F.cross_entropy(out["logits"], y)
 
-    trainer = MaskTrainer(CachingModel(), loss, k=2)
-    trainer.step(({"x": torch.randn(4, 4)}, torch.randint(0, 3, (4,))))
+    batch = ({"x": torch.randn(4, 4)}, torch.randint(0, 3, (4,)))
+    trainer = make_trainer(CachingModel(), loss, batch, k=2)
+    trainer.step([batch])
     assert trainer.path == "vmap"
     assert type(seen[0]) is DictOutput and seen[0]["cache"] is None and seen[0]["steps"] == 3
     assert seen[0]["logits"].shape == (4, 3)
@@ -299,28 +320,28 @@ def test_dict_tensors_with_different_batch_sizes_are_refused_by_name():
     model, inputs, targets = _model("torch-encoder-padded")
     bad = {**inputs, "padding": inputs["padding"][:6]}
     with pytest.raises(ValueError, match=r"x: 8, padding: 6"):
-        MaskTrainer(model, _loss, k=4).step((bad, targets))
+        make_trainer(model, _loss, (bad, targets), k=4)
 
 
 def test_an_output_without_a_tensor_is_refused_with_its_structure():
-    trainer = MaskTrainer(CachingModel(with_logits=False), F.cross_entropy, k=2, parameters="layer.weight")
+    trainer = make_trainer(CachingModel(with_logits=False), F.cross_entropy, k=2, parameters="layer.weight")
     with pytest.raises(ValueError, match=r"holds no tensor.*DictOutput\(cache: NoneType, steps: int\)"):
-        trainer.step(({"x": torch.randn(4, 4)}, torch.randint(0, 3, (4,))))
+        trainer.prepare([({"x": torch.randn(4, 4)}, torch.randint(0, 3, (4,)))])
 
 
 def test_a_loss_that_reads_a_missing_entry_names_what_the_model_returned():
     model, inputs, targets = _model("hf-vit")
-    trainer = MaskTrainer(model, lambda out, y: F.cross_entropy(out.hidden_states, y), k=4)
+    trainer = make_trainer(model, lambda out, y: F.cross_entropy(out.hidden_states, y), (inputs, targets), k=4)
     with pytest.raises(ValueError, match=r"loss_fn failed on the model's outputs ImageClassifierOutput\(logits"):
-        trainer.step((inputs, targets))
+        trainer.step([(inputs, targets)])
 
 
 def test_a_model_vmap_cannot_batch_gets_a_one_line_reason(caplog):
     model, inputs, targets = _model("hf-bert-padded")
     with pytest.raises(ValueError, match=r"branches on the values of a tensor.*4D mask.*path='sequential'"):
-        MaskTrainer(model, _loss, k=4, path="vmap").step((inputs, targets))
+        make_trainer(model, _loss, (inputs, targets), k=4, path="vmap")
     with caplog.at_level(logging.WARNING):
-        MaskTrainer(model, _loss, k=4).step((inputs, targets))
+        make_trainer(model, _loss, (inputs, targets), k=4).step([(inputs, targets)])
     assert "attention_mask" in caplog.text and "sequential path" in caplog.text
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
 
@@ -346,9 +367,8 @@ def test_transformer_lens_bridge_trains_on_the_vmap_path_and_stays_untouched():
 
 def test_the_4d_mask_recipe_gives_the_2d_masks_outputs():
     model, inputs, _ = _model("hf-bert-padded")
-    recipe = {**inputs, "attention_mask": inputs["attention_mask"].bool()[:, None, None, :]}
     with torch.no_grad():
-        assert torch.allclose(model(**recipe).logits, model(**inputs).logits, atol=1e-6)
+        assert torch.allclose(model(**_recipe(inputs)).logits, model(**inputs).logits, atol=1e-6)
 
 
 class TiedModule(nn.Module):

@@ -30,7 +30,7 @@ def kill_joint_stage_after_first_checkpoint(monkeypatch):
     call the returned `undo()` to train normally again."""
     from modmask.experiments import stage
 
-    real = stage.train_masks_jointly
+    real = stage.train_masks
 
     def dies_after_the_first_checkpoint(*args, checkpoint=None, **kwargs):
         def save_then_die(step, state):
@@ -38,5 +38,5 @@ def kill_joint_stage_after_first_checkpoint(monkeypatch):
             raise KeyboardInterrupt
         return real(*args, checkpoint=save_then_die, **kwargs)
 
-    monkeypatch.setattr(stage, "train_masks_jointly", dies_after_the_first_checkpoint)
+    monkeypatch.setattr(stage, "train_masks", dies_after_the_first_checkpoint)
     return monkeypatch.undo

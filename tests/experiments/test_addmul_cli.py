@@ -15,7 +15,7 @@ def _run(out, *extra):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("addmul")
-    assert _run(out, "--set", "mask.joint=false") == 0  # one mask at a time: the reference of the joint tests
+    assert _run(out, "--set", "execution.joint=false") == 0  # one mask at a time: the reference of the joint tests
     return out
 
 
@@ -46,9 +46,9 @@ def test_report_rebuilds_without_training(finished, capsys):
 
 
 def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, monkeypatch):
-    """Masks one at a time (mask.joint=false): a run killed in its second mask stage resumes there."""
+    """Masks one at a time (execution.joint=false): a run killed in its second mask stage resumes there."""
     out = tmp_path / "interrupted"
-    real = stage.train_mask
+    real = stage.train_masks
     calls = []
 
     def dies_on_the_second_mask(*args, **kwargs):
@@ -57,15 +57,15 @@ def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stage, "train_mask", dies_on_the_second_mask)
+    monkeypatch.setattr(stage, "train_masks", dies_on_the_second_mask)
     with pytest.raises(KeyboardInterrupt):
-        _run(out, "--set", "mask.joint=false")
+        _run(out, "--set", "execution.joint=false")
     assert (out / "seed-0/masks/full.safetensors").exists()
     assert not (out / "seed-0/masks/add.safetensors").exists()
-    monkeypatch.setattr(stage, "train_mask", real)
+    monkeypatch.setattr(stage, "train_masks", real)
     before = {phase: _phase_lines(out, phase) for phase in ("pretrain", "mask:full", "mask:add")}
     assert before["pretrain"] > 0 and before["mask:full"] > 0 and before["mask:add"] == 0
-    assert _run(out, "--set", "mask.joint=false") == 0
+    assert _run(out, "--set", "execution.joint=false") == 0
     assert _phase_lines(out, "pretrain") == before["pretrain"]  # pretraining was not redone
     assert _phase_lines(out, "mask:full") == before["mask:full"]  # nor the finished mask
     assert _phase_lines(out, "mask:add") > 0
@@ -85,11 +85,11 @@ def test_a_joint_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished,
                                                                        kill_joint_stage_after_first_checkpoint):
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        _run(out, "--set", "checkpoint_every=20", "--set", "mask.joint=true")
+        _run(out, "--set", "checkpoint_every=20", "--set", "execution.joint=true")
     assert (out / "seed-0/checkpoints/masks-partial.pt").exists()
     assert not list((out / "seed-0/masks").glob("*.safetensors"))
     kill_joint_stage_after_first_checkpoint()  # undo: train normally again
-    assert _run(out, "--set", "checkpoint_every=20", "--set", "mask.joint=true") == 0
+    assert _run(out, "--set", "checkpoint_every=20", "--set", "execution.joint=true") == 0
     assert json.loads((out / "seed-0/timings.json").read_text()).keys() == {"pretrain", "masks:full,add,mul"}
     assert _phase_lines(out, "mask:add") == 1 + 1  # step 0 before the kill, step 39 after: nothing redone
     assert not (out / "seed-0/checkpoints/masks-partial.pt").exists()
@@ -100,7 +100,7 @@ def test_a_joint_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished,
 
 
 def test_joint_and_one_at_a_time_masks_agree(finished, tmp_path):
-    assert _run(tmp_path, "--set", "mask.joint=true") == 0
+    assert _run(tmp_path, "--set", "execution.joint=true") == 0
     joint = json.loads((tmp_path / "results.json").read_text())["aggregate"]
     separate = json.loads((finished / "results.json").read_text())["aggregate"]
     assert separate["masks"]["counts"] == joint["masks"]["counts"]
@@ -115,16 +115,16 @@ def test_resuming_with_other_settings_is_refused(finished, capsys):
 
 
 def test_settings_that_do_not_change_the_results_may_differ_on_resume(finished):
-    assert _run(finished, "--set", "mask.joint=true", "--set", "mask.samples_per_pass=2",
-                "--set", "mask.path=sequential") == 0
-    assert json.loads((finished / "config.json").read_text())["mask"]["joint"] is False  # as it started
+    assert _run(finished, "--set", "execution.joint=true", "--set", "execution.samples_per_pass=2",
+                "--set", "execution.path=sequential") == 0
+    assert json.loads((finished / "config.json").read_text())["execution"]["joint"] is False  # as it started
 
 
 def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
     from modmask.experiments.runner import plan
 
     saved = plan("addmul", "smoke", {}, tmp_path / "new").described
-    del saved["mask"]["compiled"], saved["lr"]  # settings added after the run was made
+    del saved["mask"]["original_clipping"], saved["lr"]  # settings added after the run was made
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
     plan("addmul", "smoke", {}, tmp_path / "old")  # they hold their defaults: resumes

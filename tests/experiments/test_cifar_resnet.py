@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from modmask import cli
 from modmask.core.selection import select_parameters
-from modmask.core.training import MaskTrainer
+from modmask import Execution, MaskConfig, MaskTrainer
 from modmask.data.augment import AugmentedBatches, random_crop_flip
 from modmask.data.cifar import CLASSES, ImageClassData
 from modmask.data.sampling import RandomBatches
@@ -82,9 +82,9 @@ def test_resnet_masks_everything_and_vmap_agrees_with_the_sequential_path():
     x, y = torch.randn(8, 3, 12, 12), torch.randint(0, 3, (8,))
     results = {}
     for path in ("vmap", "sequential"):
-        trainer = MaskTrainer(model, F.cross_entropy, k=4, seed=5, path=path, grad_clip=None, biases=True,
-                              norms=True)
-        losses = trainer.step((x, y))
+        config = MaskConfig(k=4, grad_clip=None, biases=True, norms=True)
+        trainer = MaskTrainer(model, F.cross_entropy, config, Execution(path=path), seed=5).prepare([(x, y)])
+        losses = trainer.step([(x, y)])[0]
         assert trainer.path == path
         results[path] = (losses["loss"], {n: l.grad.clone() for n, l in trainer.logits.items()})
     (loss_v, grads_v), (loss_s, grads_s) = results["vmap"], results["sequential"]
@@ -221,6 +221,7 @@ def test_configs_resolve_per_model_defaults_and_keep_the_cnn_values():
     # the CNN keeps its values
     small = to_json(resolve(cifar.Config, cifar.PRESETS, "small"))
     mask = small.pop("mask")
+    assert small.pop("execution") == to_json(Execution())  # how steps run: the defaults
     assert small == {"model": "cnn", "resnet_blocks": 18, "mask_batch_size": 128, "dropout": True,
                      "original_regulariser_batch": False, "batch_size": 128, "pretrain_steps": 3000, "lr": 0.001,
                      "grad_clip": 1.0, "stability_classes": [3, 5], "random_draws": 3, "train_images": 50000,
@@ -247,7 +248,7 @@ def test_cifar_smoke_resnet_end_to_end(image_folder, tmp_path):
     assert agg["half_mask"]["layers_late"][-2:] == ["output.weight", "output.bias"]
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# CIFAR-10 class removal: ResNet-8") and "official test set" in report
-    from modmask.core.training import TrainedMask
+    from modmask import TrainedMask
     reference = TrainedMask.load(tmp_path / "seed-0/masks/reference.safetensors").logits
     assert "stages.0.0.norm1.bias" in reference and "output.bias" in reference
     without = TrainedMask.load(tmp_path / "seed-0/masks/without-3.safetensors").logits

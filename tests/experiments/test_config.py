@@ -54,9 +54,12 @@ def test_overrides_take_dotted_keys_and_the_old_flat_names():
     aliases = legacy_keys("addmul")
     values = parse_overrides(module.Config, ["mask.beta=3e-4", "hidden=400,400,200", "compiled=true",
                                              "mask_steps=7"], aliases)
-    assert values == {"mask.beta": 3e-4, "hidden": (400, 400, 200), "mask.compiled": True, "mask.steps": 7}
+    assert values == {"mask.beta": 3e-4, "hidden": (400, 400, 200), "execution.compiled": True, "mask.steps": 7}
     config = resolve(module.Config, module.PRESETS, "smoke", values)
-    assert (config.mask.beta, config.mask.compiled, config.mask.steps, config.mask.k) == (3e-4, True, 7, 4)
+    assert (config.mask.beta, config.execution.compiled, config.mask.steps, config.mask.k) == (3e-4, True, 7, 4)
+    # how a step runs moved from `mask` to `execution`: the old dotted keys still work
+    assert parse_overrides(module.Config, ["mask.joint=false", "mask.samples_per_pass=2"], aliases) == \
+        {"execution.joint": False, "execution.samples_per_pass": 2}
     # permuted MNIST's flat `steps` and `lr` were its mask settings
     mnist = experiment_module("permuted_mnist")
     assert parse_overrides(mnist.Config, ["steps=5", "lr=0.1"], legacy_keys("permuted_mnist")) == \
@@ -71,7 +74,7 @@ def test_overrides_take_dotted_keys_and_the_old_flat_names():
 
 @pytest.mark.parametrize("values, message", [({"mask.steps": -5}, "steps must be positive"),
                                              ({"mask.k": 0}, "k must be positive"),
-                                             ({"mask.path": "fast"}, "path must be one of"),
+                                             ({"execution.path": "fast"}, "path must be one of"),
                                              ({"pretrain_steps": 0}, "pretrain_steps=0: must be positive")])
 def test_bad_values_are_refused_when_the_config_is_resolved(values, message):
     module = experiment_module("addmul")
@@ -104,3 +107,9 @@ def test_a_run_directory_of_modmask_0_1_is_accepted_for_resume(tmp_path):
         plan("scan", "smoke", {"mask.steps": 9}, tmp_path / "old")
     assert upgrade(old)["mask"]["steps"] == 8
     assert build(scan.Config, upgrade(old)).mask.beta == 3e-5
+
+
+def test_an_old_config_json_with_execution_settings_in_the_mask_group_is_upgraded():
+    old = {"experiment": "addmul", "mask": {"beta": 1e-4, "joint": False, "path": "sequential"}}
+    assert upgrade(old) == {"experiment": "addmul", "mask": {"beta": 1e-4},
+                            "execution": {"joint": False, "path": "sequential"}}

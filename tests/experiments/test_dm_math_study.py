@@ -5,7 +5,7 @@ import json
 import torch
 
 from modmask import cli
-from modmask.core.training import MaskTrainer
+from modmask import Execution, MaskConfig, MaskTrainer
 from modmask.models import TransformerEncoderDecoder
 from modmask.models.seq2seq import sequence_loss
 
@@ -17,8 +17,10 @@ def test_tied_transformer_shares_one_embedding_and_trains_masks():
     lengths = torch.full((8,), 4)
     logits = model(src, torch.full((8,), 5), 4, tgt)
     assert logits.shape == (8, 4, 11)
-    trainer = MaskTrainer(model, lambda out, t: sequence_loss(out, *t), k=4, path="vmap")
-    trainer.step(((src, torch.full((8,), 5), 4, tgt), (tgt, lengths)))
+    batch = ((src, torch.full((8,), 5), 4, tgt), (tgt, lengths))
+    trainer = MaskTrainer(model, lambda out, t: sequence_loss(out, *t), MaskConfig(k=4), Execution(path="vmap"))
+    trainer.prepare([batch]).step([batch])
+    assert trainer.path == "vmap"
     assert "in_embedding.weight" not in trainer.logits  # embeddings (and so the tied output) stay unmasked
 
 

@@ -12,8 +12,7 @@ from modmask.data.scan_grammar import generate_commands, interpret
 from modmask.experiments import scan
 import pytest
 
-from modmask import MaskConfig, train_mask
-from modmask.core.training import MaskTrainer
+from modmask import Execution, MaskConfig, MaskTrainer, train_mask, train_masks
 from modmask.models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from modmask.models.seq2seq import sequence_correct, sequence_loss
 
@@ -69,8 +68,10 @@ def test_transformer_decoder_is_causal_and_batches_over_mask_samples():
     assert torch.allclose(full[:, :4], cut[:, :4], atol=1e-6) and not torch.allclose(full[:, 4:], cut[:, 4:])
     results = {}
     for path in ("vmap", "sequential"):  # masked training batches the model exactly over mask samples
-        trainer = MaskTrainer(model, lambda out, t: sequence_loss(out, *t), k=4, seed=3, path=path, norms=True)
-        losses = trainer.step(((src, src_len, steps, tgt), (tgt, tgt_len)))
+        batch = ((src, src_len, steps, tgt), (tgt, tgt_len))
+        trainer = MaskTrainer(model, lambda out, t: sequence_loss(out, *t), MaskConfig(k=4, norms=True),
+                              Execution(path=path), seed=3).prepare([batch])
+        losses = trainer.step([batch])[0]
         results[path] = losses["loss"], {n: g.grad.clone() for n, g in trainer.logits.items()}
         assert trainer.path == path
     (loss_v, grads_v), (loss_s, grads_s) = results["vmap"], results["sequential"]
@@ -92,7 +93,6 @@ def test_forced_chooses_teacher_forcing_per_example(kind):
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
 def test_joint_scan_masks_with_padded_batches_equal_masks_trained_alone(kind):
     """Batches of other lengths, some teacher-forced and some not, padded alike for one call."""
-    from modmask.core.joint import train_masks_jointly
     from modmask.experiments.seq2seq import SequenceBatches, loss, padded_alike
 
     vocab = ScanVocabulary.build([_pairs()])
@@ -104,8 +104,8 @@ def test_joint_scan_masks_with_padded_batches_equal_masks_trained_alone(kind):
     shapes = [next(s) for s in streams]
     assert len({b[0][0].shape[1] for b in shapes}) > 1 and len({b[0][3] is None for b in shapes}) > 1  # mixed
     alone = [train_mask(model, b, loss, config, seed=i, progress=False) for i, b in enumerate(batches())]
-    joint = train_masks_jointly(model, [(b, loss) for b in batches()], config, seeds=[0, 1, 2], progress=False,
-                                collate=padded_alike(vocab))
+    joint = train_masks(model, [(b, loss) for b in batches()], config, seeds=[0, 1, 2], progress=False,
+                        collate=padded_alike(vocab))
     for a, b in zip(alone, joint):
         for name in a.logits:
             assert torch.allclose(a.logits[name], b.logits[name], atol=1e-4), name
@@ -174,7 +174,7 @@ def test_joint_and_one_at_a_time_scan_masks_agree(tmp_path, preset):
     for joint in ("true", "false"):
         out = tmp_path / f"joint-{joint}"
         assert cli.main(["run", "scan", "--preset", preset, "--out", str(out), "--quiet", "--set", f"data={root}",
-                         "--set", "baseline=false", "--set", "mask.lr=0.3", "--set", f"mask.joint={joint}"]) == 0
+                         "--set", "baseline=false", "--set", "mask.lr=0.3", "--set", f"execution.joint={joint}"]) == 0
         aggregates[joint] = json.loads((out / "results.json").read_text())["aggregate"]
         timings = json.loads((out / "seed-0/timings.json").read_text())
         assert ("masks:simple,jump,length,turn_left" in timings) == (joint == "true")

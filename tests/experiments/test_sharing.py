@@ -30,7 +30,7 @@ def test_sharing_smoke_end_to_end(tmp_path, sweep):
 def test_joint_beta_points_give_the_masks_of_points_trained_alone(tmp_path):
     """mask.joint: the beta points of one network in one joint stage, the same masks up to rounding."""
     def run(out, joint):
-        args = ["run", "sharing", "--preset", "smoke", "--set", "sweep=beta", "--set", f"mask.joint={joint}", "--set", "mask.lr=0.2",
+        args = ["run", "sharing", "--preset", "smoke", "--set", "sweep=beta", "--set", f"execution.joint={joint}", "--set", "mask.lr=0.2",
                 "--out", str(out), "--quiet"]
         assert cli.main(args) == 0
         return json.loads((out / "results.json").read_text())["aggregate"]["points"]

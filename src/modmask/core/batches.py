@@ -13,7 +13,7 @@ None, while None, numbers and strings are kept.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -128,3 +128,56 @@ def describe_output(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return f"{type(value).__name__}({', '.join(describe_output(v) for v in value)})"
     return type(value).__name__
+
+
+# The batches of M masks trained together: one call of the model for all of them.
+def target_rows(tensor, batch_size: int, start: int, stop: int):
+    """Rows start..stop-1 of a target tensor [B, ...] (other values unchanged)."""
+    if not isinstance(tensor, torch.Tensor):
+        return tensor
+    if tensor.dim() == 0 or tensor.shape[0] != batch_size:
+        raise ValueError(f"with samples_per_pass below k the targets are split along dim 0 like the inputs, but a "
+                         f"target tensor has shape {tuple(tensor.shape)} for batch size {batch_size}; give targets "
+                         f"[B, ...] or use samples_per_pass=k")
+    return tensor[start:stop]
+
+
+def joined(chunks_per_mask: list, lo: int, hi: int, k: int) -> tuple:
+    """Samples lo..hi-1 of every mask's split arguments as one call's: tensors [k, B/k, ...] ->
+    [M (hi - lo), B/k, ...]; other arguments must be the same for every mask."""
+    take = (lambda a: a) if hi - lo == k else (lambda a: a[lo:hi] if isinstance(a, torch.Tensor) and a.dim() else a)
+    if len(chunks_per_mask) == 1:
+        args, kwargs = chunks_per_mask[0]
+        return tuple(take(a) for a in args), {n: take(a) for n, a in kwargs.items()}
+    args = tuple(join_values([take(c[0][i]) for c in chunks_per_mask]) for i in range(len(chunks_per_mask[0][0])))
+    kwargs = {n: join_values([take(c[1][n]) for c in chunks_per_mask]) for n in chunks_per_mask[0][1]}
+    return args, kwargs
+
+
+def join_values(values: Sequence[Any]) -> Any:
+    if isinstance(values[0], torch.Tensor) and values[0].dim():
+        shapes = {tuple(v.shape[1:]) for v in values}
+        if len(shapes) > 1:
+            raise ValueError(f"the masks' batches have inputs of different shapes per sample {sorted(shapes)} "
+                             f"(e.g. sequences padded to other lengths); one trainer needs one shape: give "
+                             f"`collate` (run_study, train_masks) a function that pads them alike, or "
+                             f"train the masks one at a time (execution.joint=False)")
+        return torch.cat(values)
+    if any(v is not values[0] and not (isinstance(v, torch.Tensor) and torch.equal(v, values[0])) and v != values[0]
+           for v in values[1:]):
+        raise ValueError("a non-batched argument (e.g. a step count or flag) differs between the masks' batches; "
+                         "one trainer calls the model once for all of them")
+    return values[0]
+
+
+def split_outputs(outputs: Any, sizes: list[int], samples: int) -> list:
+    """The joint output [sum B_m, ...] split back into each mask's [B_m, ...] (same structure); an
+    output per sample without a batch dimension (a loss the model computes itself) [M samples, ...]
+    into each mask's [samples, ...]; anything else is given to every mask."""
+    if len(sizes) == 1:
+        return [outputs]
+    tensors, rebuild = flatten_output(outputs)
+    per_sample = [samples] * len(sizes)
+    pieces = [t.split(sizes) if t.dim() and t.shape[0] == sum(sizes) else
+              t.split(per_sample) if t.dim() and t.shape[0] == sum(per_sample) else [t] * len(sizes) for t in tensors]
+    return [rebuild([p[m] for p in pieces]) for m in range(len(sizes))]

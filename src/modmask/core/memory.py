@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .batches import as_arguments, split_batch, unpack_batch, without_cache
 from .masking import call_with_tensors, frozen_parameters, parameter_slots
@@ -148,6 +148,18 @@ def autocast(device: torch.device, dtype: torch.dtype):
         raise ValueError(f"precision='bf16' needs torch.autocast, which {device.type} does not support: "
                          f"use precision='fp32'")
     return torch.autocast(device.type, dtype=dtype)
+
+
+def low_precision(others: dict[str, torch.Tensor], low: torch.dtype, path: str) -> dict[str, torch.Tensor]:
+    """bf16 copies of the unmasked tensors: under vmap a bias kept in fp32 would promote every
+    linear layer's bf16 output back to fp32 (autocast does not see the add); on the sequential
+    path vectors stay fp32 (CPU layer norm refuses a bf16 weight with an fp32 input)."""
+    return {n: p.to(low) if p.is_floating_point() and (path == "vmap" or p.dim() >= 2) else p for n, p in others.items()}
+
+
+def fp32_outputs(outputs: Any) -> Any:
+    """The model's outputs with every float tensor in fp32 (the loss is computed in fp32)."""
+    return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, outputs)
 
 
 _VIEWS = {"TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0", "ExpandBackward0",
@@ -286,7 +298,7 @@ def check_fits_device(plan: MemoryPlan, device: torch.device, free: int | None) 
         fixes.append(f"precision='bf16' (needs about {_megabytes(fewer.with_settings(dtype=torch.bfloat16).needed)} "
                      f"at samples_per_pass=1)")
     if plan.masks > 1:
-        fixes.append(f"fewer masks per stage than {plan.masks} (mask.joint=false trains them one at a time)")
+        fixes.append(f"fewer masks per stage than {plan.masks} (execution.joint=false trains them one at a time)")
     fixes.append("fewer selected tensors (parameters=..., e.g. the MLP weights only): each masked weight "
                  "costs 24 bytes (logit, its gradient, Adam, a layout copy) plus 6 per sample per pass in "
                  "bf16 (a copy, its gradient, its noise; 10 in fp32)")

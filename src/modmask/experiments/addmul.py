@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from ..core.evaluation import collect, inverse
-from ..core.mask_config import MaskConfig
+from ..core.mask_config import Execution, MaskConfig
 from ..data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from ..runs import RunDir
-from .study import Function, half_mask_test, mask_statistics, removal_controls, removal_matrix, train_masks
+from .study import Function, half_mask_test, mask_statistics, removal_controls, removal_matrix, function_masks
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 
@@ -38,6 +38,7 @@ class Config:
     lr: float = 1e-3  # pretraining
     grad_clip: float = 1.0  # pretraining
     mask: MaskConfig = MaskConfig(steps=20_000, k=4, beta=1e-4, lr=1e-2, grad_clip=1.0)
+    execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     random_draws: int = 5  # random masks per control of each mask and inverse mask (0: none)
     checkpoint_every: int = 2000
 
@@ -103,7 +104,8 @@ def prepare(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True
 
 def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     model, functions, valid = prepare(config, run_dir, seed, progress=progress, device=device)
-    trained = train_masks(model, functions, run_dir, config.mask, seed, progress, config.checkpoint_every)
+    trained = function_masks(model, functions, run_dir, config.mask, config.execution, seed, progress,
+                             config.checkpoint_every)
     masks = {name: t.masks for name, t in trained.items()}
 
     metric = removal_matrix(model, functions, trained)

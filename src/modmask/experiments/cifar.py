@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ..core.analysis import iou, overlap_chance, overlap_matrix
 from ..core.evaluation import collect
-from ..core.mask_config import MaskConfig
+from ..core.mask_config import Execution, MaskConfig
 from ..core.masks import Masks, random_masks
 from ..data.augment import AugmentedBatches
 from ..data.cifar import ImageClassData, channel_stats, load_cifar10
@@ -58,6 +58,7 @@ class Config:
     grad_clip: float = 1.0  # the CNN's pretraining
     # Everything is masked: conv/linear weights, biases and BatchNorm affine parameters.
     mask: MaskConfig = MaskConfig(steps=None, k=4, beta=None, lr=None, grad_clip=1.0, biases=True, norms=True)
+    execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     # The original divides the regulariser by the pretraining batch size even where the mask batch
     # differs (the ResNet: 128 vs 256); modmask divides by the mask batch unless this is set.
     original_regulariser_batch: bool = False
@@ -181,10 +182,10 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     def train(specs: list[tuple[str, torch.Tensor, int]], fixed: Masks | None = None) -> list[Masks]:
         """The masks (name, training indices, seed) of one stage; with `fixed`, those tensors keep it."""
-        stages = [Stage(name, batches(indices, config.mask_batch_size, stage_seed), F.cross_entropy, stage_seed,
-                        {"fixed_masks": fixed} if fixed else {}) for name, indices, stage_seed in specs]
-        trained = mask_stages(run_dir, model, stages, config.mask, progress=progress,
-                              checkpoint_every=config.checkpoint_every)
+        stages = [Stage(name, batches(indices, config.mask_batch_size, stage_seed), F.cross_entropy, stage_seed)
+                  for name, indices, stage_seed in specs]
+        trained = mask_stages(run_dir, model, stages, config.mask, config.execution, progress=progress,
+                              checkpoint_every=config.checkpoint_every, **({"fixed_masks": fixed} if fixed else {}))
         return [Masks({**t.masks, **fixed}) if fixed else t.masks for t in trained.values()]
 
     train_labels = labels[train_idx]

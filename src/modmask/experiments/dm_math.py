@@ -17,7 +17,7 @@ import torch
 
 from ..core.analysis import overlap_table
 from ..core.evaluation import evaluate
-from ..core.mask_config import MaskConfig
+from ..core.mask_config import Execution, MaskConfig
 from ..data.dm_math import PAPER_MODULES, char_vocabulary, read_module, split_module
 from ..data.dm_math_generate import generate
 from ..data.root import data_root, writable_dir
@@ -69,6 +69,7 @@ class Config:
     warmup: int | None = None
     mask_batch_size: int | None = None
     mask: MaskConfig = MaskConfig(steps=None, k=8, beta=None, lr=None, grad_clip=1.0)
+    execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     # The original divides the regulariser by the pretraining batch size even where the mask batch
     # differs (linear_1d, polycollect); modmask divides by the mask batch unless this is set.
     original_regulariser_batch: bool = False
@@ -150,8 +151,8 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
                     seed * 10 + index)
               for index, (stage, train) in enumerate({"control": full, "easy": data["train_easy"]}.items())]
     # a joint stage pads every step's batches of the masks alike
-    masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, progress=progress,
-                                                      checkpoint_every=config.checkpoint_every,
+    masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, config.execution,
+                                                      progress=progress, checkpoint_every=config.checkpoint_every,
                                                       collate=padded_alike(vocab)
                                                       ).items()}
 

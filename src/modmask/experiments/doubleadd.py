@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from ..core.evaluation import evaluate, inverse, random_control
-from ..core.mask_config import MaskConfig
+from ..core.mask_config import Execution, MaskConfig
 from ..data.arithmetic import DoubleAddData, digit_loss, digits_correct, only_pair, pair_outputs
 from ..data.sampling import MappedBatches, RandomBatches, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
 from .pretrain import pretrain
 from ..runs import RunDir
-from .study import Function, half_mask_test, mask_statistics, train_masks
+from .study import Function, half_mask_test, mask_statistics, function_masks
 
 DESCRIPTION = "double addition: do networks reuse weights for the same function? (FNN or LSTM)"
 
@@ -42,6 +42,7 @@ class Config:
     grad_clip: float = 1.0  # pretraining
     # beta None: the paper's value for the model (variant_defaults)
     mask: MaskConfig = MaskConfig(steps=20_000, k=4, beta=None, lr=1e-2, grad_clip=1.0)
+    execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     control: bool = True  # also run the copy-weight control
     random_draws: int = 5  # random masks per control of each pair mask and inverse mask (0: none)
     checkpoint_every: int = 2000
@@ -140,7 +141,8 @@ def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draw
 
 def _study(model, run_dir: RunDir, prefix: str, config: Config, seed: int, train, valid_batches, progress):
     functions = [replace(f, name=prefix + f.name) for f in _functions(train, valid_batches, config, seed)]
-    trained = train_masks(model, functions, run_dir, config.mask, seed, progress, config.checkpoint_every)
+    trained = function_masks(model, functions, run_dir, config.mask, config.execution, seed, progress,
+                             config.checkpoint_every)
     return {name[len(prefix):]: t for name, t in trained.items()}
 
 

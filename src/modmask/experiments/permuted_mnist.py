@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from ..core.analysis import union
 from ..core.evaluation import evaluate
-from ..core.mask_config import MaskConfig
+from ..core.mask_config import Execution, MaskConfig
 from ..core.masks import Masks
 from ..data.mnist import PermutedMNIST, load_mnist, normalise, permuted_mnist_tasks, train_valid_split
 from ..data.sampling import RandomBatches, fixed_batches
@@ -41,6 +41,8 @@ class Config:
     batch_size: int = 128
     # per task; beta / b = 1e-5; lr also that of the free weights, which train with the mask
     mask: MaskConfig = MaskConfig(steps=30_000, k=8, beta=0.00128, lr=0.01, grad_clip=1.0, biases=True)
+    execution: Execution = Execution()  # how mask steps run; may change when a run resumes
+    checkpoint_every: int = 2000  # steps between checkpoints inside a task's mask stage
     mask_used_init: float = 2.0
     mask_new_init: float = 2.0  # 0: "prefer old", -1: "prefer old even more"
     reset_first_layer: bool = True
@@ -157,6 +159,6 @@ def _learn_task(model, masks, task, config, run_dir, seed, data, weights_path, d
         tmp.replace(weights_path)
 
     batches = RandomBatches(data, config.batch_size, 1234 + seed * 1000 + task)
-    return mask_stage(run_dir, f"task-{task}", model, batches, F.cross_entropy, config.mask, seed=seed * 1000 + task,
-                      progress=progress, label=f"task {task}", before_save=keep_weights, log_every=200,
+    return mask_stage(run_dir, f"task-{task}", model, batches, F.cross_entropy, config.mask, config.execution,
+                      seed=seed * 1000 + task, checkpoint_every=config.checkpoint_every, progress=progress, label=f"task {task}", before_save=keep_weights, log_every=200,
                       init_logits=init_logits, trainable={n: ~u for n, u in used.items()}).masks

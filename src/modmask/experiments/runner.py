@@ -7,6 +7,7 @@ directory as separate tasks (experiments/sweep.py); `run_experiment` is both in 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from ..core.mask_config import EXECUTION_SETTINGS
+from ..core.mask_config import Execution
 from ..runs import RunDir, aggregate, read_json, seed_dir, seed_finished, write_json
 from ..runs.catalogue import experiment_module
 from ..runs.legacy import legacy_keys, upgrade
@@ -47,7 +48,7 @@ class Plan:
     def check(self, path: Path) -> RunDir:
         """The run directory at `path`, its config.json written or checked against this plan."""
         run = RunDir(path)
-        run.check_config(self.described, self.normalise, free=[f"mask.{name}" for name in EXECUTION_SETTINGS])
+        run.check_config(self.described, self.normalise, free=[f"execution.{f.name}" for f in dataclasses.fields(Execution)])
         return run
 
 

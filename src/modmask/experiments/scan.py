@@ -17,7 +17,7 @@ import torch
 from ..core.analysis import overlap_matrix
 from ..core.evaluation import evaluate
 from ..core.masks import random_masks
-from ..core.mask_config import MaskConfig
+from ..core.mask_config import Execution, MaskConfig
 from ..data.scan import ScanData, ScanVocabulary
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..runs import RunDir
@@ -53,6 +53,7 @@ class Config:
     grad_clip: float = 5.0  # pretraining
     teacher_forcing: float | None = None  # probability per batch; None: the model's default
     mask: MaskConfig = MaskConfig(steps=25_000, k=4, beta=None, lr=1e-2, grad_clip=5.0)  # beta: the model's
+    execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     baseline: bool = True  # also train from scratch on the baseline splits
     baseline_splits: tuple[str, ...] = ("jump", "length", "turn_left")  # a subset saves time
     test_examples: int = 0  # evaluate on at most this many test examples per split (0: all)
@@ -86,7 +87,7 @@ PRESETS = {
     # one mask at a time on a CPU: the joint call pads the four masks' batches to the longest
     # (1.26x the decoder positions, 1.5x the decoder's attention), which costs the Transformer more
     # than one call saves (2 cores: 119 s jointly against 91 s one at a time; the LSTM 159 against 173 s)
-    "small-transformer": {**SMALL, "model": "transformer", "mask": {**SMALL["mask"], "joint": False}},
+    "small-transformer": {**SMALL, "model": "transformer", "execution": {"joint": False}},
     "paper": dict(),
     "paper-transformer": dict(model="transformer"),
 }
@@ -130,7 +131,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     stages = [Stage(split, SequenceBatches(train[split], config.batch_size, 1234 + seed * 10 + index, teacher), loss,
                     seed * 10 + index) for index, split in enumerate(SPLITS)]
     # a joint stage pads every step's batches of the masks alike
-    masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, progress=progress,
+    masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, config.execution, progress=progress,
                                                       checkpoint_every=config.checkpoint_every,
                                                       collate=padded_alike(vocab)
                                                       ).items()}

@@ -42,7 +42,7 @@ class SequenceBatches:
 
 
 def pad_alike(batches: list, pads: tuple[int, int]) -> list:
-    """SequenceBatches' batches of the masks of one joint stage, in one shape (core/joint.py calls
+    """SequenceBatches' batches of the masks of one joint stage, in one shape (the MaskTrainer calls
     the model once for all of them): sources and targets padded with `pads` (input id, output id)
     to the longest, every batch decoding the most steps, and where only some of them are
     teacher-forced, `forced` [B] says which examples are. No loss changes beyond rounding: the

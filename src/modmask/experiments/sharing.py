@@ -1,7 +1,7 @@
 """How much do the + and * masks share, against network size and against beta? (paper §2.9)
 
 Each point of the sweep is a full add/mul FNN study (addmul.run) in its own folder; points of the
-beta sweep with the same network reuse one pretrained model, and with mask.joint their masks are
+beta sweep with the same network reuse one pretrained model, and with execution.joint their masks are
 trained in one joint stage per network (3 masks per beta point). Recorded per point: the total
 fraction of the + mask shared with the * mask (|M+ ∧ M*| / |M+|, and the same for *), the pooled
 IoU (the original code's "shared" total) and the Full mask's accuracy on the mixed validation set.
@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from ..core.mask_config import MaskConfig
+from ..core.mask_config import Execution, MaskConfig
 from . import addmul
 from .config import build
 from ..runs import RunDir
@@ -36,6 +36,7 @@ class Config:
     train_size: int = 1_000_000
     pretrain_steps: int = 20_000
     mask: MaskConfig = MaskConfig(steps=20_000, beta=1e-4)  # mask.beta: the size sweep's
+    execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     checkpoint_every: int = 2000
 
 
@@ -75,7 +76,7 @@ def _share_pretrained(source: RunDir, target: RunDir) -> None:
 
 def _joint_beta_masks(studies: list, dirs: list[RunDir], sizes: list[str], run_dir: RunDir, seed: int,
                       progress: bool, device) -> None:
-    """The beta sweep with mask.joint: for each network, the masks of all its beta points in one
+    """The beta sweep with execution.joint: for each network, the masks of all its beta points in one
     joint stage (3 masks per point, each with its point's beta, seed and batches, so each equals
     what the point trains alone up to float rounding), kept in the sweep's seed folder and linked
     into each point's masks/ folder, where addmul.run finds them finished."""
@@ -86,7 +87,7 @@ def _joint_beta_masks(studies: list, dirs: list[RunDir], sizes: list[str], run_d
         stages = [Stage(f"point-{i}-{f.name}", f.train.fork(), f.loss, seed * 1000 + index, label=f"{f.title} #{i}",
                         config=studies[i].mask)
                   for i in group for index, f in enumerate(functions)]
-        mask_stages(run_dir, model, stages, studies[group[0]].mask, progress=progress,
+        mask_stages(run_dir, model, stages, studies[group[0]].mask, studies[group[0]].execution, progress=progress,
                     checkpoint_every=studies[group[0]].checkpoint_every)
         for i in group:
             for f in functions:
@@ -100,12 +101,13 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     sweep = points(config)
     studies = [dataclasses.replace(base, hidden=hidden(point["size"]), train_size=config.train_size,
                                    pretrain_steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every,
-                                   mask=dataclasses.replace(config.mask, beta=point["beta"])) for point in sweep]
+                                   mask=dataclasses.replace(config.mask, beta=point["beta"]),
+                                   execution=config.execution) for point in sweep]
     dirs = [run_dir.child(f"point-{index}-{point['size']}-beta{point['beta']:g}") for index, point in enumerate(sweep)]
     first_of_size = {}
     for point, point_dir in zip(sweep, dirs):
         first_of_size.setdefault(point["size"], point_dir)
-    if config.sweep == "beta" and config.mask.joint:
+    if config.sweep == "beta" and config.execution.joint:
         _joint_beta_masks(studies, dirs, [p["size"] for p in sweep], run_dir, seed, progress, device)
     results, timings = [], dict(run_dir.timings())  # the joint stages' phases, if any
     for point, study, point_dir in zip(sweep, studies, dirs):

@@ -21,9 +21,9 @@ from torch import nn
 from ..core.analysis import (iou, overlap_matrix, overlap_table, probability_histogram, shared_fraction,
                              shared_fraction_chance)
 from ..core.evaluation import evaluate, half_masks, inverse, random_control, split_layers
-from ..core.mask_config import MaskConfig
+from ..core.mask_config import Execution, MaskConfig, settings_from
 from ..core.masks import Masks
-from ..core.training import TrainedMask
+from ..core.trained import TrainedMask
 from ..runs import RunDir, write_json
 from .stage import Stage, mask_stages
 
@@ -49,13 +49,13 @@ class Function:
         return self.label or self.name
 
 
-def train_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, config: MaskConfig,
-                seed: int = 0, progress: bool = True, checkpoint_every: int = 0,
-                collate: Callable[[list], list] | None = None) -> dict[str, TrainedMask]:
-    """One mask per function, together in one pass unless config.joint is off (mask_stages: a
+def function_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, config: MaskConfig,
+                   execution: Execution | None = None, seed: int = 0, progress: bool = True,
+                   checkpoint_every: int = 0, collate: Callable[[list], list] | None = None) -> dict[str, TrainedMask]:
+    """One mask per function, together in one pass unless execution.joint is off (mask_stages: a
     finished mask is loaded, not retrained; collate and checkpoint_every as there)."""
     stages = [Stage(f.name, f.train, f.loss, seed * 1000 + index, label=f.title) for index, f in enumerate(functions)]
-    return mask_stages(run, model, stages, config, progress=progress, checkpoint_every=checkpoint_every,
+    return mask_stages(run, model, stages, config, execution, progress=progress, checkpoint_every=checkpoint_every,
                        collate=collate)
 
 
@@ -134,14 +134,14 @@ def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Cal
 
 def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int = 0,
               compare: Sequence[str] | None = None, progress: bool = True, mask: MaskConfig | None = None,
-              random_draws: int = 5, collate: Callable[[list], list] | None = None, checkpoint_every: int = 0,
-              **mask_settings) -> dict:
+              execution: Execution | None = None, random_draws: int = 5,
+              collate: Callable[[list], list] | None = None, checkpoint_every: int = 0, **mask_settings) -> dict:
     """Train a mask per function on the frozen `model` and analyse them; see the module docstring.
 
-    mask: a MaskConfig; mask_settings: its fields (steps, k, beta, lr, ...), over `mask` where both
-    are given. compare: the functions whose masks are compared with each other (default: all).
+    mask, execution: what the masks learn and how steps run; mask_settings: fields of either (steps,
+    k, beta, lr, ..., path, samples_per_pass, joint, ...), over `mask` and `execution` where both are given. compare: the functions whose masks are compared with each other (default: all).
     random_draws: random masks per control (removal_controls; 0: none).
-    The masks train together in one pass (mask.joint, the default): collate(batches) -> batches
+    The masks train together in one pass (execution.joint, the default): collate(batches) -> batches
     makes the functions' batches of a step one shape where they are not (e.g. sequences padded
     alike); checkpoint_every > 0 saves the stage every that many steps when every function's
     `train` has state() / load_state() (e.g. RandomBatches), so a killed run resumes mid-stage.
@@ -150,11 +150,13 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
     if random_draws < 0:
         raise ValueError(f"random_draws must be 0 (no controls) or more, got {random_draws}")
     run = RunDir(out)
-    options = dataclasses.replace(mask or MaskConfig(), **mask_settings)
+    options, execution, unknown = settings_from(mask, execution, mask_settings)
+    if unknown:
+        raise TypeError(f"run_study got unknown option(s) {sorted(unknown)}")
     names = [f.name for f in functions]
     if len(set(names)) != len(names):
         raise ValueError(f"function names must be unique, got {names}")
-    trained = train_masks(model, functions, run, options, seed, progress, checkpoint_every, collate)
+    trained = function_masks(model, functions, run, options, execution, seed, progress, checkpoint_every, collate)
     results = {
         "functions": {f.name: f.title for f in functions},
         "metric": removal_matrix(model, functions, trained, options.mode),

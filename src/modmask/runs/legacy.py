@@ -1,13 +1,16 @@
 """Config keys of run directories made before the mask settings were nested in a `mask` group
-(modmask 0.1), still read from old config.json / results.json files and still accepted on the
-command line: flat key -> dotted key."""
+(modmask 0.1), or before how a step runs moved from `mask` to its own `execution` group, still read
+from old config.json / results.json files and still accepted on the command line: old key -> dotted key."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..core.mask_config import EXECUTION_SETTINGS
+
 MASK_KEYS = {"beta": "mask.beta", "mask_lr": "mask.lr", "mask_steps": "mask.steps", "k": "mask.k",
-             "compiled": "mask.compiled", "original_clipping": "mask.original_clipping"}
+             "compiled": "execution.compiled", "original_clipping": "mask.original_clipping",
+             **{f"mask.{name}": f"execution.{name}" for name in EXECUTION_SETTINGS}}
 # where an experiment's flat key meant a mask setting that other experiments name otherwise
 EXPERIMENT_KEYS = {"permuted_mnist": {"steps": "mask.steps", "lr": "mask.lr", "grad_clip": "mask.grad_clip"}}
 
@@ -48,4 +51,7 @@ def upgrade(config: dict) -> dict:
     nested = nest(flat)
     for name, values in groups.items():
         nested[name] = {**values, **nested.get(name, {})}
+    moved = {n: nested["mask"].pop(n) for n in EXECUTION_SETTINGS if n in nested.get("mask", {})}
+    if moved:
+        nested["execution"] = {**moved, **nested.get("execution", {})}
     return nested

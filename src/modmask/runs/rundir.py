@@ -68,7 +68,7 @@ class RunDir:
         """Write config.json, or refuse to resume a run made with other settings. `normalise` turns
         the saved config into today's form (legacy keys, settings added since, which take their
         defaults), so run directories stay resumable across versions. `free`: dotted keys that
-        may differ (settings that do not change the results, e.g. mask.samples_per_pass); the
+        may differ (settings that do not change the results, e.g. execution.samples_per_pass); the
         file keeps the values the run started with."""
         path = self.path / "config.json"
         if path.exists():
