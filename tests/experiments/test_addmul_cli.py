@@ -39,10 +39,29 @@ def test_smoke_run_writes_every_artifact(finished):
     assert not list(finished.rglob("*.tmp"))
 
 
-def test_report_rebuilds_without_training(finished, capsys):
+def _run_files(out):
+    """Every file of a run but its report (report.md, figures/): (mtime, bytes) by relative path."""
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "report.md" and "figures" not in p.relative_to(out).parts}
+
+
+def test_report_rebuilds_without_training(finished, monkeypatch):
+    import torch
+
+    def no_gradients(*args, **kwargs):
+        raise AssertionError("`modmask report` computed a gradient: it must only read the results")
+
+    monkeypatch.setattr(torch.autograd, "backward", no_gradients)  # every training step goes through it
+    monkeypatch.setattr(torch.Tensor, "backward", no_gradients)
+    before = _run_files(finished)
+    assert {"results.json", "seed-0/metrics.jsonl", "seed-0/masks/add.safetensors"} <= set(before)
     (finished / "report.md").unlink()
+    (finished / "figures/accuracy.png").unlink()
     assert cli.main(["report", str(finished)]) == 0
-    assert (finished / "report.md").exists()
+    assert "| + |" in (finished / "report.md").read_text() and (finished / "figures/accuracy.png").exists()
+    after = _run_files(finished)
+    changed = [path for path in before.keys() | after.keys() if before.get(path) != after.get(path)]
+    assert not changed, f"the report rebuild wrote {changed} (masks, metrics or results: it trained or reran)"
 
 
 def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, monkeypatch):
