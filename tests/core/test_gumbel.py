@@ -6,14 +6,21 @@ from modmask.core.gumbel import (UniformSource, gumbel_sigmoid_reference, hard_s
                                  sample_masked_weights, soft_samples, uniform_values)
 
 
-def test_masked_weights_are_weights_or_exactly_zero():
+def test_masked_weights_are_the_kept_weights_and_exactly_zero_elsewhere():
     weights = torch.randn(50, 40)
     logits = torch.randn(50, 40, requires_grad=True)
-    masked = sample_masked_weights(logits, weights, UniformSource(0).draw(4, (50, 40)))
+    uniforms = UniformSource(0).draw(4, (50, 40))
+    masked = sample_masked_weights(logits, weights, uniforms)
     assert masked.shape == (4, 50, 40)
-    kept = masked == weights
-    assert torch.all(kept | (masked == 0))
-    assert 0 < kept.float().mean() < 1
+    # a sample keeps weight i iff U_i > 1 - sigmoid(l_i), from the uniforms themselves (not the module's thresholds)
+    keep = uniform_values(uniforms) > torch.sigmoid(-logits.detach())
+    assert 0.2 < keep.float().mean() < 0.8
+    assert torch.equal(masked, torch.where(keep, weights, torch.zeros(())))  # kept where kept, 0 elsewhere
+    assert torch.all(masked[keep] != 0)  # (no weight is 0 by chance: an inverted mask could not pass)
+    # logits far from 0 decide every sample: exactly the weights with positive logits are kept
+    sure = torch.where(torch.rand(50, 40) < 0.5, 30.0, -30.0)
+    masked = sample_masked_weights(sure, weights, uniforms)
+    assert torch.equal(masked, torch.where(sure > 0, weights, torch.zeros(())).expand(4, 50, 40))
 
 
 def test_keep_probability_matches_sigmoid_of_logit():

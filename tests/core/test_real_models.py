@@ -387,17 +387,25 @@ class TiedModule(nn.Module):
 @pytest.mark.parametrize("name", ["tied-module", "hf-gpt2"])
 def test_a_tied_weight_is_masked_everywhere_it_is_used_and_restored(name):
     if name == "tied-module":
-        model, inputs, embedding = TiedModule().eval(), torch.randint(0, 10, (B, T)), "inputs.weight"
-    else:
-        (model, inputs, _), embedding = _model(name), "transformer.wte.weight"  # lm_head.weight is the same tensor
+        model, inputs, embedding, head = TiedModule().eval(), torch.randint(0, 10, (B, T)), "inputs.weight", "outputs"
+    else:  # lm_head.weight is the same tensor as the input embedding
+        (model, inputs, _), embedding, head = _model(name), "transformer.wte.weight", "lm_head"
+    ids = inputs if isinstance(inputs, torch.Tensor) else inputs["input_ids"]
+    token = int(ids[0, 0])  # in the input: its row is read by the input embedding and by the output layer
     held = {n: p for n, p in model.named_parameters()}
     mask = torch.ones_like(held[embedding], dtype=torch.bool)
-    mask[7] = False
+    mask[token] = False
     got = collect(model, Masks({embedding: mask}), [(inputs, None)], lambda out, _: _output(out))
     zeroed = copy.deepcopy(model)
     with torch.no_grad():
-        zeroed.get_parameter(embedding)[7] = 0.0
+        zeroed.get_parameter(embedding)[token] = 0.0
         assert torch.allclose(got, _call(zeroed, inputs), atol=1e-6)
+        # masked in one of the two places only, the outputs differ: the test sees both uses
+        for side in ("input", "output"):
+            one_side = copy.deepcopy(model)
+            setattr(one_side, head, copy.deepcopy(getattr(one_side, head)))  # untied: its own copy of the weight
+            (one_side.get_parameter(embedding) if side == "input" else getattr(one_side, head).weight)[token] = 0.0
+            assert not torch.allclose(got, _call(one_side, inputs), atol=1e-3), side
     assert all(p is held[n] and isinstance(p, nn.Parameter) for n, p in model.named_parameters())
 
 

@@ -29,7 +29,7 @@ def test_smoke_run_writes_every_artifact(finished):
     results = json.loads((finished / "results.json").read_text())
     accuracy = results["aggregate"]["accuracy"]
     assert set(accuracy) >= {"Full", "+", "¬+", "*", "¬*", "No mask"}
-    assert 0 <= accuracy["Full"]["+"]["mean"] <= 100
+    _assert_accuracy_is_the_saved_masks_on_their_functions(finished)
     confusion = results["aggregate"]["confusion"]["Full"]
     assert len(confusion) == 2 and len(confusion[0]) == 3
     timings = json.loads((seed / "timings.json").read_text())
@@ -39,10 +39,90 @@ def test_smoke_run_writes_every_artifact(finished):
     assert not list(finished.rglob("*.tmp"))
 
 
-def test_report_rebuilds_without_training(finished, capsys):
+CONDITIONS = {"No mask": None, "Full": "full", "¬Full": "not full", "+": "add", "¬+": "not add", "*": "mul",
+              "¬*": "not mul"}
+
+
+def _saved_model_masks_and_columns(out):
+    """The run's pretrained network, its masks (by stage name) and the evaluation batches of its
+    accuracy columns, read from the files, as a user of the run would."""
+    from safetensors.torch import load_model
+
+    from modmask import TrainedMask
+    from modmask.data.arithmetic import ADD, MUL, AddMulData
+    from modmask.data.sampling import fixed_batches
+    from modmask.experiments import addmul
+
+    model = addmul.build_model(addmul.Config(hidden=(32, 32)), seed=0)  # the smoke preset's FNN
+    load_model(model, str(out / "seed-0/checkpoints/pretrained.safetensors"))
+    masks = {name: TrainedMask.load(out / f"seed-0/masks/{name}.safetensors", model).masks
+             for name in ("full", "add", "mul")}
+    valid = AddMulData.generate("valid", 1_000)
+    columns = {op: fixed_batches(valid.subset(which), 1000) for op, which in (("+", ADD), ("*", MUL), ("iid", None))}
+    return model.eval(), masks, columns
+
+
+def _assert_accuracy_is_the_saved_masks_on_their_functions(out, draws=0):
+    """Every row of the accuracy table is its own mask (or inverse) evaluated on its own column's data,
+    and with `draws`, every random row is random_control of its own mask (keep or remove)."""
+    from modmask import evaluate, inverse, random_control
+    from modmask.data.arithmetic import digits_correct
+
+    model, masks, columns = _saved_model_masks_and_columns(out)
+    accuracy = json.loads((out / "results.json").read_text())["aggregate"]["accuracy"]
+    for label, condition in CONDITIONS.items():
+        chosen = (None if condition is None else inverse(masks[condition[4:]]) if condition.startswith("not ")
+                  else masks[condition])
+        for op, batches in columns.items():
+            expected = evaluate(model, chosen, batches, digits_correct) * 100
+            assert accuracy[label][op]["mean"] == pytest.approx(expected, rel=1e-6), (label, op)
+    for index, (name, label) in enumerate((("full", "Full"), ("add", "+"), ("mul", "*")) if draws else ()):
+        for keep, row in ((True, f"random {label}"), (False, f"random ¬{label}")):
+            for op, batches in columns.items():
+                control = random_control(model, masks[name], batches, digits_correct, draws, seed=index, keep=keep)
+                assert accuracy[row][op]["mean"] == pytest.approx(control["mean"] * 100, rel=1e-6), (row, op)
+    return accuracy
+
+
+def test_smoke_accuracy_rows_are_their_own_masks(tmp_path):
+    """Masks trained hard enough to differ (the smoke run's keep every weight): the accuracy table's
+    rows and columns are pinned to the saved masks evaluated by hand, and rows a swap would exchange
+    differ, so a swapped label cannot pass."""
+    assert _run(tmp_path, "--set", "mask.lr=0.3", "--set", "mask.beta=0.01", "--set", "random_draws=2") == 0
+    accuracy = _assert_accuracy_is_the_saved_masks_on_their_functions(tmp_path, draws=2)
+
+    def row(label):
+        return tuple(accuracy[label][op]["mean"] for op in ("+", "*", "iid"))
+
+    for a, b in [("+", "*"), ("¬+", "¬*"), ("+", "¬+"), ("*", "¬*"), ("Full", "¬Full"), ("random ¬+", "random ¬*"),
+                 ("random +", "random ¬+"), ("random *", "random ¬*")]:
+        assert row(a) != row(b), (a, b)
+    assert all(accuracy[label]["+"] != accuracy[label]["*"] for label in CONDITIONS)  # columns tell apart too
+
+
+def _run_files(out):
+    """Every file of a run but its report (report.md, figures/): (mtime, bytes) by relative path."""
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "report.md" and "figures" not in p.relative_to(out).parts}
+
+
+def test_report_rebuilds_without_training(finished, monkeypatch):
+    import torch
+
+    def no_gradients(*args, **kwargs):
+        raise AssertionError("`modmask report` computed a gradient: it must only read the results")
+
+    monkeypatch.setattr(torch.autograd, "backward", no_gradients)  # every training step goes through it
+    monkeypatch.setattr(torch.Tensor, "backward", no_gradients)
+    before = _run_files(finished)
+    assert {"results.json", "seed-0/metrics.jsonl", "seed-0/masks/add.safetensors"} <= set(before)
     (finished / "report.md").unlink()
+    (finished / "figures/accuracy.png").unlink()
     assert cli.main(["report", str(finished)]) == 0
-    assert (finished / "report.md").exists()
+    assert "| + |" in (finished / "report.md").read_text() and (finished / "figures/accuracy.png").exists()
+    after = _run_files(finished)
+    changed = [path for path in before.keys() | after.keys() if before.get(path) != after.get(path)]
+    assert not changed, f"the report rebuild wrote {changed} (masks, metrics or results: it trained or reran)"
 
 
 def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, monkeypatch):

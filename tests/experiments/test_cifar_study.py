@@ -25,7 +25,7 @@ def test_cifar_smoke_end_to_end(image_folder, tmp_path):
     assert cli.main(["run", "cifar", "--preset", "smoke", "--out", str(tmp_path), "--quiet",
                      "--set", f"data={image_folder}"]) == 0
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
-    assert agg["classes"] == CLASSES and len(agg["removal"]) == 10
+    assert agg["classes"] == CLASSES and [row["class"] for row in agg["removal"]] == CLASSES  # row k removes class k
     assert len(agg["removal"][3]["difference"]) == 10
     assert 0 <= agg["stability_iou"]["mean"] <= 1 and 0 <= agg["stability_iou_chance"]["mean"] <= 1
     assert agg["half_mask"]["layers_late"] == ["convs.3.weight", "convs.3.bias", "output.weight", "output.bias"]
@@ -49,10 +49,34 @@ def test_balanced_subset_of_class_sorted_labels():
         balanced_subset(labels, 601)
 
 
-def test_cifar_smoke_on_a_class_sorted_folder_with_fewer_images(image_folder, tmp_path):
+def test_cifar_smoke_on_a_class_sorted_folder_with_fewer_images(image_folder, tmp_path, monkeypatch):
     """The first 200 images of a class-sorted folder hold classes 0-3 only (no dog for the
     cat/dog stability pair, no class 9 to remove): the subset must be balanced."""
+    from modmask.data.sampling import balanced_subset
+    from modmask.experiments import cifar as experiment
+
+    seen = {}
+    real_data = experiment._data
+
+    def spy(config, cifar):  # the run's images before and after taking its subset
+        seen["folder"], seen["used"] = cifar["train"], real_data(config, cifar)
+        return seen["used"]
+
+    monkeypatch.setattr(experiment, "_data", spy)
     assert cli.main(["run", "cifar", "--preset", "smoke", "--out", str(tmp_path), "--quiet",
                      "--set", f"data={image_folder}", "--set", "train_images=200"]) == 0
+    images, labels = seen["folder"]
+    assert torch.equal(labels, torch.arange(10).repeat_interleave(60))  # class-sorted: the first 200 are classes 0-3
+    data, train_idx, valid = seen["used"]
+    assert torch.bincount(data.labels, minlength=10).tolist() == [20] * 10  # every class, in equal parts
+    chosen = balanced_subset(labels, 200)  # the exact examples: these images of the folder, in this order
+    assert torch.equal(data.labels, labels[chosen]) and torch.equal(data.images, images[chosen])
+    assert all(chosen[labels[chosen] == c].max() >= 60 * c + 20 for c in range(10))  # sampled, not each class's first 20
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
-    assert len(agg["removal"]) == 10 and 0 <= agg["stability_iou"]["mean"] <= 1
+    # every class is in the evaluation split (a row of the confusion in % sums to 100, or 0 for a missing class)
+    evaluated = torch.cat([y for _, y in valid])
+    assert sorted(evaluated.unique().tolist()) == list(range(10))
+    assert [round(sum(row["mean"] for row in rows)) for rows in agg["reference_confusion"]] == [100] * 10
+    # the cat/dog stability masks trained on both classes of the pair
+    assert agg["stability_classes"] == ["cat", "dog"] and (data.labels[train_idx] == 5).sum() > 0
+    assert [r["class"] for r in agg["removal"]] == CLASSES

@@ -61,12 +61,25 @@ def iomin(a: Masks, b: Masks, per_layer: bool = False):
 
 
 def union(masks: Sequence[Masks]) -> Masks:
+    """The weights any of the masks keeps (masks of the same tensors and shapes)."""
+    if not masks:
+        raise ValueError("the union of no masks is undefined: pass at least one mask")
     return reduce(lambda x, y: x | y, masks)
+
+
+def _one_of(masks: Mapping[str, Masks], of: str) -> Masks:
+    """masks[of], after checking that all masks cover the same tensors in the same shapes."""
+    if of not in masks:
+        raise ValueError(f"no mask labelled {of!r}; the masks are {list(masks)}: pass one of these labels")
+    if len(masks) < 2:
+        raise ValueError(f"mask {of!r} has no other mask to share weights with: pass at least two masks")
+    check_comparable(masks)
+    return masks[of]
 
 
 def shared_fraction(masks: Mapping[str, Masks], of: str, per_layer: bool = False):
     """Fraction of mask `of` also used by some other mask: |M_of & union(others)| / |M_of|."""
-    mine = masks[of]
+    mine = _one_of(masks, of)
     others = union([m for label, m in masks.items() if label != of]) & mine
     if per_layer:
         return {n: _ratio(int(others[n].sum()), int(mine[n].sum())) for n in mine}
@@ -75,7 +88,7 @@ def shared_fraction(masks: Mapping[str, Masks], of: str, per_layer: bool = False
 
 def exclusive(masks: Mapping[str, Masks], of: str) -> Masks:
     """The weights only mask `of` uses."""
-    return masks[of] - union([m for label, m in masks.items() if label != of])
+    return _one_of(masks, of) - union([m for label, m in masks.items() if label != of])
 
 
 def stability(masks: Sequence[Masks]) -> dict[str, float]:
@@ -124,6 +137,8 @@ def overlap_table(a: Masks, b: Masks, labels: tuple[str, str] = ("a", "b"), chan
 def check_comparable(masks: Mapping[str, Masks]) -> None:
     """Raise ValueError unless all masks (label -> Masks) cover the same tensors with the same
     shapes, naming the two masks and the tensor that differ (masks of different models)."""
+    if not masks:
+        raise ValueError("no masks to compare: pass a mapping label -> Masks")
     (first, reference), *others = masks.items()
     for label, other in others:
         check_same_tensors(reference, other, f"masks {first!r}", f"{label!r}")
@@ -152,8 +167,7 @@ def shared_fraction_chance(masks: Mapping[str, Masks], of: str, per_layer: bool 
     the same per-tensor counts, a weight of tensor t is in some other mask with probability
     1 - prod_j (1 - k_j / n_t), which is the expected shared fraction of t (exact); pooled over
     tensors it is weighted by the counts of mask `of`."""
-    check_comparable(masks)
-    mine = masks[of]
+    mine = _one_of(masks, of)
     levels = {}
     for name, m in mine.items():
         missed = 1.0

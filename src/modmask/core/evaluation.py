@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .batches import as_arguments, to_device, unpack_batch, without_cache
-from .masking import masked_call, model_mode
-from .masks import Masks, random_masks
+from .masking import call_masked, model_mode
+from .masks import Masks, check_fits, random_masks
 from .stats import summarize
 
 MetricFn = Callable[[Any, Any], torch.Tensor]
@@ -28,14 +28,17 @@ def collect(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, batches:
             fn: MetricFn, mode: str = "eval") -> torch.Tensor:
     """fn(outputs, targets) -> [b, ...] per batch, concatenated along dim 0 (on the CPU). Batches
     as in train_mask: (inputs, targets), inputs a tensor, tuple or dict of keyword arguments, or a
-    dict alone (targets None); models that take `use_cache` are called with use_cache=False."""
+    dict alone (targets None); models that take `use_cache` are called with use_cache=False.
+    Masks made for another model are refused before the first batch (check_fits)."""
+    masks = masks or {}
+    check_fits(masks, model)
     device = next(model.parameters()).device
     parts = []
     with model_mode(model, mode):
         for batch in batches:
             inputs, targets = unpack_batch(batch)
             args, kwargs = to_device(as_arguments(inputs), device)
-            outputs = masked_call(model, masks or {}, *args, **without_cache(model, kwargs))
+            outputs = call_masked(model, masks, args, without_cache(model, kwargs))
             parts.append(fn(outputs, to_device(targets, device)).cpu())
     if not parts:
         raise ValueError("no batch to evaluate on")
@@ -88,6 +91,9 @@ def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: Me
     if iter(batches) is batches:
         raise ValueError("random_control evaluates the batches once per draw: pass a list or a "
                          "DataLoader, not an iterator or generator")
+    check_fits(masks, model)
+    if full is not None:
+        check_fits(full, model, source="the full mask")
     generator = torch.Generator().manual_seed(seed)
     values = []
     for _ in range(draws):
@@ -107,5 +113,10 @@ def split_layers(names: Sequence[str], rounding: str = "ceil") -> tuple[list[str
 
 def half_masks(masks: Masks, early: Sequence[str]) -> tuple[Masks, Masks]:
     """(mask on the early tensors only, mask on the others only); unlisted tensors stay full."""
+    unknown = [n for n in early if n not in masks]
+    if unknown:
+        raise ValueError(f"the early tensors {unknown} are not in the masks, which cover {list(masks)}; "
+                         f"name early tensors among the masked ones (split_layers(list(masks)) gives the "
+                         f"paper's halves)")
     late = [n for n in masks if n not in set(early)]
     return masks.only(early), masks.only(late)

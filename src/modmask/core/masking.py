@@ -28,6 +28,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from .batches import Arguments, OutputError, describe_output, flatten_output, without_cache
+from .masks import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,14 @@ def call_with_tensors(model: nn.Module, slots: Mapping[str, list[str]], tensors:
 
 
 def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kwargs):
-    """The model's output with weights W * mask for every listed tensor, full weights elsewhere."""
+    """The model's output with weights W * mask for every listed tensor, full weights elsewhere.
+    Masks made for another model (a tensor it lacks, or another shape) are refused (check_fits)."""
+    check_fits(masks, model)
+    return call_masked(model, masks, args, kwargs)
+
+
+def call_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], args, kwargs):
+    """masked_call for masks already checked against the model (check_fits), e.g. once per evaluation."""
     params = frozen_parameters(model)
     for name, mask in masks.items():
         params[name] = params[name] * mask.to(params[name].device, params[name].dtype)

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 FORMAT = "modmask.masks/1"
 
@@ -53,7 +53,9 @@ class Masks(Mapping):
     # set algebra over masks of the same tensors
     def _combine(self, other: "Masks", op) -> "Masks":
         if set(self) != set(other):
-            raise ValueError(f"masks cover different tensors: {sorted(set(self) ^ set(other))}")
+            raise ValueError(f"masks cover different tensors: {sorted(set(self) ^ set(other))}; combine masks "
+                             f"of the same model and parameter selection")
+        check_same_tensors(self, other, "the left masks", "the right masks")  # bool ops would broadcast
         return Masks({n: op(self[n], other[n]) for n in self})
 
     def __or__(self, other: "Masks") -> "Masks":
@@ -84,6 +86,15 @@ class Masks(Mapping):
     def replace(self, other: "Masks", names: Iterable[str]) -> "Masks":
         """These masks with the tensors `names` taken from `other` (e.g. the Full mask)."""
         names = set(names)
+        for name in sorted(names):
+            if name not in self or name not in other:
+                raise ValueError(f"cannot replace tensor {name!r}: it is not in "
+                                 f"{'these masks' if name not in self else 'the other masks'} "
+                                 f"(masked tensors: {list(self)}); name tensors both masks cover")
+            if self[name].shape != other[name].shape:
+                raise ValueError(f"cannot replace tensor {name!r}: it has shape {tuple(self[name].shape)} here but "
+                                 f"{tuple(other[name].shape)} in the other masks (masks of different models?); "
+                                 f"take both masks from the same model")
         return Masks({n: (other[n] if n in names else m) for n, m in self.items()})
 
     # counts
@@ -118,30 +129,49 @@ class Masks(Mapping):
     @classmethod
     def load(cls, path: str | os.PathLike, model: torch.nn.Module | None = None) -> "Masks":
         """Read a mask file; with `model`, refuse one made for another model."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"mask file {path} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(path, "mask")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a modmask mask file (format {meta.get('format')!r}, "
-                             f"expected {FORMAT!r})")
+                             f"expected {FORMAT!r}); a logits file (masks/<name>.safetensors of a run) "
+                             f"loads with TrainedMask.load(path).masks")
         masks = cls(load_file(str(path)))
         if model is not None:
             check_fits(masks, model, source=str(path))
         return masks
 
 
-def check_fits(masks: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str = "masks") -> None:
-    """Raise ValueError naming the first parameter that does not exist or has another shape."""
+def read_metadata(path: str | os.PathLike, kind: str) -> dict[str, str]:
+    """The metadata of the safetensors file at `path` (a `kind` file, e.g. "mask" or "logits", as
+    errors name it). Raises FileNotFoundError for a missing file and ValueError, naming the file
+    and the fix, for one that is not safetensors (e.g. a torch.save checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{kind} file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{kind} file {path} is a directory, not a file: pass the .safetensors file in it")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a safetensors file (a torch.save checkpoint?): {error}. A {kind} file "
+                         f"is the .safetensors file modmask writes; pass that one (a dict of tensors saved with "
+                         f"torch.save can be rewritten with safetensors.torch.save_file)") from None
+
+
+def check_fits(masks: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str = "the mask") -> None:
+    """The one check of masks against a model, made before any model runs under them: raise
+    ValueError naming the first masked tensor the model does not have or has in another shape."""
     params = dict(model.named_parameters())
+    model_name = type(model).__name__
+    fix = "pass a mask made for this model, or the model it was made for"
     for name, mask in masks.items():
         if name not in params:
-            raise ValueError(f"{source} was made for another model: it masks {name!r}, which this "
-                             f"model ({type(model).__name__}) does not have")
+            raise ValueError(f"{source} does not fit the model ({model_name}), it was made for another model: "
+                             f"it masks {name!r}, which this model does not have; {fix}")
         if tuple(mask.shape) != tuple(params[name].shape):
-            raise ValueError(f"{source} was made for another model: {name!r} has shape "
-                             f"{tuple(mask.shape)} in the masks but {tuple(params[name].shape)} in the model")
+            raise ValueError(f"{source} does not fit the model ({model_name}), it was made for another model: "
+                             f"{name!r} has shape {tuple(mask.shape)} in the mask but {tuple(params[name].shape)} "
+                             f"in the model (a model of another size?); {fix}")
 
 
 def random_masks(masks: Masks, generator: torch.Generator | int = 0, within: Masks | None = None) -> Masks:
@@ -177,8 +207,9 @@ def check_same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tens
         if name not in a or name not in b:
             has, lacks = (label_a, label_b) if name in a else (label_b, label_a)
             raise ValueError(f"{label_a} and {label_b} do not match: tensor {name!r} is in {has} "
-                             f"but not in {lacks} (masks of different models or parameter selections?)")
+                             f"but not in {lacks} (masks of different models or parameter selections?); "
+                             f"compare masks of one model with one parameter selection")
         if a[name].shape != b[name].shape:
             raise ValueError(f"{label_a} and {label_b} do not match: tensor {name!r} has shape "
                              f"{tuple(a[name].shape)} in {label_a} but {tuple(b[name].shape)} in {label_b} "
-                             f"(masks of different models?)")
+                             f"(masks of different models?); compare masks of one model")
