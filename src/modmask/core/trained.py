@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .masks import Masks, check_fits
+from .masks import Masks, check_fits, read_metadata
 
 LOGITS_FORMAT = "modmask.logits/1"
 
@@ -75,10 +74,7 @@ class TrainedMask:
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> "TrainedMask":
         """Read a logits file; with `model`, refuse one made for another model."""
-        if not Path(path).exists():
-            raise FileNotFoundError(f"logits file {path} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(path, "logits")
         if meta.get("format") != LOGITS_FORMAT:
             raise ValueError(f"{path} is not a modmask logits file (format {meta.get('format')!r})")
         tensors = load_file(str(path))
