@@ -95,7 +95,7 @@ import json
 import sys
 from pathlib import Path
 
-from modmask.experiments.config import resolve, to_json
+from modmask.config import resolve, to_json
 from modmask.runs.catalogue import experiment_module
 
 run = Path(sys.argv[1])

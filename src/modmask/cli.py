@@ -9,7 +9,7 @@ import sys
 import time
 
 from .allocator import keep_freed_memory
-from .experiments.config import ConfigError, field_types
+from .config import ConfigError, field_types
 from .experiments.placement import resolve_device
 from .experiments.runner import overrides, run_experiment
 from .experiments.sweep import SweepError, run_sweep

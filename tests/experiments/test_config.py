@@ -3,7 +3,7 @@ import json
 import pytest
 
 from modmask import MaskConfig, cli
-from modmask.experiments.config import ConfigError, build, parse_overrides, resolve
+from modmask.config import ConfigError, build, parse_overrides, resolve
 from modmask.experiments.runner import plan
 from modmask.runs.catalogue import EXPERIMENTS, experiment_module
 from modmask.runs.legacy import legacy_keys, upgrade

@@ -19,7 +19,7 @@ from ..runs import RunDir, aggregate, read_json, seed_dir, seed_finished, write_
 from ..runs.catalogue import experiment_module
 from ..runs.legacy import legacy_keys, upgrade
 from ..tracking import open_trackers
-from .config import ConfigError, build, parse_overrides, resolve, to_json
+from ..config import ConfigError, build, parse_overrides, resolve, to_json
 
 
 @dataclass(frozen=True)

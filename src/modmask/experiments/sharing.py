@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..core.mask_config import MaskConfig
 from . import addmul
-from .config import build
+from ..config import build
 from ..runs import RunDir
 from .stage import Stage, mask_stages
 
