@@ -20,7 +20,7 @@ ALLOWED = {
     "experiments": {"core", "models", "data", "runs", "config", "tracking", "allocator"},
     "reporting": {"core", "runs", "config"},
     "cli": {"core", "models", "data", "runs", "config", "tracking", "allocator", "experiments", "reporting"},
-    "study": {"core", "experiments", "reporting"},  # run_study: the user's study with its report
+    "study": {"runs", "reporting"},  # run_study: the generic study (runs.study) with its report
     "__init__": {"core", "study"},
 }
 CORE_THIRD_PARTY = {"torch", "numpy", "safetensors", "tqdm"}

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from modmask import cli
-from modmask.experiments import stage
+from modmask.runs import stage
 
 
 def _run(out, *extra):

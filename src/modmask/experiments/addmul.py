@@ -21,7 +21,7 @@ from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from ..runs import RunDir
-from .study import Function, half_mask_test, mask_statistics, removal_controls, removal_matrix, train_masks
+from ..runs.study import Function, half_mask_test, mask_statistics, removal_controls, removal_matrix, train_masks
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 

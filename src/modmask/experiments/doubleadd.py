@@ -23,7 +23,7 @@ from ..data.sampling import MappedBatches, RandomBatches, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
 from .pretrain import pretrain
 from ..runs import RunDir
-from .study import Function, half_mask_test, mask_statistics, train_masks
+from ..runs.study import Function, half_mask_test, mask_statistics, train_masks
 
 DESCRIPTION = "double addition: do networks reuse weights for the same function? (FNN or LSTM)"
 

@@ -29,7 +29,7 @@ from ..data.mnist import PermutedMNIST, load_mnist, normalise, permuted_mnist_ta
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP
 from ..runs import RunDir
-from .stage import mask_stage
+from ..runs.stage import mask_stage
 
 DESCRIPTION = "permuted MNIST continual learning: sharing of frozen weights across tasks (FNN)"
 

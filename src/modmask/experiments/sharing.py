@@ -17,7 +17,7 @@ from ..core.mask_config import MaskConfig
 from . import addmul
 from ..config import build
 from ..runs import RunDir
-from .stage import Stage, mask_stages
+from ..runs.stage import Stage, mask_stages
 
 DESCRIPTION = "add/mul FNN: weight sharing against network size or beta (sweep)"
 

@@ -16,7 +16,7 @@ from torch import nn
 from ..core.joint import train_masks_jointly
 from ..core.mask_config import MaskConfig
 from ..core.training import LossFn, TrainedMask, train_mask
-from ..runs import RunDir
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
