@@ -4,7 +4,7 @@ import pytest
 
 from modmask import MaskConfig, cli
 from modmask.config import ConfigError, build, parse_overrides, resolve
-from modmask.experiments.runner import plan
+from modmask.launch.runner import plan
 from modmask.runs.catalogue import EXPERIMENTS, experiment_module
 from modmask.runs.legacy import legacy_keys, upgrade
 

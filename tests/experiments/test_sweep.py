@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from modmask import cli, tracking
-from modmask.experiments import sweep
+from modmask.launch import sweep
 from modmask.runs import RunDir, write_json
 
 BETAS = ["beta=0.0001", "beta=0.001"]

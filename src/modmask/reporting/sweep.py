@@ -1,4 +1,4 @@
-"""Report of a sweep directory (experiments/sweep.py): every grid point's results aggregated over
+"""Report of a sweep directory (launch/sweep.py): every grid point's results aggregated over
 the seeds that finished (mean ± std), in sweep_results.json and a table in report.md; for the
 add/mul study also the figures that need a sweep: weight sharing between the + and * masks against
 network size (grid over `hidden`, paper figure 8) and against beta (grid over `beta`, figure 9).
