@@ -96,7 +96,7 @@ import sys
 from pathlib import Path
 
 from modmask.config import resolve, to_json
-from modmask.runs.catalogue import experiment_module
+from modmask.launch.catalogue import experiment_module
 
 run = Path(sys.argv[1])
 if not (run / "config.json").exists():

@@ -17,9 +17,9 @@ import torch
 from ..config import ConfigError, build, parse_overrides, resolve, to_json
 from ..core.mask_config import EXECUTION_SETTINGS
 from ..runs import RunDir, aggregate, read_json, seed_dir, seed_finished, write_json
-from ..runs.catalogue import experiment_module
 from ..runs.legacy import legacy_keys, upgrade
 from ..tracking import open_trackers
+from .catalogue import experiment_module
 
 
 @dataclass(frozen=True)
