@@ -75,6 +75,9 @@ def test_the_checker_sees_relative_and_absolute_imports(tmp_path):
     """The test above would pass vacuously if _imports found nothing."""
     found = set(_imports(PACKAGE / "launch" / "runner.py"))
     assert ("runs", True) in found and ("tracking", True) in found and ("torch", False) in found
+    # the catalogue names the experiments and their reports by import, not by string
+    found = set(_imports(PACKAGE / "launch" / "catalogue.py"))
+    assert ("experiments", True) in found and ("reporting", True) in found
     (tmp_path / "absolute.py").write_text("import modmask.runs.stage\nfrom modmask.config import build\nimport numpy\n")
     assert set(_imports(tmp_path / "absolute.py", ("modmask", "experiments"))) == {
         ("runs", True), ("config", True), ("numpy", False)}
