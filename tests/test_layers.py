@@ -1,5 +1,6 @@
-"""Dependencies point down only (DESIGN.md): every module's imports of modmask are checked against
-its layer, the core imports torch and its helpers only, and `import modmask` stays light."""
+"""Dependencies point down only (docs/architecture.md): every module's imports of modmask are
+checked against its layer, config.py imports the standard library only, the core imports torch and
+its helpers only, and `import modmask` stays light."""
 
 import ast
 import subprocess
