@@ -95,8 +95,8 @@ import json
 import sys
 from pathlib import Path
 
-from modmask.experiments.config import resolve, to_json
-from modmask.runs.catalogue import experiment_module
+from modmask.config import resolve, to_json
+from modmask.launch.catalogue import experiment_module
 
 run = Path(sys.argv[1])
 if not (run / "config.json").exists():

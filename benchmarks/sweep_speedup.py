@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from modmask.allocator import keep_freed_memory
-from modmask.experiments import sweep
-from modmask.experiments.runner import run_experiment
+from modmask.launch import sweep
+from modmask.launch.runner import run_experiment
 
 GRID = ["beta=1e-4,1e-3"]
 SEEDS = 2

@@ -1,5 +1,6 @@
-"""Dependencies point down only (DESIGN.md): every module's imports of modmask are checked against
-its layer, the core imports torch and its helpers only, and `import modmask` stays light."""
+"""Dependencies point down only (docs/architecture.md): every module's imports of modmask are
+checked against its layer, config.py imports the standard library only, the core imports torch and
+its helpers only, and `import modmask` stays light."""
 
 import ast
 import subprocess
@@ -10,16 +11,19 @@ import modmask
 
 PACKAGE = Path(modmask.__file__).parent
 # layer -> the layers it may import (besides itself)
+BELOW_EXPERIMENTS = {"core", "models", "data", "runs", "config", "tracking", "allocator"}
 ALLOWED = {
-    "core": set(),
+    "config": set(),  # the ground floor: config parsing, build/resolve, flatten/nest
+    "core": {"config"},
     "models": set(),
     "data": set(),
-    "runs": {"core"},
+    "runs": {"core", "config"},  # run directories, mask stages, the generic study
     "tracking": set(), "allocator": set(),
-    "experiments": {"core", "models", "data", "runs", "tracking", "allocator"},
-    "reporting": {"core", "runs"},
-    "cli": {"core", "models", "data", "runs", "tracking", "allocator", "experiments", "reporting"},
-    "study": {"core", "experiments", "reporting"},  # run_study: the user's study with its report
+    "experiments": BELOW_EXPERIMENTS,  # the case studies
+    "reporting": {"core", "runs", "config"},
+    "launch": BELOW_EXPERIMENTS | {"experiments", "reporting"},  # catalogue, runner, sweep, placement
+    "cli": BELOW_EXPERIMENTS | {"experiments", "reporting", "launch"},
+    "study": {"runs", "reporting"},  # run_study: the generic study (runs.study) with its report
     "__init__": {"core", "study"},
 }
 CORE_THIRD_PARTY = {"torch", "numpy", "safetensors", "tqdm"}
@@ -31,9 +35,10 @@ def _layer(path: Path) -> str:
     return parts[0]
 
 
-def _imports(path: Path):
-    """(root package or modmask layer, is_modmask) of every import in a file."""
-    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]  # e.g. ('modmask', 'core')
+def _imports(path: Path, package: tuple[str, ...] | None = None):
+    """(root package or modmask layer, is_modmask) of every import in a file; `package`: the
+    file's package (default: from its place under PACKAGE), e.g. ('modmask', 'core')."""
+    package = package or path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -69,8 +74,26 @@ def test_core_imports_torch_and_its_helpers_only():
 
 def test_the_checker_sees_relative_and_absolute_imports(tmp_path):
     """The test above would pass vacuously if _imports found nothing."""
-    found = set(_imports(PACKAGE / "experiments" / "runner.py"))
+    found = set(_imports(PACKAGE / "launch" / "runner.py"))
     assert ("runs", True) in found and ("tracking", True) in found and ("torch", False) in found
+    # the catalogue names the experiments and their reports by import, not by string
+    found = set(_imports(PACKAGE / "launch" / "catalogue.py"))
+    assert ("experiments", True) in found and ("reporting", True) in found
+    (tmp_path / "absolute.py").write_text("import modmask.runs.stage\nfrom modmask.config import build\nimport numpy\n")
+    assert set(_imports(tmp_path / "absolute.py", ("modmask", "experiments"))) == {
+        ("runs", True), ("config", True), ("numpy", False)}
+
+
+def test_every_module_has_a_layer_and_every_layer_a_module():
+    layers = {_layer(path) for path in PACKAGE.rglob("*.py")}
+    assert layers == set(ALLOWED), f"in the package, not in ALLOWED: {layers - set(ALLOWED)}; " \
+                                   f"in ALLOWED, not in the package: {set(ALLOWED) - layers}"
+    assert all(allowed <= set(ALLOWED) for allowed in ALLOWED.values())
+
+
+def test_the_config_layer_imports_the_standard_library_only():
+    for target, internal in _imports(PACKAGE / "config.py"):
+        assert not internal and target in STDLIB, f"config.py imports {target}"
 
 
 def test_the_core_never_imports_transformers():

@@ -9,12 +9,11 @@ import sys
 import time
 
 from .allocator import keep_freed_memory
-from .experiments.config import ConfigError, field_types
-from .experiments.placement import resolve_device
-from .experiments.runner import overrides, run_experiment
-from .experiments.sweep import SweepError, run_sweep
-from .runs.catalogue import EXPERIMENTS, experiment_module
-from .reporting import write_report
+from .config import ConfigError, field_types
+from .launch.catalogue import EXPERIMENTS, experiment_module, write_report
+from .launch.placement import resolve_device
+from .launch.runner import overrides, run_experiment
+from .launch.sweep import SweepError, run_sweep
 from .reporting.half_mask import write_half_mask_figure
 from .tracking import TrackerUnavailable, check_available, parse_track
 

@@ -1,8 +1,8 @@
-"""`run_study`: a modularity study of your own model, with its report (see experiments.study)."""
+"""`run_study`: a modularity study of your own model, with its report (see runs.study)."""
 
 from __future__ import annotations
 
-from .experiments.study import Function, run_study as _run_study
+from .runs.study import Function, run_study as _run_study
 
 
 def run_study(model, functions, out, **options) -> dict:

@@ -10,7 +10,7 @@ from torch import nn
 from modmask import (Masks, collect, evaluate, exclusive, half_masks, inverse, iou, masked_call, random_control,
                      shared_fraction, shared_fraction_chance, union)
 from modmask.core.masks import read_metadata
-from modmask.experiments.study import half_mask_test
+from modmask.runs.study import half_mask_test
 
 SHAPE = r"'0.weight' has shape \(8, 3\) in the mask but \(4, 3\) in the model"
 FIX = "pass a mask made for this model, or the model it was made for"

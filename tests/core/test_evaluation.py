@@ -6,7 +6,7 @@ from torch import nn
 
 from modmask import Masks, evaluate, half_masks, inverse, random_control, random_masks, split_layers
 from modmask.core import evaluation
-from modmask.experiments.study import half_mask_test
+from modmask.runs.study import half_mask_test
 
 
 def _two_layers():

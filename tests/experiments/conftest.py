@@ -28,7 +28,7 @@ def image_folder(tmp_path_factory):
 def kill_joint_stage_after_first_checkpoint(monkeypatch):
     """While active, a joint mask stage writes its first checkpoint, then dies (KeyboardInterrupt);
     call the returned `undo()` to train normally again."""
-    from modmask.experiments import stage
+    from modmask.runs import stage
 
     real = stage.train_masks
 

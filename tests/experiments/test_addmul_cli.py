@@ -5,7 +5,7 @@ import json
 import pytest
 
 from modmask import cli
-from modmask.experiments import stage
+from modmask.runs import stage
 
 
 def _run(out, *extra):
@@ -201,7 +201,7 @@ def test_settings_that_do_not_change_the_results_may_differ_on_resume(finished):
 
 
 def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
-    from modmask.experiments.runner import plan
+    from modmask.launch.runner import plan
 
     saved = plan("addmul", "smoke", {}, tmp_path / "new").described
     del saved["mask"]["original_clipping"], saved["lr"]  # settings added after the run was made

@@ -17,7 +17,7 @@ from modmask.data.augment import AugmentedBatches, random_crop_flip
 from modmask.data.cifar import CLASSES, ImageClassData
 from modmask.data.sampling import RandomBatches
 from modmask.experiments import cifar
-from modmask.experiments.config import resolve, to_json
+from modmask.config import resolve, to_json
 from modmask.experiments.pretrain import pretrain, step_lr
 from modmask.runs import RunDir
 from modmask.models import CifarResNet

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from modmask import MaskConfig, cli
-from modmask.experiments.config import ConfigError, build, parse_overrides, resolve
-from modmask.experiments.runner import plan
-from modmask.runs.catalogue import EXPERIMENTS, experiment_module
+from modmask.config import ConfigError, build, parse_overrides, resolve
+from modmask.launch.catalogue import EXPERIMENTS, experiment_module
+from modmask.launch.runner import plan
 from modmask.runs.legacy import legacy_keys, upgrade
 
 

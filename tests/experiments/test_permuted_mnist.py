@@ -81,3 +81,16 @@ def test_permutations_are_the_papers():
     orders = permuted_mnist_tasks(3)
     assert torch.equal(orders[0], torch.arange(784))
     assert torch.equal(orders[1], torch.from_numpy(np.random.RandomState(1).permutation(784)))
+
+
+def test_a_task_is_evaluated_with_its_first_layer_on_a_copy():
+    from modmask.experiments.permuted_mnist import with_first_layer
+    from modmask.models import MLP
+
+    model = MLP(6, (5,), 3)
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    own = {"layers.0.weight": torch.ones(5, 6), "layers.0.bias": torch.zeros(5)}
+    task_model = with_first_layer(model, own)
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())  # the model is untouched
+    assert torch.equal(task_model.layers[0].weight, own["layers.0.weight"])
+    assert torch.equal(task_model.layers[1].weight, model.layers[1].weight)

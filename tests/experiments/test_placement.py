@@ -4,7 +4,7 @@ import torch
 
 from modmask import cli
 from modmask.core.batches import to_device
-from modmask.experiments import placement
+from modmask.launch import placement
 
 
 def test_auto_picks_the_cpu_here_and_cuda_without_a_gpu_is_a_clear_error(capsys, tmp_path):

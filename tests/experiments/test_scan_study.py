@@ -116,7 +116,7 @@ def test_a_joint_scan_stage_killed_mid_way_resumes_to_the_same_masks(tmp_path,
                                                                      kill_joint_stage_after_first_checkpoint):
     """Samplers and teacher-forcing coins are checkpointed with the stage (mixed forcing, padded batches)."""
     from modmask.experiments.seq2seq import SequenceBatches, loss, padded_alike
-    from modmask.experiments.stage import Stage, mask_stages
+    from modmask.runs.stage import Stage, mask_stages
     from modmask.runs import RunDir
 
     vocab = ScanVocabulary.build([_pairs()])

@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from modmask import cli, tracking
-from modmask.experiments import sweep
+from modmask.launch import sweep
 from modmask.runs import RunDir, write_json
 
 BETAS = ["beta=0.0001", "beta=0.001"]
@@ -58,9 +58,12 @@ def test_sweep_runs_every_point_and_seed_and_aggregates(swept):
         assert point["seeds"] == [0, 1]
         per_seed = [json.loads((swept / point["name"] / f"seed-{s}/results.json").read_text()) for s in (0, 1)]
         shared = [r["masks"]["overlap"]["add|mul"][-1]["shared_add"] for r in per_seed]
-        assert point["headline"]["shared (+ mask)"]["mean"] == pytest.approx(sum(shared) / 2)
-        assert point["headline"]["shared (+ mask)"]["std"] == pytest.approx(abs(shared[0] - shared[1]) / 2 ** 0.5)
-        assert point["headline"]["shared (+ mask)"]["n"] == 2  # the sample std over n seeds
+        assert point["headline"]["add shared with mul"]["mean"] == pytest.approx(sum(shared) / 2)
+        assert point["headline"]["add shared with mul"]["std"] == pytest.approx(abs(shared[0] - shared[1]) / 2 ** 0.5)
+        assert point["headline"]["add shared with mul"]["n"] == 2  # the sample std over n seeds
+        first = per_seed[0]["accuracy"]["No mask"]["+"]  # then the first numbers of the rest of the results
+        assert point["headline"]["accuracy/No mask/+"]["mean"] == pytest.approx(
+            (first + per_seed[1]["accuracy"]["No mask"]["+"]) / 2)
     report = (swept / "report.md").read_text()
     assert "| 0.0001 | 2/2 |" in report and "| 0.001 | 2/2 |" in report
     assert "![sharing vs beta](figures/sharing_vs_beta.png)" in report
@@ -170,8 +173,9 @@ def test_grid_values_and_point_names():
 
 def _addmul_results(shared_add, iou):
     accuracy = {c: {"+": 90.0, "*": 80.0, "iid": 85.0} for c in ("Full", "+", "*", "¬+", "¬*")}
+    layer = {"tensor": "layers.0.weight", "shared_add": 0.9, "shared_mul": 0.9, "iou": 0.9}
     total = {"tensor": "total", "shared_add": shared_add, "shared_mul": shared_add / 2, "iou": iou}
-    return {"accuracy": accuracy, "masks": {"overlap": {"add|mul": [total]}}, "timings": {"pretrain": 1.0}}
+    return {"accuracy": accuracy, "masks": {"overlap": {"add|mul": [layer, total]}}, "timings": {"pretrain": 1.0}}
 
 
 def test_report_of_a_size_and_beta_grid_without_training(tmp_path):
@@ -185,14 +189,60 @@ def test_report_of_a_size_and_beta_grid_without_training(tmp_path):
         for seed in (0, 1) if i else (0,):  # the first point lacks a seed
             write_json(tmp_path / point["name"] / f"seed-{seed}/results.json", _addmul_results(0.1 * i + 0.2 * seed, 0.5))
     assert cli.main(["report", str(tmp_path)]) == 0
-    for name in ("sharing_vs_size-beta=0.0001", "sharing_vs_size-beta=0.001", "sharing_vs_beta-hidden=16x16",
-                 "sharing_vs_beta-hidden=32x32"):
-        assert (tmp_path / "figures" / f"{name}.png").exists(), name
+    names = ["sharing_vs_hidden-beta=0.0001", "sharing_vs_hidden-beta=0.001", "sharing_vs_beta-hidden=16x16",
+             "sharing_vs_beta-hidden=32x32"]
+    assert sorted(p.stem for p in (tmp_path / "figures").glob("*.png")) == sorted(names)
     results = json.loads((tmp_path / "sweep_results.json").read_text())["points"]
     assert results[0]["seeds"] == [0] and results[3]["seeds"] == [0, 1]
-    assert results[3]["headline"]["shared (+ mask)"] == pytest.approx({"mean": 0.4, "std": 0.2 / 2 ** 0.5, "n": 2})
+    assert results[3]["headline"]["add shared with mul"] == pytest.approx({"mean": 0.4, "std": 0.2 / 2 ** 0.5, "n": 2})
+    assert results[3]["headline"]["IoU (add, mul)"] == pytest.approx({"mean": 0.5, "std": 0.0, "n": 2})
     report = (tmp_path / "report.md").read_text()
     assert "| 16x16 | 0.0001 | 1/2 |" in report and "Incomplete: hidden=16x16,beta=0.0001 (1/2 seeds)" in report
+    assert "![sharing vs hidden](figures/sharing_vs_hidden-beta=0.0001.png)" in report
+
+
+def _study_results(shared, lr):
+    """A user's study (run_study) of three functions: three pairs of masks, titles in `functions`."""
+    pairs = {f"{a}|{b}": [{"tensor": "total", f"shared_{a}": shared, f"shared_{b}": shared / 2, "iou": lr}]
+             for a, b in (("x", "y"), ("x", "z"), ("y", "z"))}
+    return {"functions": {"x": "X", "y": "Y", "z": "Z"}, "metric": {"none": {"x": 1.0, "y": 0.5, "z": 0.25}},
+            "masks": {"overlap": pairs, "counts": {"x": {"total": 7}}}, "timings": {"mask": 2.0}}
+
+
+def test_report_of_any_experiment_reads_the_pairs_its_results_name(tmp_path):
+    """No experiment is special: the headline and the figures come from the mask pairs the results
+    compare (titled as the results title them), the rest of the headline from their first numbers."""
+    lrs = [0.001, 0.01, 0.1]
+    points = [{"name": f"lr={lr!r}", "values": {"lr": lr}} for lr in lrs]
+    write_json(tmp_path / "sweep.json", {"experiment": "mine", "preset": "p", "set": {}, "grid": {"lr": lrs},
+                                         "seeds": 1, "points": points})
+    for i, point in enumerate(points):
+        write_json(tmp_path / point["name"] / "seed-0/results.json", _study_results(0.1 * i, lrs[i]))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == [
+        "sharing_x_y_vs_lr.png", "sharing_x_z_vs_lr.png", "sharing_y_z_vs_lr.png"]
+    headline = json.loads((tmp_path / "sweep_results.json").read_text())["points"][2]["headline"]
+    assert list(headline) == ["X shared with Y", "Y shared with X", "IoU (X, Y)", "X shared with Z", "Z shared with X",
+                              "IoU (X, Z)", "Y shared with Z", "Z shared with Y", "IoU (Y, Z)",
+                              "metric/none/x", "metric/none/y", "metric/none/z", "time [s]"]
+    assert headline["X shared with Z"]["mean"] == pytest.approx(0.2) and headline["Z shared with Y"]["mean"] == 0.1
+    assert headline["IoU (Y, Z)"]["mean"] == 0.1
+    assert headline["metric/none/y"]["mean"] == 0.5 and headline["time [s]"]["mean"] == 2.0
+
+
+def test_report_of_results_without_masks_shows_their_first_numbers(tmp_path):
+    points = [{"name": f"tasks={t}", "values": {"tasks": t}} for t in (3, 2)]
+    write_json(tmp_path / "sweep.json", {"experiment": "permuted_mnist", "preset": "smoke", "set": {},
+                                         "grid": {"tasks": [3, 2]}, "seeds": 1, "points": points})
+    for point, t in zip(points, (3, 2)):
+        write_json(tmp_path / point["name"] / "seed-0/results.json",
+                   {"accuracy": [90.0 + i for i in range(t)], "timings": {"mask": 1.0}})
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert not list(tmp_path.glob("figures/*.png"))
+    headline = json.loads((tmp_path / "sweep_results.json").read_text())["points"][0]["headline"]
+    assert {k: v["mean"] for k, v in headline.items()} == {"accuracy[0]": 90.0, "accuracy[1]": 91.0,
+                                                            "accuracy[2]": 92.0, "time [s]": 1.0}
+    assert "| 2 | 1/1 | 90.000 | 91.000 | n/a | 1.0 |" in (tmp_path / "report.md").read_text()
 
 
 def _scalars(directory):

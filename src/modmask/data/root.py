@@ -1,9 +1,9 @@
 """Where datasets live, how missing files are downloaded, and where decoded arrays are cached.
 
-The data root is resolved as DESIGN.md ("Data") asks: an explicit option, then the `MODMASK_DATA`
-environment variable, then a user cache folder. Input folders may be read-only (the staged copy in
-`shared/datasets` is), so decoded caches and downloads go to `writable_dir(root)`, never next to
-read-only inputs.
+The data root is resolved as docs/architecture.md ("Data") describes: an explicit option, then the
+`MODMASK_DATA` environment variable, then a user cache folder. Input folders may be read-only (the
+staged copy in `shared/datasets` is), so decoded caches and downloads go to `writable_dir(root)`,
+never next to read-only inputs.
 """
 
 from __future__ import annotations

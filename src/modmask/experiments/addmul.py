@@ -21,7 +21,7 @@ from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from ..runs import RunDir
-from .study import Function, half_mask_test, mask_statistics, removal_controls, removal_matrix, function_masks
+from ..runs.study import Function, function_masks, half_mask_test, mask_statistics, removal_controls, removal_matrix
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 

@@ -28,8 +28,8 @@ from ..data.sampling import IndexSubset, RandomBatches, balanced_subset, fixed_b
 from ..models import CifarResNet, SimpleCNN
 from ..runs import RunDir
 from .pretrain import pretrain
-from .stage import Stage, mask_stages
-from .study import half_mask_test
+from ..runs.stage import Stage, mask_stages
+from ..runs.study import half_mask_test
 
 DESCRIPTION = "CIFAR-10 simple CNN or ResNet-110: class-exclusive weights and confusion changes"
 

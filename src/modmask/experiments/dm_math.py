@@ -24,10 +24,10 @@ from ..data.root import data_root, writable_dir
 from ..data.scan import ScanData
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..runs import RunDir, read_json, write_json
-from .config import fill_defaults, to_json
+from ..config import fill_defaults, to_json
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
-from .stage import Stage, mask_stages
+from ..runs.stage import Stage, mask_stages
 
 DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
 

@@ -23,7 +23,7 @@ from ..data.sampling import MappedBatches, RandomBatches, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
 from .pretrain import pretrain
 from ..runs import RunDir
-from .study import Function, half_mask_test, mask_statistics, function_masks
+from ..runs.study import Function, function_masks, half_mask_test, mask_statistics
 
 DESCRIPTION = "double addition: do networks reuse weights for the same function? (FNN or LSTM)"
 

@@ -14,6 +14,7 @@ original code does not say how it evaluates old tasks after the reset; see docs/
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ from ..data.mnist import PermutedMNIST, load_mnist, normalise, permuted_mnist_ta
 from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP
 from ..runs import RunDir
-from .stage import mask_stage
+from ..runs.stage import mask_stage
 
 DESCRIPTION = "permuted MNIST continual learning: sharing of frozen weights across tasks (FNN)"
 
@@ -77,6 +78,16 @@ def _first_layer(name: str) -> bool:
     return name.startswith("layers.0.")
 
 
+def with_first_layer(model: MLP, first_layer: dict[str, torch.Tensor]) -> MLP:
+    """A copy of the model with a task's own first layer; the model itself is left as it is."""
+    copy = deepcopy(model)
+    with torch.no_grad():
+        for name, param in copy.named_parameters():
+            if _first_layer(name):
+                param.copy_(first_layer[name])
+    return copy
+
+
 def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     mnist = load_mnist(config.data, verify=config.verify_data)
     images, labels = mnist["train"]
@@ -110,16 +121,9 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     accuracy = []
     for task in range(config.tasks):  # every task with its own mask and first layer, at the end
-        with torch.no_grad():
-            final = {n: p.detach().clone() for n, p in model.named_parameters() if _first_layer(n)}
-            for n, p in model.named_parameters():
-                if _first_layer(n):
-                    p.copy_(first_layers[task][n])
-            valid = fixed_batches(PermutedMNIST(valid_x, labels[valid_idx], orders[task]), 2000)
-            accuracy.append(evaluate(model, masks[task], valid, lambda out, y: out.argmax(-1) == y) * 100)
-            for n, p in model.named_parameters():
-                if _first_layer(n):
-                    p.copy_(final[n])
+        valid = fixed_batches(PermutedMNIST(valid_x, labels[valid_idx], orders[task]), 2000)
+        accuracy.append(evaluate(with_first_layer(model, first_layers[task]), masks[task], valid,
+                                 lambda out, y: out.argmax(-1) == y) * 100)
 
     sharing = []
     for task in range(1, config.tasks):

@@ -23,7 +23,7 @@ from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
 from ..runs import RunDir
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
-from .stage import Stage, mask_stages
+from ..runs.stage import Stage, mask_stages
 
 DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from ..core.mask_config import Execution, MaskConfig
 from . import addmul
-from .config import build
+from ..config import build
 from ..runs import RunDir
-from .stage import Stage, mask_stages
+from ..runs.stage import Stage, mask_stages
 
 DESCRIPTION = "add/mul FNN: weight sharing against network size or beta (sweep)"
 

@@ -12,7 +12,7 @@ from .study import half_mask_section, histogram_figure, overlap_section, save_re
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]
-# with the random controls (experiments/study.removal_controls) beside each mask and inverse mask
+# with the random controls (runs/study.removal_controls) beside each mask and inverse mask
 CONTROLLED = ["Full", "+", "random +", "¬+", "random ¬+", "*", "random *", "¬*", "random ¬*"]
 PAPER_FINDING = ("The paper (poster, P_specialize): \"there is some separation, but it is not perfect\": "
                  "removing the weights of the + mask (¬+) destroys addition while multiplication stays "

@@ -1,7 +1,13 @@
-"""Report of a sweep directory (experiments/sweep.py): every grid point's results aggregated over
-the seeds that finished (mean ± std), in sweep_results.json and a table in report.md; for the
-add/mul study also the figures that need a sweep: weight sharing between the + and * masks against
-network size (grid over `hidden`, paper figure 8) and against beta (grid over `beta`, figure 9).
+"""Report of a sweep directory (launch/sweep.py): every grid point's results aggregated over
+the seeds that finished (mean ± std), in sweep_results.json and a table in report.md.
+
+The report knows no experiment: it reads whatever the points' results name. The headline of a
+result is the sharing of every pair of masks it compares (`masks.overlap`, "a|b", as the generic
+study writes it: the fraction of each mask shared with the other and their IoU, pooled over the
+tensors; masks named by their titles in `functions` where the results have them), then the first
+numbers of the rest. For every such pair and every grid key with two or more values, a figure
+shows the sharing against that key, one per combination of the other grid values (for the add/mul
+study over `hidden` and `beta`: paper figures 8 and 9).
 """
 
 from __future__ import annotations
@@ -9,15 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..runs import SWEEP_FILE, aggregate, read_json, value_text, write_json
-
-
-from .sharing import SHARING, sharing_plot
+from . import plots
 from .study import save_report
-from .tables import fmt, table
+from .tables import fmt, mean, std, table
 
-# grid key -> (figure name, x-axis label, log scale) of the add/mul sharing figures
-SHARING_AXES = {"hidden": ("size", "network (hidden sizes)", False), "beta": ("beta", "beta", True),
-                "mask.beta": ("beta", "beta", True)}
 GENERIC_COLUMNS = 8
 
 
@@ -25,12 +26,23 @@ def is_sweep(out: str | Path) -> bool:
     return (Path(out) / SWEEP_FILE).exists()
 
 
-def _addmul_headline(results: dict) -> dict[str, float]:
-    total = results["masks"]["overlap"]["add|mul"][-1]  # the last row pools all tensors
-    accuracy = results["accuracy"]
-    return {"Full acc. [%]": accuracy["Full"]["iid"], "+ on + [%]": accuracy["+"]["+"],
-            "* on * [%]": accuracy["*"]["*"], "¬+ on + [%]": accuracy["¬+"]["+"], "¬* on * [%]": accuracy["¬*"]["*"],
-            **{name: total[key] for name, key in SHARING.items()}}
+def mask_pairs(results: dict) -> dict[str, tuple[str, str, dict[str, float]]]:
+    """The pairs of masks that one seed's results compare, "a|b" -> (title of a, title of b,
+    {column: value}): the fraction of each mask shared with the other ("a shared with b") and their
+    IoU, from the pooled row of `masks.overlap`."""
+    masks = results.get("masks")
+    overlap = masks.get("overlap") if isinstance(masks, dict) else None
+    titles = results.get("functions") if isinstance(results.get("functions"), dict) else {}
+    pairs = {}
+    for pair, rows in (overlap or {}).items():
+        total = next((row for row in rows if row.get("tensor") == "total"), None) if isinstance(rows, list) else None
+        if total is None or "|" not in pair:
+            continue
+        a, b = pair.split("|", 1)
+        ta, tb = titles.get(a, a), titles.get(b, b)
+        pairs[pair] = (ta, tb, {f"{ta} shared with {tb}": total[f"shared_{a}"],
+                                f"{tb} shared with {ta}": total[f"shared_{b}"], f"IoU ({ta}, {tb})": total["iou"]})
+    return pairs
 
 
 def _numbers(value, path: str = ""):
@@ -45,12 +57,13 @@ def _numbers(value, path: str = ""):
         yield path, value
 
 
-def headline(experiment: str, results: dict) -> dict[str, float]:
-    """The few numbers of one seed's results that the sweep table shows."""
-    if experiment == "addmul":
-        return _addmul_headline(results)
-    rest = {k: v for k, v in results.items() if k != "timings"}
-    return dict(list(_numbers(rest))[:GENERIC_COLUMNS])
+def headline(results: dict) -> dict[str, float]:
+    """The few numbers of one seed's results that the sweep table shows: the sharing of every pair
+    of masks they compare, then the first numbers of the rest (timings and the mask statistics
+    left out)."""
+    columns = {column: value for _, _, pair in mask_pairs(results).values() for column, value in pair.items()}
+    rest = {k: v for k, v in results.items() if k not in ("timings", "masks")}
+    return {**columns, **dict(list(_numbers(rest))[:GENERIC_COLUMNS])}
 
 
 def load_points(out: Path, sweep: dict) -> list[dict]:
@@ -63,34 +76,47 @@ def load_points(out: Path, sweep: dict) -> list[dict]:
     return points
 
 
-def _summaries(experiment: str, points: list[dict]) -> list[dict]:
+def _summaries(points: list[dict]) -> list[dict]:
     """Mean and std over seeds of each point's headline numbers and time (None: no seed finished)."""
     out = []
     for p in points:
-        rows = [{**headline(experiment, r), "time [s]": sum((r.get("timings") or {}).values())} for r in p["per_seed"]]
+        rows = [{**headline(r), "time [s]": sum((r.get("timings") or {}).values())} for r in p["per_seed"]]
         out.append(aggregate(rows) if rows else None)
     return out
 
 
+def _axis(values: list) -> tuple[list, bool]:
+    """The x values of a grid key and whether to draw them on a log scale: numbers as they are
+    (log when all are positive and span a factor of 10 or more), anything else (tuples such as
+    hidden sizes, names, booleans) by its folder text."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return values, min(values) > 0 and max(values) >= 10 * min(values)
+    return [value_text(v) for v in values], False
+
+
 def _sharing_figures(out: Path, sweep: dict, points: list[dict], summaries: list[dict]) -> list[str]:
-    """One line plot per swept axis (hidden, beta) and per combination of the other grid values."""
+    """For every pair of masks the results compare, one line plot of its sharing against each grid
+    key with two or more values, per combination of the other grid values."""
     lines = []
     grid = sweep["grid"]
-    for key, (label, xlabel, logx) in SHARING_AXES.items():
-        if len(grid.get(key, [])) < 2:
-            continue
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(points):
-            if summaries[i] is None:
-                continue
-            rest = ",".join(f"{k}={value_text(v)}" for k, v in p["values"].items() if k != key)
-            groups.setdefault(rest, []).append(i)
-        for rest, members in groups.items():
-            xs = [value_text(points[i]["values"][key]) if key == "hidden" else points[i]["values"][key] for i in members]
-            name = f"sharing_vs_{label}" + (f"-{rest}" if rest else "") + ".png"
-            sharing_plot(out / "figures" / name, xs, [{k: summaries[i][m] for m, k in SHARING.items()} for i in members],
-                         xlabel=xlabel, logx=logx, title="Sharing between the + and * masks" + (f" ({rest})" if rest else ""))
-            lines += [f"![sharing vs {label}](figures/{name})", ""]
+    pairs = mask_pairs(next((p["per_seed"][0] for p in points if p["per_seed"]), {}))
+    for pair, (a, b, columns) in pairs.items():
+        for key in (k for k in grid if len(grid[k]) >= 2):
+            groups: dict[str, list[int]] = {}
+            for i, p in enumerate(points):
+                if summaries[i] is not None and all(c in summaries[i] for c in columns):
+                    rest = ",".join(f"{k}={value_text(v)}" for k, v in p["values"].items() if k != key)
+                    groups.setdefault(rest, []).append(i)
+            for rest, members in groups.items():
+                xs, logx = _axis([points[i]["values"][key] for i in members])
+                name = ("sharing" + (f"_{value_text(pair)}" if len(pairs) > 1 else "") + f"_vs_{key}"
+                        + (f"-{rest}" if rest else "") + ".png")
+                plots.line_plot(out / "figures" / name, xs,
+                                {c: [mean(summaries[i][c]) * 100 for i in members] for c in columns},
+                                {c: [std(summaries[i][c]) * 100 for i in members] for c in columns},
+                                xlabel=key, ylabel="[%]", logx=logx,
+                                title=f"Sharing between the {a} and {b} masks" + (f" ({rest})" if rest else ""))
+                lines += [f"![sharing vs {key}](figures/{name})", ""]
     return lines
 
 
@@ -100,7 +126,7 @@ def write_report(out: str | Path) -> Path:
     sweep = read_json(out / SWEEP_FILE)
     experiment = sweep["experiment"]
     points = load_points(out, sweep)
-    summaries = _summaries(experiment, points)
+    summaries = _summaries(points)
     write_json(out / "sweep_results.json", {
         "experiment": experiment, "preset": sweep["preset"], "set": sweep["set"], "grid": sweep["grid"],
         "seeds": sweep["seeds"],
@@ -111,7 +137,7 @@ def write_report(out: str | Path) -> Path:
     columns = list(next((s for s in summaries if s), {}))
     digits = {c: 1 if c.endswith(("[%]", "[s]")) else 3 for c in columns}
     rows = [[value_text(p["values"][k]) for k in keys] + [f"{len(p['seeds'])}/{sweep['seeds']}"]
-            + [fmt(s[c], digits[c]) if s else "n/a" for c in columns] + [f"[{p['name']}]({p['name']}/)"]
+            + [fmt(s.get(c), digits[c]) if s else "n/a" for c in columns] + [f"[{p['name']}]({p['name']}/)"]
             for p, s in zip(points, summaries)]
     fixed = ", ".join(f"{k}={value_text(v)}" for k, v in sweep["set"].items()) or "none"
     grid = "; ".join(f"{k} = " + ", ".join(value_text(v) for v in values) for k, values in sweep["grid"].items())
@@ -124,6 +150,5 @@ def write_report(out: str | Path) -> Path:
                   if len(p["seeds"]) < sweep["seeds"]]
     if incomplete:
         text += [f"Incomplete: {', '.join(incomplete)}; run the same `modmask sweep` command again to finish them.", ""]
-    if experiment == "addmul":
-        text += _sharing_figures(out, sweep, points, summaries)
+    text += _sharing_figures(out, sweep, points, summaries)
     return save_report(out, text)

@@ -4,7 +4,7 @@ from old config.json / results.json files and still accepted on the command line
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from ..config import nest
 
 from ..core.mask_config import EXECUTION_SETTINGS
 
@@ -17,29 +17,6 @@ EXPERIMENT_KEYS = {"permuted_mnist": {"steps": "mask.steps", "lr": "mask.lr", "g
 
 def legacy_keys(experiment: str | None) -> dict[str, str]:
     return {**MASK_KEYS, **EXPERIMENT_KEYS.get(experiment, {})}
-
-
-def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
-    """{'mask': {'beta': 1e-4}} -> {'mask.beta': 1e-4} (dotted keys pass through)."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def nest(values: dict[str, Any]) -> dict[str, Any]:
-    """{"mask.beta": 1e-4, "hidden": [..]} -> {"mask": {"beta": 1e-4}, "hidden": [..]}."""
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        group, _, name = key.rpartition(".")
-        target = nested
-        for part in filter(None, group.split(".")):
-            target = target.setdefault(part, {})
-        target[name] = value
-    return nested
 
 
 def upgrade(config: dict) -> dict:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .legacy import flatten
+from ..config import flatten
 
 
 def _clean(value):

@@ -2,7 +2,7 @@
 directory (resuming what is there), and aggregate the finished seeds (mean and standard deviation).
 
 `run_seed` runs one seed and `collect` aggregates, so a sweep can run the seeds of one run
-directory as separate tasks (experiments/sweep.py); `run_experiment` is both in a row.
+directory as separate tasks (launch/sweep.py); `run_experiment` is both in a row.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from ..config import ConfigError, build, parse_overrides, resolve, to_json
 from ..core.mask_config import Execution
 from ..runs import RunDir, aggregate, read_json, seed_dir, seed_finished, write_json
-from ..runs.catalogue import experiment_module
 from ..runs.legacy import legacy_keys, upgrade
 from ..tracking import open_trackers
-from .config import ConfigError, build, parse_overrides, resolve, to_json
+from .catalogue import experiment_module
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..allocator import keep_freed_memory
+from ..config import ConfigError, field_types, parse_overrides
 from ..runs import seed_finished, value_text
-from ..runs.catalogue import experiment_module
 from ..runs.legacy import legacy_keys
 from ..runs.sweep_file import write_sweep_file
 from ..tracking import check_available
-from .config import ConfigError, field_types, parse_overrides
+from .catalogue import experiment_module
 from .placement import resolve_device
 from .runner import collect, overrides, plan, run_seed
 

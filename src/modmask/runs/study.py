@@ -6,7 +6,7 @@ through `run_study`.
                         out="runs/mine", steps=2000)
 
 writes masks/<function>.safetensors (logits) and results.json; `modmask.run_study` adds the
-report (figures/*.png, report.md), since reports sit in the layer above the experiments.
+report (figures/*.png, report.md), since reports sit in a layer above this one (runs).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..core.evaluation import evaluate, half_masks, inverse, random_control, spl
 from ..core.mask_config import Execution, MaskConfig, settings_from
 from ..core.masks import Masks
 from ..core.trained import TrainedMask
-from ..runs import RunDir, write_json
+from .rundir import RunDir, write_json
 from .stage import Stage, mask_stages
 
 

@@ -1,11 +1,13 @@
-"""Experiment configs: frozen dataclasses with the paper's settings as defaults, a nested
-`mask: MaskConfig` group (dotted keys: `mask.beta`), named presets, and `key=value` overrides
-checked against the fields (unknown key or wrong type: an error that lists the valid keys).
+"""Configs: frozen dataclasses whose defaults are the settings (an experiment's: the paper's), with
+nested groups such as `mask: MaskConfig` (dotted keys: `mask.beta`), named presets, and `key=value`
+overrides checked against the fields (unknown key or wrong type: an error that lists the valid keys).
 
 Per-variant defaults: a field left None takes the value of the config's `variant_defaults()`
 (e.g. the SCAN Transformer's beta), filled in when the config is resolved, so config.json records
-the values used. Flat keys of modmask 0.1 (`beta`, `mask_lr`, `mask_steps`, ...) are aliases of
-the dotted ones (runs/legacy.py).
+the values used. Aliases (the flat keys of modmask 0.1, `beta`, `mask_lr`, ..., in runs/legacy.py)
+are passed in by the caller.
+
+The ground floor of the package: imports no other modmask module.
 """
 
 from __future__ import annotations
@@ -16,11 +18,32 @@ import types
 import typing
 from typing import Any, Mapping
 
-from ..runs.legacy import flatten, nest
-
 
 class ConfigError(ValueError):
     pass
+
+
+def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{'mask': {'beta': 1e-4}} -> {'mask.beta': 1e-4} (dotted keys pass through)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def nest(values: dict[str, Any]) -> dict[str, Any]:
+    """{"mask.beta": 1e-4, "hidden": [..]} -> {"mask": {"beta": 1e-4}, "hidden": [..]}."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        group, _, name = key.rpartition(".")
+        target = nested
+        for part in filter(None, group.split(".")):
+            target = target.setdefault(part, {})
+        target[name] = value
+    return nested
 
 
 def _convert(name: str, text: str, kind) -> Any:

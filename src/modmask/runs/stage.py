@@ -17,7 +17,7 @@ from torch import nn
 from ..core.mask_config import Execution, MaskConfig
 from ..core.trained import TrainedMask
 from ..core.training import LossFn, train_masks
-from ..runs import RunDir
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
