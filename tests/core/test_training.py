@@ -160,8 +160,8 @@ def test_clear_errors_for_bad_input():
     with pytest.raises(FloatingPointError, match="step 0"):
         train_mask(model, batches, lambda out, t: out.sum() * float("nan"), steps=1, progress=False)
     # a matrix given in the [in, out] layout instead of the model's [out, in]
-    with pytest.raises(ValueError, match=r"init_logits was made for another model: 'layers.0.weight' has shape "
-                                         r"\(12, 32\) in the masks but \(32, 12\) in the model"):
+    with pytest.raises(ValueError, match=r"init_logits does not fit the model \(MLP\).*'layers.0.weight' has shape "
+                                         r"\(12, 32\) in init_logits but \(32, 12\) in the model"):
         train_mask(model, batches, F.cross_entropy, steps=1, init_logits={"layers.0.weight": torch.zeros(12, 32)})
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['step'\]"):
         train_mask(model, batches, F.cross_entropy, step=1)

@@ -158,19 +158,20 @@ def read_metadata(path: str | os.PathLike, kind: str) -> dict[str, str]:
                          f"torch.save can be rewritten with safetensors.torch.save_file)") from None
 
 
-def check_fits(masks: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str = "the mask") -> None:
-    """The one check of masks against a model, made before any model runs under them: raise
-    ValueError naming the first masked tensor the model does not have or has in another shape."""
+def check_fits(masks: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str = "the mask",
+               fix: str = "pass a mask made for this model, or the model it was made for") -> None:
+    """The one check of masks (or any tensors by parameter name, e.g. initial logits) against a
+    model, made before any model runs under them: raise ValueError naming the first tensor the model
+    does not have or has in another shape, and `fix`."""
     params = dict(model.named_parameters())
     model_name = type(model).__name__
-    fix = "pass a mask made for this model, or the model it was made for"
     for name, mask in masks.items():
         if name not in params:
             raise ValueError(f"{source} does not fit the model ({model_name}), it was made for another model: "
                              f"it masks {name!r}, which this model does not have; {fix}")
         if tuple(mask.shape) != tuple(params[name].shape):
             raise ValueError(f"{source} does not fit the model ({model_name}), it was made for another model: "
-                             f"{name!r} has shape {tuple(mask.shape)} in the mask but {tuple(params[name].shape)} "
+                             f"{name!r} has shape {tuple(mask.shape)} in {source} but {tuple(params[name].shape)} "
                              f"in the model (a model of another size?); {fix}")
 
 

@@ -77,7 +77,8 @@ class MaskTrainer:
         fixed_masks = fixed_masks or {}
         for label, given in (("fixed_masks", fixed_masks), ("trainable", trainable or {}),
                              ("init_logits", init_logits or {})):
-            check_fits(given, model, source=label)
+            check_fits(given, model, source=label, fix=f"give {label} by parameter name, each in its parameter's "
+                                                       f"shape as the model holds it")
         names = [n for n in select_parameters(model, first.parameters, biases=first.biases, norms=first.norms)
                  if n not in fixed_masks]
         if not names:

@@ -1,6 +1,6 @@
 """Figures for the reports: grouped bars, confusion grids, histograms, mask images, sweep lines.
 
-Each function draws one of the figure kinds of the paper (PAPER_SPEC.md section 4) from plain
+Each function draws one of the figure kinds of the paper (its figures of masks, overlaps and removal) from plain
 Python data (lists, dicts, numpy arrays; tensors are accepted and converted), writes a PNG
 atomically and returns its path. Figures are built on `matplotlib.figure.Figure` directly, never
 through pyplot, so no global figure state leaks between calls and no display is needed (Agg).
