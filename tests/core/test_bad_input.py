@@ -80,10 +80,10 @@ def test_a_full_mask_of_another_model_is_refused_by_the_random_control():
 
 def test_the_full_mask_on_tensors_it_does_not_cover_is_refused():
     masks = _ones(_net(4))
-    with pytest.raises(ValueError, match=r"cannot replace tensor '9.weight': it is not in these masks"):
+    with pytest.raises(ValueError, match=r"cannot replace tensors \['9.weight'\]: not in both masks"):
         inverse(masks, masks, keep_full_on=["9.weight"])
     other = Masks({**masks, "0.weight": torch.ones(8, 3, dtype=torch.bool)})
-    with pytest.raises(ValueError, match=r"cannot replace tensor '0.weight': it has shape \(4, 3\) here but \(8, 3\)"):
+    with pytest.raises(ValueError, match=r"tensor '0.weight' has shape \(4, 3\) in these masks but \(8, 3\) in the other masks"):
         inverse(masks, other, keep_full_on=["0.weight"])
 
 

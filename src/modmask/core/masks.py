@@ -86,15 +86,11 @@ class Masks(Mapping):
     def replace(self, other: "Masks", names: Iterable[str]) -> "Masks":
         """These masks with the tensors `names` taken from `other` (e.g. the Full mask)."""
         names = set(names)
-        for name in sorted(names):
-            if name not in self or name not in other:
-                raise ValueError(f"cannot replace tensor {name!r}: it is not in "
-                                 f"{'these masks' if name not in self else 'the other masks'} "
-                                 f"(masked tensors: {list(self)}); name tensors both masks cover")
-            if self[name].shape != other[name].shape:
-                raise ValueError(f"cannot replace tensor {name!r}: it has shape {tuple(self[name].shape)} here but "
-                                 f"{tuple(other[name].shape)} in the other masks (masks of different models?); "
-                                 f"take both masks from the same model")
+        missing = sorted(n for n in names if n not in self or n not in other)
+        if missing:
+            raise ValueError(f"cannot replace tensors {missing}: not in both masks (masked tensors: {list(self)}); "
+                             f"name tensors both masks cover")
+        check_same_tensors({n: self[n] for n in names}, {n: other[n] for n in names}, "these masks", "the other masks")
         return Masks({n: (other[n] if n in names else m) for n, m in self.items()})
 
     # counts
