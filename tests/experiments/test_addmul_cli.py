@@ -179,6 +179,24 @@ def test_a_joint_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished,
         assert resumed[key] == fresh[key], key
 
 
+def test_a_single_mask_stage_killed_after_its_checkpoint_resumes_there(finished, tmp_path,
+                                                                      kill_joint_stage_after_first_checkpoint):
+    """Masks one at a time are checkpointed inside their stage too: the first mask, killed after
+    its first checkpoint, resumes from it and the run ends with the uninterrupted run's results."""
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, "--set", "checkpoint_every=20", "--set", "execution.joint=false")
+    assert (out / "seed-0/checkpoints/masks-partial.pt").exists()
+    assert not list((out / "seed-0/masks").glob("*.safetensors"))
+    kill_joint_stage_after_first_checkpoint()  # undo: train normally again
+    assert _run(out, "--set", "checkpoint_every=20", "--set", "execution.joint=false") == 0
+    assert _phase_lines(out, "mask:full") == 1 + 1  # step 0 before the kill, step 39 after: nothing redone
+    resumed = json.loads((out / "results.json").read_text())["aggregate"]
+    fresh = json.loads((finished / "results.json").read_text())["aggregate"]
+    for key in ("accuracy", "confusion", "half_mask"):
+        assert resumed[key] == fresh[key], key
+
+
 def test_joint_and_one_at_a_time_masks_agree(finished, tmp_path):
     assert _run(tmp_path, "--set", "execution.joint=true") == 0
     joint = json.loads((tmp_path / "results.json").read_text())["aggregate"]
