@@ -161,36 +161,23 @@ def _phase_lines(out, phase):
     return sum(json.loads(line)["phase"] == phase for line in lines)
 
 
-def test_a_joint_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished, tmp_path,
-                                                                       kill_joint_stage_after_first_checkpoint):
+@pytest.mark.parametrize("joint, phases", [("true", {"pretrain", "masks:full,add,mul"}),
+                                           ("false", {"pretrain", "mask:full", "mask:add", "mask:mul"})])
+def test_a_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished, tmp_path, joint, phases,
+                                                                 kill_joint_stage_after_first_checkpoint):
+    """Joint or one at a time, a mask stage killed after its first checkpoint resumes from it: the
+    killed mask logs step 0 before the kill and step 39 after (nothing redone), and the run ends
+    with the uninterrupted run's results."""
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        _run(out, "--set", "checkpoint_every=20", "--set", "execution.joint=true")
+        _run(out, "--set", "checkpoint_every=20", "--set", f"execution.joint={joint}")
     assert (out / "seed-0/checkpoints/masks-partial.pt").exists()
     assert not list((out / "seed-0/masks").glob("*.safetensors"))
     kill_joint_stage_after_first_checkpoint()  # undo: train normally again
-    assert _run(out, "--set", "checkpoint_every=20", "--set", "execution.joint=true") == 0
-    assert json.loads((out / "seed-0/timings.json").read_text()).keys() == {"pretrain", "masks:full,add,mul"}
-    assert _phase_lines(out, "mask:add") == 1 + 1  # step 0 before the kill, step 39 after: nothing redone
+    assert _run(out, "--set", "checkpoint_every=20", "--set", f"execution.joint={joint}") == 0
+    assert json.loads((out / "seed-0/timings.json").read_text()).keys() == phases
+    assert _phase_lines(out, "mask:full") == 1 + 1
     assert not (out / "seed-0/checkpoints/masks-partial.pt").exists()
-    resumed = json.loads((out / "results.json").read_text())["aggregate"]
-    fresh = json.loads((finished / "results.json").read_text())["aggregate"]
-    for key in ("accuracy", "confusion", "half_mask"):
-        assert resumed[key] == fresh[key], key
-
-
-def test_a_single_mask_stage_killed_after_its_checkpoint_resumes_there(finished, tmp_path,
-                                                                      kill_joint_stage_after_first_checkpoint):
-    """Masks one at a time are checkpointed inside their stage too: the first mask, killed after
-    its first checkpoint, resumes from it and the run ends with the uninterrupted run's results."""
-    out = tmp_path / "killed"
-    with pytest.raises(KeyboardInterrupt):
-        _run(out, "--set", "checkpoint_every=20", "--set", "execution.joint=false")
-    assert (out / "seed-0/checkpoints/masks-partial.pt").exists()
-    assert not list((out / "seed-0/masks").glob("*.safetensors"))
-    kill_joint_stage_after_first_checkpoint()  # undo: train normally again
-    assert _run(out, "--set", "checkpoint_every=20", "--set", "execution.joint=false") == 0
-    assert _phase_lines(out, "mask:full") == 1 + 1  # step 0 before the kill, step 39 after: nothing redone
     resumed = json.loads((out / "results.json").read_text())["aggregate"]
     fresh = json.loads((finished / "results.json").read_text())["aggregate"]
     for key in ("accuracy", "confusion", "half_mask"):
