@@ -14,14 +14,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .memory import PRECISIONS  # precision name -> torch dtype
+
 PATHS = ("auto", "vmap", "sequential")
 MODES = ("eval", "train")
-PRECISIONS = ("fp32", "bf16")
 
 
-def _below(value, limit) -> bool:
+def _bad(value, ok) -> bool:
     # None: left to a study's per-variant default (experiments' variant_defaults), filled before use
-    return value is not None and value < limit
+    return value is not None and not ok(value)
 
 
 def _problems(checks: dict[str, bool]) -> list[str]:
@@ -53,9 +54,9 @@ class MaskConfig:
 
     def __post_init__(self):
         problems = _problems({
-            **{f"{name} must be positive (got {getattr(self, name)})": _below(getattr(self, name), 1e-300)
+            **{f"{name} must be positive (got {getattr(self, name)})": _bad(getattr(self, name), lambda v: v > 0)
                for name in ("steps", "k", "lr")},
-            f"beta must be 0 or more (got {self.beta})": _below(self.beta, 0),
+            f"beta must be 0 or more (got {self.beta})": _bad(self.beta, lambda v: v >= 0),
             f"reg_batch_size must be positive or None (got {self.reg_batch_size})":
                 self.reg_batch_size is not None and self.reg_batch_size < 1,
             f"grad_clip must be positive or None (got {self.grad_clip})":

@@ -174,7 +174,7 @@ class MaskTrainer:
         noise = [source.reserve(k, [w.shape for w in self.weights.values()]) for source in self.sources]
         # groups share the per-weight thresholds of this step (int16, 2 bytes a weight)
         thresholds = {n: keep_thresholds(l) for n, l in self.logits.items()} if s < k else {}
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # trainable weights; the views get theirs below
         for logits in self.logits.values():
             logits.grad = None
         task_losses = torch.zeros(self.masks, device=self.device)

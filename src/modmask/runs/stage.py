@@ -51,7 +51,7 @@ def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: 
     done = {s.name: TrainedMask.load(paths[s.name], model) for s in stages if paths[s.name].exists()}
     todo = [s for s in stages if s.name not in done]
     # in mode=train the model's own randomness (dropout) would be one stream for all masks of a pass
-    together = execution.joint and config.mode == "eval" and all((s.config or config).mode == "eval" for s in todo)
+    together = execution.joint and all((s.config or config).mode == "eval" for s in todo)
     for group in ([todo] if together and todo else [[s] for s in todo]):
         trained = _train(run, model, group, config, execution, progress=progress, collate=collate,
                          checkpoint_every=checkpoint_every, log_every=log_every, options=options)
