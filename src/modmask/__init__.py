@@ -10,7 +10,7 @@ from .core.analysis import (check_comparable, exclusive, iomin, iou, overlap_cha
 from .core.evaluation import collect, evaluate, half_masks, inverse, random_control, split_layers
 from .core.masking import masked_call
 from .core.mask_config import Execution, MaskConfig
-from .core.masks import Masks, random_masks
+from .core.masks import Masks, random_masks, top_masks
 from .core.memory import MemoryPlan, memory_plan
 from .core.stats import mean_std_text, summarize
 from .core.selection import select_parameters
@@ -26,6 +26,6 @@ __all__ = [
     "masked_call", "evaluate", "collect",
     "inverse", "half_masks", "split_layers", "iou", "iomin", "shared_fraction", "exclusive", "union",
     "stability", "overlap_table", "probability_histogram", "Function", "run_study",
-    "overlap_chance", "overlap_matrix", "shared_fraction_chance", "check_comparable", "random_masks",
+    "overlap_chance", "overlap_matrix", "shared_fraction_chance", "check_comparable", "random_masks", "top_masks",
     "random_control", "summarize", "mean_std_text",
 ]

@@ -9,6 +9,7 @@ name and shape, so loading against a different model is refused with a clear mes
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -169,6 +170,32 @@ def check_fits(masks: Mapping[str, torch.Tensor], model: torch.nn.Module, source
             raise ValueError(f"{source} does not fit the model ({model_name}), it was made for another model: "
                              f"{name!r} has shape {tuple(mask.shape)} in {source} but {tuple(params[name].shape)} "
                              f"in the model (a model of another size?); {fix}")
+
+
+def top_masks(scores: Mapping[str, torch.Tensor], density: float, per_tensor: bool = False) -> Masks:
+    """The weights with the highest scores (logits of a trained mask, or a baseline's importance),
+    as a mask that keeps a `density` fraction of them, whatever the scores' signs.
+
+    scores: parameter name -> [*shape] real scores. Pooled (default): round(density * N) weights of
+    all N scored weights, highest first, so tensors keep different fractions; per_tensor:
+    round(density * n) in every tensor of n. Ties are broken by position: the earlier tensor (in
+    `scores` order), then the lower flat index, so a selection is reproducible.
+    """
+    if not 0 < density <= 1:  # also refuses NaN
+        raise ValueError(f"density must be in (0, 1] (a fraction of the masked weights), got {density}")
+    flat = {n: s.detach().cpu().flatten() for n, s in scores.items()}
+
+    def top(values: torch.Tensor) -> torch.Tensor:
+        # a stable sort of the negated scores keeps equal scores in position order
+        keep = torch.zeros(len(values), dtype=torch.bool)
+        keep[torch.sort(-values.double(), stable=True).indices[:math.floor(density * len(values) + 0.5)]] = True
+        return keep
+
+    if per_tensor:
+        kept = {n: top(v) for n, v in flat.items()}
+    else:
+        kept = dict(zip(flat, top(torch.cat(list(flat.values()))).split([len(v) for v in flat.values()])))
+    return Masks({n: kept[n].view(scores[n].shape) for n in flat})
 
 
 def random_masks(masks: Masks, generator: torch.Generator | int = 0, within: Masks | None = None) -> Masks:

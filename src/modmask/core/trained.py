@@ -5,7 +5,6 @@ chosen density (the top fraction of the logits), saved as safetensors."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .masks import Masks, check_fits, read_metadata
+from .masks import Masks, check_fits, read_metadata, top_masks
 
 LOGITS_FORMAT = "modmask.logits/1"
 
@@ -36,28 +35,9 @@ class TrainedMask:
 
     def at_density(self, density: float, per_layer: bool = False) -> Masks:
         """The mask of a chosen size: the top `density` fraction of the logits, kept regardless of
-        their sign (so masks of different functions can be compared at equal size).
-
-        Pooled (default): round(density * N) weights of all N masked weights, highest logits first,
-        so tensors keep different fractions; per_layer: round(density * n) in every tensor of n.
-        Ties are broken by position: the earlier tensor (in `logits` order), then the lower flat index.
-        """
-        if not 0 < density <= 1:  # also refuses NaN
-            raise ValueError(f"density must be in (0, 1] (a fraction of the masked weights), got {density}")
-        logits = {n: l.detach().cpu().flatten() for n, l in self.logits.items()}
-
-        def top(values: torch.Tensor) -> torch.Tensor:
-            # A stable sort of the negated logits keeps equal logits in position order.
-            keep = torch.zeros(len(values), dtype=torch.bool)
-            keep[torch.sort(-values.double(), stable=True).indices[:math.floor(density * len(values) + 0.5)]] = True
-            return keep
-
-        if per_layer:
-            kept = {n: top(v) for n, v in logits.items()}
-        else:
-            flat = top(torch.cat(list(logits.values())))
-            kept = dict(zip(logits, flat.split([len(v) for v in logits.values()])))
-        return Masks({n: kept[n].view(self.logits[n].shape) for n in logits})
+        their sign (so masks of different functions can be compared at equal size); `top_masks`
+        says how (pooled over all masked weights by default, or per_layer in every tensor)."""
+        return top_masks(self.logits, density, per_tensor=per_layer)
 
     def probs(self) -> torch.Tensor:
         """[N] keep probabilities sigmoid(logits) of all masked weights, flattened."""
