@@ -12,6 +12,7 @@ from .core.evaluation import collect, evaluate, half_masks, inverse, random_cont
 from .core.masking import masked_call
 from .core.mask_config import Execution, MaskConfig
 from .core.masks import Masks, random_masks, top_masks
+from .core.objectives import kl_to_full, with_full_outputs
 from .core.memory import MemoryPlan, memory_plan
 from .core.stats import mean_std_text, summarize
 from .core.selection import select_parameters
@@ -29,4 +30,5 @@ __all__ = [
     "stability", "overlap_table", "probability_histogram", "Function", "run_study",
     "overlap_chance", "overlap_matrix", "shared_fraction_chance", "check_comparable", "random_masks", "top_masks",
     "random_control", "summarize", "mean_std_text", "importance", "BASELINES",
+    "kl_to_full", "with_full_outputs",
 ]
