@@ -3,23 +3,29 @@
 Target density. The paper's regulariser beta / b * sum(logits) pushes every logit down with one
 constant force, so the size a mask ends at is an accident of beta x lr x steps. With
 `MaskConfig.target_density` that force becomes the multiplier lambda of a constraint, expected
-density = target, where the expected density of a group of weights is the mean of sigmoid(logits)
-(the probability that a weight is sampled as kept). lambda starts at beta (or 1e-4) and follows the
-dual (multiplier) update of the constraint in log space:
+density = goal, where the expected density of a group of weights is the mean of sigmoid(logits)
+(the probability that a weight is sampled as kept). lambda starts at beta (1e-4 if beta is 0) and
+follows the dual (multiplier) update of the constraint in log space,
 
-    lambda <- lambda * exp(rate * clamp((expected - target) / target, -1, 1))
+    lambda <- lambda * exp(rate * clamp((expected - goal) / goal, -1, 1)),
 
 so it grows while the mask is too dense and shrinks while it is too sparse, by at most a factor
-e^rate per step whatever its scale (the force needed differs by orders of magnitude between models;
-a log-space step finds it in a number of steps that does not depend on it). Under Adam a logit
-whose task gradient is weaker than lambda / b falls by about lr per step and one whose task gradient
-is stronger rises, so lambda is a threshold on how much each weight matters: the constraint settles
-where just `target` of the weights matter more than lambda. `rate` is matched to how fast the
-logits can follow (a logit needs about init_logit / lr steps to change sign): faster, and lambda
-overshoots before the density has moved. lambda is never negative: it cannot add weights that the
-function does not need, so a target above what the function needs ends below the target, which the
-stage's diagnosis says. `target_density` is a fraction of all masked weights (one multiplier), or with
-`target_per_tensor` the same fraction of every masked tensor (one multiplier per tensor).
+e^rate per step whatever its scale (the force needed differs by orders of magnitude between models
+and densities). Under Adam a logit whose task gradient is weaker than lambda / b falls by about lr
+per step and one whose task gradient is stronger rises: lambda is a threshold on how much a weight
+matters, and the constraint settles where `goal` of the weights matter more than it.
+
+Two choices keep the multiplier from racing the logits, which need about init_logit / lr steps to
+change sign: rate = lr / (2 init_logit) (an e-fold in half that time), and a goal that falls from
+the starting density sigmoid(init_logit) to the target along a cubic over the first half of the
+steps (as gradual pruning does), so lambda tracks a slowly moving goal. Tried and dropped (docs/
+deviations.md): a rate that scales with 1/steps (lambda overshoots a hundredfold and the function's
+weights never come back) and an exact projection that shifts the logits so the expected density is
+the goal at every step (all logits fall together and the mask collapses to a uniform low keep
+probability). lambda is never negative: it cannot add weights the function does not need, so a target
+above the function's natural size ends below it, and `diagnose` says so. `target_density` is a
+fraction of all masked weights (one multiplier), or with `target_per_tensor` the same fraction of
+every masked tensor (one multiplier each).
 
 Convergence. Every logged step records the fraction of mask decisions (logit > 0) that flipped
 since the previous log and the fraction still undecided (keep probability between 0.1 and 0.9);
@@ -38,6 +44,7 @@ SETTLED_FLIPS = 1e-3  # at most this fraction of decisions flipped per log inter
 SETTLED_LOGS = 3  # ... over this many log intervals at the end
 LOST_RATIO, LOST_MARGIN = 3.0, 0.1  # task loss above 3x the full model's and 0.1 above it: the function is lost
 ON_TARGET = 0.1  # relative distance from the target density a mask may end at
+WARMUP = 0.5  # the goal reaches the target density after this fraction of the steps
 
 
 def target_groups(target: float | None, per_tensor: bool, count: int) -> list[tuple[list[int], float]]:
@@ -49,16 +56,18 @@ def target_groups(target: float | None, per_tensor: bool, count: int) -> list[tu
 
 
 class DensityControl:
-    """The multipliers of M masks' density constraints: coefficients [M, T] of each tensor's sum of
-    logits in the regulariser (beta where a tensor has no target), and their update after a step."""
+    """The multipliers of M masks' density constraints: each tensor's weight in the regulariser
+    (the multiplier of its group, or beta where it has no target) and their update after a step."""
 
     def __init__(self, configs: Sequence, sizes: Sequence[int], device: torch.device):
         self.groups = [target_groups(c.target_density, c.target_per_tensor, len(sizes)) for c in configs]
         self.sizes = torch.tensor(sizes, dtype=torch.float64)
         self.rates = [c.lr / (2 * max(abs(c.init_logit), 1.0)) for c in configs]
-        start = [c.beta if c.beta > 0 else 1e-4 for c in configs]
-        self.multipliers = [torch.full((len(g),), s, dtype=torch.float64) for g, s in zip(self.groups, start)]
+        self.start = [1 / (1 + math.exp(-c.init_logit)) for c in configs]
+        self.warmup = [c.steps * WARMUP for c in configs]
         self.betas = [c.beta for c in configs]
+        self.multipliers = [torch.full((len(g),), c.beta if c.beta > 0 else 1e-4, dtype=torch.float64)
+                            for g, c in zip(self.groups, configs)]
         self.device = device
 
     @property
@@ -73,27 +82,34 @@ class DensityControl:
                 coef[m, indices] = multiplier
         return coef.to(self.device, torch.float32)
 
+    def goal(self, m: int, target: float, step: int) -> float:
+        """Mask m's goal after `step` updates: from the starting density down to `target` along a
+        cubic over the first WARMUP of the steps, then `target`."""
+        left = max(0.0, 1.0 - step / self.warmup[m]) if self.warmup[m] else 0.0
+        return target + (max(self.start[m], target) - target) * left ** 3
+
     @torch.no_grad()
     def expected(self, logits: Sequence[torch.Tensor]) -> list[list[float]]:
-        """Each mask's expected density of each group, mean sigmoid(logits) over the group's weights."""
-        kept = torch.stack([torch.sigmoid(l.detach().float()).flatten(1).sum(1) for l in logits], 1).double().cpu()
-        return [[float(kept[m, i].sum() / self.sizes[i].sum()) for i, _ in groups] for m, groups in enumerate(self.groups)]
+        """Each mask's expected density in each of its groups, mean sigmoid(logits) over the group."""
+        kept = torch.stack([torch.sigmoid(l.detach().float()).flatten(1).sum(1, dtype=torch.float64)
+                            for l in logits], 1).cpu()  # [M, T]
+        return [[float(kept[m, i].sum() / self.sizes[i].sum()) for i, _ in groups]
+                for m, groups in enumerate(self.groups)]
 
-    def update(self, logits: Sequence[torch.Tensor]) -> None:
-        """One multiplier step of every constraint, from the logits after the step."""
+    def update(self, logits: Sequence[torch.Tensor], step: int) -> None:
+        """One multiplier step of every constraint, from the logits after `step` updates."""
         for m, densities in enumerate(self.expected(logits)):
             for g, (density, (_, target)) in enumerate(zip(densities, self.groups[m])):
-                error = min(max((density - target) / target, -1.0), 1.0)
-                self.multipliers[m][g] *= math.exp(self.rates[m] * error)
+                goal = self.goal(m, target, step)
+                self.multipliers[m][g] *= math.exp(self.rates[m] * min(max((density - goal) / goal, -1.0), 1.0))
 
     def record(self, m: int, logits: Sequence[torch.Tensor]) -> dict:
-        """What a log line shows of mask m's constraint (empty without one)."""
+        """What a log line shows of mask m's constraint (nothing without one)."""
         if not self.groups[m]:
             return {}
-        expected = self.expected(logits)[m]
-        return {"expected_density": expected if len(expected) > 1 else expected[0],
-                "multiplier": [float(x) for x in self.multipliers[m]] if len(expected) > 1
-                else float(self.multipliers[m][0])}
+        expected, multipliers = self.expected(logits)[m], [float(x) for x in self.multipliers[m]]
+        return {"expected_density": expected[0] if len(expected) == 1 else expected,
+                "multiplier": multipliers[0] if len(multipliers) == 1 else multipliers}
 
     def state_dict(self) -> list[torch.Tensor]:
         return [m.clone() for m in self.multipliers]

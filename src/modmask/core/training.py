@@ -120,6 +120,7 @@ class MaskTrainer:
         self.control = DensityControl(self.configs, [w.numel() for w in self.weights.values()], self.device)
         self.decisions = Decisions(list(self.logits.values()))
         self.full_losses: list[float | None] = [None] * self.masks  # the unmasked model's, on the first batches
+        self.steps_done = 0
         self.path: str | None = None
         self.plan = self.samples_per_pass = self.forward_others = None
 
@@ -203,13 +204,14 @@ class MaskTrainer:
             losses = torch.stack(self._group_losses(parts, noise, thresholds, lo, lo + s))
             losses.sum().backward()  # each mask's logits: its own loss only
             task_losses += losses.detach()
-        sizes = torch.tensor([float(c.reg_batch_size or b) for c, (_, _, b) in zip(self.configs, parts)],
-                             device=self.device)
         if self.control.active:  # each tensor's sum weighted by its constraint's multiplier (or beta)
+            sizes = torch.tensor([float(c.reg_batch_size or b) for c, (_, _, b) in zip(self.configs, parts)],
+                                 device=self.device)
             sums = torch.stack([l.flatten(1).sum(1) for l in self.logits.values()], 1)  # [M, T]
             regularisers = (self.control.coefficients() / sizes[:, None] * sums).sum(1)
         else:
-            scale = torch.tensor([c.beta for c in self.configs], device=self.device) / sizes
+            scale = torch.tensor([c.beta / (c.reg_batch_size or b) for c, (_, _, b) in zip(self.configs, parts)],
+                                 device=self.device)
             regularisers = scale * sum(l.flatten(1).sum(1) for l in self.logits.values())  # [M]
         regularisers.sum().backward()
         for name, frozen in self.frozen_entries.items():
@@ -219,8 +221,9 @@ class MaskTrainer:
             for view, logits in zip(views, self.logits.values()):
                 view.grad = logits.grad[m]
         self.optimizer.step()
+        self.steps_done += 1
         if self.control.active:
-            self.control.update(list(self.logits.values()))
+            self.control.update(list(self.logits.values()), self.steps_done)
         return [{"loss": loss, "regulariser": reg} for loss, reg in zip(task_losses, regularisers.detach())]
 
     def _parts(self, batches: Sequence) -> list[tuple]:
@@ -336,7 +339,7 @@ class MaskTrainer:
                 "noise": [source.state() for source in self.sources],
                 "weights": {n: self.weights[n].detach().clone() for n in self.frozen_entries},
                 "multipliers": self.control.state_dict(), "decisions": self.decisions.previous.clone(),
-                "full_losses": list(self.full_losses)}
+                "full_losses": list(self.full_losses), "steps_done": self.steps_done}
 
     def load_state_dict(self, state: dict) -> None:
         if "logits" not in state or "param_groups" not in state["adam"]:
@@ -350,10 +353,11 @@ class MaskTrainer:
         self.optimizer.load_state_dict(state["adam"])
         for source, noise in zip(self.sources, state["noise"], strict=True):
             source.load_state(noise)
-        if "multipliers" in state:  # (checkpoints of modmask before target densities have none)
+        if "decisions" in state:  # (checkpoints of modmask before target densities have none)
             self.control.load_state_dict(state["multipliers"])
             self.decisions.previous = state["decisions"].clone()
             self.full_losses = list(state["full_losses"])
+            self.steps_done = state["steps_done"]
 
 
 def _per_mask(loss_fn, config, seed) -> tuple[list, list, list]:
