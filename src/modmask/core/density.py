@@ -156,9 +156,11 @@ def diagnose(history: Sequence[dict], full_loss: float | None, target: float | N
               "full_loss": full_loss, "target_density": target}
     messages = []
     if not result["settled"]:
-        messages.append(f"not settled: {100 * (last.get('flipped') or 0):.2f}% of the decisions flipped in the last "
-                        f"log interval ({100 * (last.get('undecided') or 0):.1f}% undecided); train longer "
-                        f"(mask.steps) or with a higher mask.lr")
+        recent = [r.get("flipped") or 0.0 for r in history][-SETTLED_LOGS:]
+        messages.append(f"not settled: up to {100 * max(recent):.2f}% of the decisions flipped per log interval over "
+                        f"the last {len(recent)} (settled: at most {100 * SETTLED_FLIPS:g}%; "
+                        f"{100 * (last.get('undecided') or 0):.1f}% undecided); train longer (mask.steps) or with a "
+                        f"higher mask.lr")
     if full_loss is not None and last["loss"] > LOST_RATIO * full_loss and last["loss"] - full_loss > LOST_MARGIN:
         result["lost_function"] = True
         messages.append(f"lost its function: task loss {last['loss']:.3g} against {full_loss:.3g} for the full "
