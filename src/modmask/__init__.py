@@ -7,10 +7,12 @@ unmodified PyTorch model, the analysis of the masks, and the paper's case studie
 from .core.analysis import (check_comparable, exclusive, iomin, iou, overlap_chance, overlap_matrix,
                             overlap_table, probability_histogram, shared_fraction, shared_fraction_chance,
                             stability, union)
+from .core.baselines import BASELINES, importance
 from .core.evaluation import collect, evaluate, half_masks, inverse, random_control, split_layers
 from .core.masking import masked_call
 from .core.mask_config import Execution, MaskConfig
 from .core.masks import Masks, random_masks, top_masks
+from .core.objectives import kl_to_full, with_full_outputs
 from .core.memory import MemoryPlan, memory_plan
 from .core.stats import mean_std_text, summarize
 from .core.selection import select_parameters
@@ -27,5 +29,6 @@ __all__ = [
     "inverse", "half_masks", "split_layers", "iou", "iomin", "shared_fraction", "exclusive", "union",
     "stability", "overlap_table", "probability_histogram", "Function", "run_study",
     "overlap_chance", "overlap_matrix", "shared_fraction_chance", "check_comparable", "random_masks", "top_masks",
-    "random_control", "summarize", "mean_std_text",
+    "random_control", "summarize", "mean_std_text", "importance", "BASELINES",
+    "kl_to_full", "with_full_outputs",
 ]

@@ -26,6 +26,12 @@ ParameterFilter = Union[str, Iterable[str], Callable[[str, nn.Parameter], bool],
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
+def is_norm(module: nn.Module | None) -> bool:
+    """A normalisation layer: one of PyTorch's (batch, instance, layer, group, RMS) or any module whose
+    class name ends in `Norm` (`LlamaRMSNorm`, `T5LayerNorm`)."""
+    return isinstance(module, _NORMS) or type(module).__name__.endswith("Norm")
+
+
 def owners(model: nn.Module) -> dict[str, nn.Module]:
     """parameter name -> the module that holds it, by the names `named_parameters` gives (which a
     wrapper such as TransformerLens's TransformerBridge may choose differently from its module tree)."""
@@ -52,7 +58,7 @@ def default_filter(biases: bool = False, norms: bool = True) -> Callable[[str, n
     def keep(name: str, parameter: nn.Parameter, owner: nn.Module | None = None) -> bool:
         if _is_embedding(name, owner):
             return False
-        if isinstance(owner, _NORMS) or type(owner).__name__.endswith("Norm"):
+        if is_norm(owner):
             return norms
         if parameter.dim() >= 2:
             return True
