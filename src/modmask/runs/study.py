@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
 from ..core.analysis import (iou, overlap_matrix, overlap_table, probability_histogram, shared_fraction,
                              shared_fraction_chance)
+from ..core.curves import CurveConfig, baseline_rankings, density_curves
 from ..core.evaluation import evaluate, half_masks, inverse, random_control, split_layers
 from ..core.mask_config import Execution, MaskConfig, settings_from
 from ..core.masks import Masks
@@ -132,15 +133,47 @@ def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Cal
             "late_masked_drop": (whole - evaluate(model, late_mask, batches, metric)) * 100}
 
 
+NEEDS_DATA = ("taylor", "wanda")  # the baselines that read train-like batches and the loss
+
+
+def study_curves(model: nn.Module, functions: Sequence[Function], trained: Mapping[str, TrainedMask],
+                 config: CurveConfig, *, rest: Masks | None = None, seed: int = 0, mode: str = "eval",
+                 baseline_batches: int = 8) -> dict[str, dict]:
+    """The "curves" block of a study's results: function name -> core.curves.density_curves on
+    that function's eval batches and metric, with every trained mask's logit ranking as the method
+    "mask <name>" (no extra training) and every baseline of `config` computed on that function's
+    data (taylor and wanda on the first `baseline_batches` batches of its `train`, with its loss).
+
+    The generic entry of every study (a built-in one or a user's): config.subset selects the
+    tensors (names or globs of the masked ones) and `rest` (e.g. the Full mask; None: full
+    weights) holds the others. The random rankings are the same for every function (seeds
+    seed * 1000 + r). A function whose `train` is an iterator (e.g. RandomBatches) gives the next
+    batches it has, so pass Functions with a fixed list there for baselines that repeat exactly
+    when a run resumes. reporting.study.curves_section renders the block.
+    """
+    names = list(next(iter(trained.values())).logits)
+    masks = {f"mask {name}": t.logits for name, t in trained.items()}
+    block = {}
+    for function in functions:
+        batches = (list(itertools.islice(iter(function.train), baseline_batches))
+                   if any(b in NEEDS_DATA for b in config.baselines) else None)
+        rankings = {**masks, **baseline_rankings(model, names, config, batches, function.loss, seed=seed, mode=mode)}
+        block[function.name] = density_curves(model, rankings, list(function.eval), function.metric, config,
+                                              rest=rest, seed=seed * 1000, mode=mode)
+    return block
+
+
 def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int = 0,
               compare: Sequence[str] | None = None, progress: bool = True, mask: MaskConfig | None = None,
-              execution: Execution | None = None, random_draws: int = 5,
+              execution: Execution | None = None, random_draws: int = 5, curves: CurveConfig | None = CurveConfig(),
               collate: Callable[[list], list] | None = None, checkpoint_every: int = 0, **mask_settings) -> dict:
     """Train a mask per function on the frozen `model` and analyse them; see the module docstring.
 
     mask, execution: what the masks learn and how steps run; mask_settings: fields of either (steps,
     k, beta, lr, ..., path, samples_per_pass, joint, ...), over `mask` and `execution` where both are given. compare: the functions whose masks are compared with each other (default: all).
-    random_draws: random masks per control (removal_controls; 0: none).
+    random_draws: random masks per control (removal_controls; 0: none). curves: what the curves
+    over density measure (study_curves: every mask's logit ranking beside the baselines, on each
+    function; None or enabled=False: none).
     The masks train together in one pass (execution.joint, the default): collate(batches) -> batches
     makes the functions' batches of a step one shape where they are not (e.g. sequences padded
     alike); checkpoint_every > 0 saves the stage every that many steps when every function's
@@ -162,7 +195,10 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
         "metric": removal_matrix(model, functions, trained, options.mode),
         "controls": removal_controls(model, functions, trained, random_draws, seed, options.mode),
         "masks": mask_statistics(trained, compare),
-        "timings": run.timings(),
     }
+    if curves is not None and curves.enabled:
+        with run.timed("curves"):
+            results["curves"] = study_curves(model, functions, trained, curves, seed=seed, mode=options.mode)
+    results["timings"] = run.timings()
     write_json(run.file("results.json"), results)
     return results
