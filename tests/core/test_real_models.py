@@ -331,9 +331,9 @@ def test_an_output_without_a_tensor_is_refused_with_its_structure():
 
 def test_a_loss_that_reads_a_missing_entry_names_what_the_model_returned():
     model, inputs, targets = _model("hf-vit")
-    trainer = make_trainer(model, lambda out, y: F.cross_entropy(out.hidden_states, y), (inputs, targets), k=4)
+    # found while preparing (the loss of the full model, the stage's reference), before any step
     with pytest.raises(ValueError, match=r"loss_fn failed on the model's outputs ImageClassifierOutput\(logits"):
-        trainer.step([(inputs, targets)])
+        make_trainer(model, lambda out, y: F.cross_entropy(out.hidden_states, y), (inputs, targets), k=4)
 
 
 def test_a_model_vmap_cannot_batch_gets_a_one_line_reason(caplog):

@@ -241,7 +241,8 @@ def test_fixed_masks_are_applied_while_the_other_masks_train():
     # a fixed mask of zeros on the output layer: every output is the output bias
     zeros = {"layers.1.weight": torch.zeros(2, 32, dtype=torch.bool)}
     trained = train_mask(model, [batch], loss, steps=2, fixed_masks=zeros, progress=False)
-    assert set(trained.logits) == {"layers.0.weight"} and len(outputs) == 2
+    # two steps, and first the loss with every trained weight kept (the stage's reference loss)
+    assert set(trained.logits) == {"layers.0.weight"} and len(outputs) == 3
     bias = model.layers[1].bias.detach()
     assert all(torch.equal(out, bias.expand(16, 2)) for out in outputs)
     # a random fixed mask on the first layer, the output layer's trained mask keeping every weight
@@ -252,7 +253,7 @@ def test_fixed_masks_are_applied_while_the_other_masks_train():
     with torch.no_grad():
         expected = masked_call(model, fixed, batch[0])
         assert not torch.allclose(expected, model(batch[0]), atol=1e-3)
-    assert len(outputs) == 2 and all(torch.allclose(out, expected, atol=1e-6) for out in outputs)
+    assert len(outputs) == 3 and all(torch.allclose(out, expected, atol=1e-6) for out in outputs)
 
 
 def test_train_mask_inside_no_grad_trains_as_outside():

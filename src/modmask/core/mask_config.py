@@ -37,7 +37,11 @@ class MaskConfig:
     gradient (None: off). init_logit: every logit's start (the paper's 2.0). biases / norms /
     parameters: which tensors get a mask (see select_parameters). original_clipping: emulate the
     original code's clipping (docs/deviations.md). mode: the model's mode while masks train ('eval'
-    as in the paper; 'train' keeps e.g. random teacher forcing active)."""
+    as in the paper; 'train' keeps e.g. random teacher forcing active). target_density: the
+    fraction of the masked weights the mask should keep (None: beta alone decides); the regulariser
+    then becomes the multiplier of that constraint, starting at beta (core/density.py);
+    target_per_tensor: the same fraction in every masked tensor instead of over all of them.
+    early_stop: end the stage once its decisions have settled (core/density.settled)."""
 
     steps: int = 20_000
     k: int = 4
@@ -51,6 +55,9 @@ class MaskConfig:
     parameters: Any = None
     original_clipping: bool = False
     mode: str = "eval"
+    target_density: float | None = None
+    target_per_tensor: bool = False
+    early_stop: bool = False
 
     def __post_init__(self):
         problems = _problems({
@@ -62,6 +69,9 @@ class MaskConfig:
             f"grad_clip must be positive or None (got {self.grad_clip})":
                 self.grad_clip is not None and self.grad_clip <= 0,
             f"mode must be one of {', '.join(MODES)} (got {self.mode!r})": self.mode not in MODES,
+            f"target_density must be a fraction of the masked weights strictly between 0 and 1, or None "
+            f"(got {self.target_density!r})": self.target_density is not None
+            and not (isinstance(self.target_density, (int, float)) and 0 < self.target_density < 1),
         })
         if problems:
             raise ValueError("mask settings: " + "; ".join(problems))

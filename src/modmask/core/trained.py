@@ -22,11 +22,13 @@ LOGITS_FORMAT = "modmask.logits/1"
 class TrainedMask:
     """The learned logits of one mask (parameter name -> [*shape]) and the training history; with
     weights that trained jointly with the mask (MaskTrainer's `trainable`), also the masked tensors'
-    final weights (name -> [*shape]), which saving leaves out."""
+    final weights (name -> [*shape]), which saving leaves out. diagnosis: the stage's verdict on the
+    mask (core/density.diagnose: settled, on its target, function kept, with the fixes), kept in the file."""
 
     logits: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
     weights: dict[str, torch.Tensor] | None = None
+    diagnosis: dict | None = None
 
     @property
     def masks(self) -> Masks:
@@ -48,7 +50,8 @@ class TrainedMask:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         save_file({n: t.detach().contiguous().cpu() for n, t in self.logits.items()}, str(tmp),
-                  metadata={"format": LOGITS_FORMAT, "names": json.dumps(list(self.logits))})
+                  metadata={"format": LOGITS_FORMAT, "names": json.dumps(list(self.logits)),
+                            **({"diagnosis": json.dumps(self.diagnosis)} if self.diagnosis else {})})
         os.replace(tmp, path)
 
     @classmethod
@@ -60,4 +63,5 @@ class TrainedMask:
         tensors = load_file(str(path))
         if model is not None:
             check_fits(tensors, model, source=str(path))
-        return cls({n: tensors[n] for n in json.loads(meta["names"])})
+        diagnosis = json.loads(meta["diagnosis"]) if "diagnosis" in meta else None
+        return cls({n: tensors[n] for n in json.loads(meta["names"])}, diagnosis=diagnosis)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .batches import (as_arguments, describe_output, joined, split_batch, split_outputs, target_rows, to_device,
                       unpack_batch)
+from .density import DensityControl, Decisions, diagnose, settled
 from .gumbel import UniformSource, keep_thresholds, sample_masked_weights
 from .mask_config import Execution, MaskConfig, settings_from
 from .masking import call_sequential, call_vmap, choose_path, frozen_parameters, model_mode, parameters_restored
@@ -116,6 +117,9 @@ class MaskTrainer:
             self.clipped_with_first += frozen
         autocast(self.device, self.dtype)  # bf16 on a device without it fails here, not at the first step
         self.sources = [UniformSource(s, self.device) for s in self.seeds]
+        self.control = DensityControl(self.configs, [w.numel() for w in self.weights.values()], self.device)
+        self.decisions = Decisions(list(self.logits.values()))
+        self.full_losses: list[float | None] = [None] * self.masks  # the unmasked model's, on the first batches
         self.path: str | None = None
         self.plan = self.samples_per_pass = self.forward_others = None
 
@@ -156,7 +160,24 @@ class MaskTrainer:
             self.path = choose_path(self.model, full, self.others, group, self.execution.path)
         low = self.dtype != torch.float32 and not self.configs[0].original_clipping
         self.forward_others = low_precision(self.others, self.dtype, self.path) if low else self.others
+        self.full_losses = self._full_losses(batches)
         return self
+
+    @torch.no_grad()
+    def _full_losses(self, batches: Sequence) -> list[float]:
+        """Each mask's task loss on its batch with every trained weight kept (fixed masks applied):
+        what a mask that keeps its function should come near (the stage's diagnosis). One call of
+        the model on the chosen path, drawing no randomness the stage sees."""
+        parts = self._parts(batches)
+        chunks = joined([p[0] for p in parts], 0, self.k, self.k)
+        full = {n: self._model_layout(n, w).expand(self.masks * self.k, *self._model_layout(n, w).shape)
+                for n, w in self.weights.items()}
+        run = call_vmap if self.path == "vmap" else call_sequential
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            outputs = run(self.model, full, self.others, chunks)
+        rows = [size for _, _, size in parts]
+        return [float(self._loss(m, output, targets)) for m, (output, (_, targets, _)) in
+                enumerate(zip(split_outputs(outputs, rows, self.k), parts))]
 
     @torch.enable_grad()
     def step(self, batches: Sequence) -> list[dict]:
@@ -182,9 +203,14 @@ class MaskTrainer:
             losses = torch.stack(self._group_losses(parts, noise, thresholds, lo, lo + s))
             losses.sum().backward()  # each mask's logits: its own loss only
             task_losses += losses.detach()
-        scale = torch.tensor([c.beta / (c.reg_batch_size or b) for c, (_, _, b) in zip(self.configs, parts)],
+        sizes = torch.tensor([float(c.reg_batch_size or b) for c, (_, _, b) in zip(self.configs, parts)],
                              device=self.device)
-        regularisers = scale * sum(l.flatten(1).sum(1) for l in self.logits.values())  # [M]
+        if self.control.active:  # each tensor's sum weighted by its constraint's multiplier (or beta)
+            sums = torch.stack([l.flatten(1).sum(1) for l in self.logits.values()], 1)  # [M, T]
+            regularisers = (self.control.coefficients() / sizes[:, None] * sums).sum(1)
+        else:
+            scale = torch.tensor([c.beta for c in self.configs], device=self.device) / sizes
+            regularisers = scale * sum(l.flatten(1).sum(1) for l in self.logits.values())  # [M]
         regularisers.sum().backward()
         for name, frozen in self.frozen_entries.items():
             self.weights[name].grad[frozen] = 0.0
@@ -193,6 +219,8 @@ class MaskTrainer:
             for view, logits in zip(views, self.logits.values()):
                 view.grad = logits.grad[m]
         self.optimizer.step()
+        if self.control.active:
+            self.control.update(list(self.logits.values()))
         return [{"loss": loss, "regulariser": reg} for loss, reg in zip(task_losses, regularisers.detach())]
 
     def _parts(self, batches: Sequence) -> list[tuple]:
@@ -282,6 +310,13 @@ class MaskTrainer:
         if extra:
             torch._foreach_mul_(extra, factors[0])
 
+    def records(self) -> list[dict]:
+        """What a log line shows of every mask besides its losses: density, the fraction of decisions
+        flipped since the last call and still undecided, and its constraint's state where it has one."""
+        logits = list(self.logits.values())
+        return [{"density": self.density(m), **changes, **self.control.record(m, logits)}
+                for m, changes in enumerate(self.decisions.record(logits))]
+
     def density(self, m: int = 0) -> float:
         """Fraction of mask m's weights with logit > 0."""
         kept = sum(int((l[m].detach() > 0).sum()) for l in self.logits.values())
@@ -290,15 +325,18 @@ class MaskTrainer:
     def result(self, m: int = 0, history: list[dict] | None = None) -> TrainedMask:
         """Mask m as a TrainedMask (logits in the model's layout; with trainable weights, those too)."""
         weights = {n: self._model_layout(n, w) for n, w in self.weights.items()} if self.frozen_entries else None
+        diagnosis = diagnose(history, self.full_losses[m], self.configs[m].target_density) if history else None
         return TrainedMask({n: self._model_layout(n, l[m]).clone() for n, l in self.logits.items()}, history or [],
-                           weights)
+                           weights, diagnosis)
 
     def state_dict(self) -> dict:
         """Logits, optimiser, noise-source and trainable weights' states (for a checkpoint inside a stage)."""
         return {"logits": {n: l.detach().clone() for n, l in self.logits.items()},
                 "adam": copy.deepcopy(self.optimizer.state_dict()),  # a snapshot: the moments change in place
                 "noise": [source.state() for source in self.sources],
-                "weights": {n: self.weights[n].detach().clone() for n in self.frozen_entries}}
+                "weights": {n: self.weights[n].detach().clone() for n in self.frozen_entries},
+                "multipliers": self.control.state_dict(), "decisions": self.decisions.previous.clone(),
+                "full_losses": list(self.full_losses)}
 
     def load_state_dict(self, state: dict) -> None:
         if "logits" not in state or "param_groups" not in state["adam"]:
@@ -312,6 +350,10 @@ class MaskTrainer:
         self.optimizer.load_state_dict(state["adam"])
         for source, noise in zip(self.sources, state["noise"], strict=True):
             source.load_state(noise)
+        if "multipliers" in state:  # (checkpoints of modmask before target densities have none)
+            self.control.load_state_dict(state["multipliers"])
+            self.decisions.previous = state["decisions"].clone()
+            self.full_losses = list(state["full_losses"])
 
 
 def _per_mask(loss_fn, config, seed) -> tuple[list, list, list]:
@@ -402,13 +444,17 @@ def train_masks(model: nn.Module, functions: Sequence[tuple[Iterable, LossFn]],
             except FloatingPointError as error:
                 raise FloatingPointError(f"step {step}: {error}") from None
             if step % log_every == 0 or step == steps - 1:
-                for m, loss in enumerate(losses):
+                for m, (loss, extra) in enumerate(zip(losses, trainer.records())):
                     record = {"step": step, "loss": loss["loss"].item(), "regulariser": loss["regulariser"].item(),
-                              "density": trainer.density(m)}
+                              **extra}
                     histories[m].append(record)
                     if on_log:
                         on_log(m, record)
                 bar.set_postfix(density=",".join(f"{h[-1]['density']:.3f}" for h in histories))
+                if all(c.early_stop for c in configs) and all(settled(h) for h in histories):
+                    log.info("modmask: every mask settled at step %d of %d: stopping early (mask.early_stop)",
+                             step + 1, steps)
+                    break
             if checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
                 checkpoint(step + 1, {**trainer.state_dict(),
                                       **({"rng": torch.random.get_rng_state()} if mode == "train" else {})})
