@@ -124,3 +124,30 @@ def test_a_joint_stage_that_cannot_be_checkpointed_says_so_before_training(tmp_p
                             curves=None)
     assert "curves" not in results
     assert "the batches of task0, task1 have no state()" in caplog.text and "from step 0" in caplog.text
+
+
+def test_run_study_trains_a_mask_to_each_density_of_the_curves_when_asked(tmp_path):
+    """curves.train: one mask per function and density (target_density), in one pass, saved; each
+    function's curves then hold every such mask as it was trained (with the density it kept)."""
+    from modmask import TrainedMask, evaluate, inverse
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    correct = lambda out, y: (out.argmax(-1) == y).float()  # noqa: E731
+    functions = [Function(f"task{i}", _batches(i, 10 + i), [_task(i, seed=20 + i)], F.cross_entropy, correct)
+                 for i in (0, 1)]
+    config = CurveConfig((0.1, 0.5), baselines=("random",), random_draws=1, train=True)
+    results = run_study(model, functions, tmp_path, steps=30, lr=0.2, progress=False, random_draws=0, curves=config)
+    for function in functions:
+        methods = results["curves"][function.name]["methods"]
+        assert list(methods) == ["mask task0", "mask task1", "trained task0", "trained task1", "random",
+                                 "random per tensor"]
+        for name in ("task0", "task1"):
+            files = [TrainedMask.load(tmp_path / f"masks/{name}@{d:g}.safetensors", model) for d in (0.1, 0.5)]
+            assert [f.diagnosis["target_density"] for f in files] == [0.1, 0.5]
+            masks = [f.masks for f in files]
+            trained = methods[f"trained {name}"]
+            assert trained["kept"] == [m.density() for m in masks]
+            assert trained["sufficiency"] == [evaluate(model, m, function.eval, correct) for m in masks]
+            assert trained["necessity"] == [evaluate(model, inverse(m), function.eval, correct) for m in masks]
+    assert "masks:task0@0.1,task0@0.5,task1@0.1,task1@0.5" in results["timings"]  # the density masks in one pass
+    assert "trained task0 kept" in (tmp_path / "report.md").read_text()

@@ -129,6 +129,7 @@ def test_trained_masks_per_density_are_read_as_they_are():
     result = density_curves(model, {}, BATCHES, _b_kept, config, trained={"at d": masks})
     assert result["methods"]["at d"]["sufficiency"] == pytest.approx([0.2, 1.0])
     assert result["methods"]["at d"]["necessity"] == pytest.approx([0.8, 0.0])
+    assert result["methods"]["at d"]["kept"] == pytest.approx([102 / 110, 10 / 110])  # as trained, not as asked
     with pytest.raises(ValueError, match=r"trained masks 'at d' have none at density \[0.5\]"):
         density_curves(model, {}, BATCHES, _b_kept, config, trained={"at d": {0.1: masks[0.1]}})
 

@@ -265,9 +265,12 @@ def test_curve_recomputes_the_curves_of_a_finished_run_without_training(finished
         assert json.loads(config.read_text())["curves"]["densities"] == [0.02, 0.2], config
     assert "| magnitude |" not in (out / "report.md").read_text()
     _assert_curves_are_the_saved_rankings_on_their_functions(out, [0.02, 0.2], ("random", "random per tensor"))
-    assert cli.main(["curve", str(out), "--set", "curves.random_draws=2", "--quiet"]) == 0  # over the last settings
+    # over the last settings; curves.train trains the masks per density (once), the others stay as they are
+    assert cli.main(["curve", str(out), "--set", "curves.random_draws=2", "--set", "curves.train=true", "--quiet"]) == 0
     curves = json.loads((out / "results.json").read_text())["aggregate"]["curves"]["add"]
     assert [d["mean"] for d in curves["densities"]] == [0.02, 0.2] and "sufficiency_std" in curves["methods"]["random"]
+    assert {"trained add", "trained mul"} <= set(curves["methods"]) and (out / "seed-0/masks/mul@0.2.safetensors").exists()
+    assert all(_run_files(out)[path] == value for path, value in untouched.items() if path != "seed-0/metrics.jsonl")
 
 
 def test_curve_refuses_what_it_cannot_do_before_any_work(finished, tmp_path, capsys):

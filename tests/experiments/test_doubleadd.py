@@ -47,7 +47,7 @@ def test_io_layers():
 def test_doubleadd_smoke_end_to_end(tmp_path):
     # masks trained hard enough to drop weights (the smoke run's keep every one), so the Full mask differs from all
     assert cli.main(["run", "doubleadd", "--preset", "smoke", "--out", str(tmp_path), "--quiet",
-                     "--set", "mask.lr=0.3", "--set", "mask.beta=0.01"]) == 0
+                     "--set", "mask.lr=0.3", "--set", "mask.beta=0.01", "--set", "curves.train=true"]) == 0
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
     assert set(agg["accuracy"]) >= {"Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"}
     assert set(agg["accuracy"]["Full"]) == {"pair 1", "pair 2"}
@@ -61,9 +61,9 @@ def test_doubleadd_smoke_end_to_end(tmp_path):
 
 
 def _assert_curves_of_the_pair_masks(out, agg):
-    """Both pairs under each pair mask's ranking, over all masked tensors and over the hidden layer
-    only, the input and output layers then kept as the saved Full mask keeps them (pinned: the
-    metric with the whole hidden layer kept, and with none of it)."""
+    """Both pairs under each pair mask's ranking (and the masks trained to each density), over all
+    masked tensors and over the hidden layer only, the input and output layers then kept as the saved
+    Full mask keeps them (pinned: the metric with the whole hidden layer kept, and with none of it)."""
     from safetensors.torch import load_model
 
     from modmask import Masks, TrainedMask, evaluate
@@ -82,12 +82,19 @@ def _assert_curves_of_the_pair_masks(out, agg):
         for pair, name in enumerate(("pair1", "pair2")):
             curve = agg[key][name]
             assert curve["subset"] == subset and [d["mean"] for d in curve["densities"]] == [0.01, 0.1, 0.5]
-            assert list(curve["methods"]) == ["mask pair1", "mask pair2", "magnitude", "wanda", "taylor", "random",
-                                              "random per tensor"]
+            # the masks trained to each density (curves.train) in the curves over all masked tensors only
+            trained = ["trained pair1", "trained pair2"] if key == "curves" else []
+            assert list(curve["methods"]) == ["mask pair1", "mask pair2", *trained, "magnitude", "wanda", "taylor",
+                                              "random", "random per tensor"]
             outside = {} if key == "curves" else full.only(io)
             empty = {**outside, **{n: full[n] & False for n in subset}}
             assert curve["full"]["mean"] == pytest.approx(evaluate(model, outside, valid, _pair_correct(pair)))
             assert curve["empty"]["mean"] == pytest.approx(evaluate(model, Masks(empty), valid, _pair_correct(pair)))
+    for pair, name in enumerate(("pair1", "pair2")):  # each pair's mask at 10% on its own pair
+        at = TrainedMask.load(out / f"seed-0/masks/{name}@0.1.safetensors", model)
+        assert at.diagnosis["target_density"] == 0.1
+        values = agg["curves"][name]["methods"][f"trained {name}"]
+        assert values["sufficiency"][1]["mean"] == pytest.approx(evaluate(model, at.masks, valid, _pair_correct(pair)))
     report = (out / "report.md").read_text()
     assert "### Curves over density, hidden layers only" in report and "| Pair 2 mask |" in report
     assert "![curves_io_from_full pair1](figures/curves_io_from_full_pair1.png)" in report

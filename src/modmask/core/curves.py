@@ -138,7 +138,8 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
 
     Returns plain JSON: {"densities": [...], "subset": [names], "full": x, "empty": y,
     "methods": {method: {"sufficiency": [...], "necessity": [...], ("sufficiency_std",
-    "necessity_std": [...] for random with 2+ draws), "sufficiency_area": a, "necessity_area": b}},
+    "necessity_std": [...] for random with 2+ draws; "kept": [...] for trained masks, the fraction
+    of the subset's weights each keeps), "sufficiency_area": a, "necessity_area": b}},
     "random_draws": n (with random), "note": text (only where full == empty: areas None)}.
     Every input is checked before the first evaluation.
     """
@@ -192,8 +193,10 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
     full = measured(None)
     empty = measured(Masks({n: torch.zeros(reference[n].shape, dtype=torch.bool) for n in subset}))
     methods = {method: curve(top_masks_ladder(restricted(scores), densities)) for method, scores in rankings.items()}
-    methods.update({method: curve([Masks(restricted(by_density[d])) for d in densities])
-                    for method, by_density in trained.items()})
+    for method, by_density in trained.items():
+        ladder = [Masks(restricted(by_density[d])) for d in densities]
+        # a mask trained to a density may end below it (a function that needs fewer weights): say where it is
+        methods[method] = {**curve(ladder), "kept": [m.density() for m in ladder]}
     if RANDOM in config.baselines:
         draws = [importance(model, RANDOM, subset, seed=seed + r) for r in range(config.random_draws)]
         for method, per_tensor in ((RANDOM, False), (RANDOM_PER_TENSOR, True)):

@@ -25,8 +25,8 @@ from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from ..runs import RunDir
-from ..runs.study import (Function, function_masks, half_mask_test, mask_statistics, removal_controls, removal_matrix,
-                          study_curves)
+from ..runs.study import (Function, density_masks, function_masks, half_mask_test, mask_statistics, removal_controls,
+                          removal_matrix, study_curves)
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 
@@ -136,9 +136,15 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     results = {"accuracy": accuracy, "control_std": control_std, "random_draws": config.random_draws,
                "confusion": confusion, "half_mask": half, "masks": mask_statistics(trained, compare=["add", "mul"])}
     if config.curves.enabled:
+        trained_at = None
+        if config.curves.train:  # a mask trained to each density, per operation, on streams of their own
+            streams = [replace(f, train=RandomBatches(f.train.data, config.batch_size, 5678 + seed))
+                       for f in functions if f.name in ("add", "mul")]
+            trained_at = density_masks(model, streams, run_dir, config.mask, config.execution, config.curves.densities,
+                                       seed=seed, progress=progress, checkpoint_every=config.checkpoint_every)
         with run_dir.timed("curves"):
             results["curves"] = study_curves(model, curve_functions(functions, config, seed), trained, config.curves,
-                                             rest=masks["full"], seed=seed)
+                                             rest=masks["full"], seed=seed, trained_at=trained_at)
     results["timings"] = run_dir.timings()
     return results
 

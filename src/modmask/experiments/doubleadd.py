@@ -27,7 +27,7 @@ from ..data.sampling import MappedBatches, RandomBatches, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
 from .pretrain import pretrain
 from ..runs import RunDir
-from ..runs.study import Function, function_masks, half_mask_test, mask_statistics, study_curves
+from ..runs.study import Function, density_masks, function_masks, half_mask_test, mask_statistics, study_curves
 
 DESCRIPTION = "double addition: do networks reuse weights for the same function? (FNN or LSTM)"
 
@@ -155,14 +155,16 @@ def _curve_functions(train: DoubleAddData, valid_batches, config: Config, seed: 
         _pair_loss(pair), _pair_correct(pair), f"Pair {pair + 1}") for pair in (0, 1)]
 
 
-def pair_curves(model, trained: dict, full, io: list[str], functions: list[Function], config: CurveConfig, seed: int) -> dict:
+def pair_curves(model, trained: dict, full, io: list[str], functions: list[Function], config: CurveConfig, seed: int,
+                trained_at: dict | None = None) -> dict:
     """The curves of the pair masks' rankings on both pairs, twice: over the masked tensors that
     config.subset selects (all by default), and over the hidden layers only with the input and output
     layers `io` kept from the Full mask (the paper's second inverse-mask variant); the second is left
-    out where no hidden layer is masked."""
+    out where no hidden layer is masked. trained_at: masks trained to each density (config.train),
+    in the first only (they were trained to their density over all masked tensors)."""
     pairs = {name: trained[name] for name in ("pair1", "pair2")}
     hidden = [n for n in full if n not in set(io)]
-    return {"curves": study_curves(model, functions, pairs, config, rest=full, seed=seed),
+    return {"curves": study_curves(model, functions, pairs, config, rest=full, seed=seed, trained_at=trained_at),
             **({"curves_io_from_full": study_curves(model, functions, pairs, replace(config, subset=tuple(hidden)),
                                                     rest=full, seed=seed)} if hidden else {})}
 
@@ -193,9 +195,16 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     results["half_mask"] = half_mask_test(model, masks["full"], valid, digits_correct, "floor")
     if config.curves.enabled:
+        trained_at = None
+        if config.curves.train:  # a mask trained to each density, per pair, on a stream of its own pair
+            streams = [Function(f"pair{pair + 1}", _only_pair_batches(RandomBatches(train, config.batch_size,
+                                                                                    5678 + seed + pair), pair),
+                                valid, _pair_loss(pair), _pair_correct(pair), f"Pair {pair + 1}") for pair in (0, 1)]
+            trained_at = density_masks(model, streams, run_dir, config.mask, config.execution, config.curves.densities,
+                                       seed=seed, progress=progress, checkpoint_every=config.checkpoint_every)
         with run_dir.timed("curves"):
             results.update(pair_curves(model, trained, masks["full"], io, _curve_functions(train, valid, config, seed),
-                                  config.curves, seed))
+                                       config.curves, seed, trained_at))
 
     if config.control:
         control = copy_pair_weights(model)

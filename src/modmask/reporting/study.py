@@ -218,9 +218,13 @@ def curves_section(curves: dict, titles: dict | None, figures: Path, base: Path 
             {"all kept": mean(curve["full"]), "none kept": mean(curve["empty"])}, title=f"{title}: curves over density")
         subset = curve["subset"]
         tensors = ", ".join(subset) if len(subset) <= 4 else f"{len(subset)} tensors, {subset[0]} to {subset[-1]}"
+        kept = [f"{_method_label(m, labels)} kept {', '.join(f'{100 * mean(k):.3g}%' for k in v['kept'])}"
+                for m, v in methods.items() if "kept" in v]  # masks trained to each density may miss it
         parts.append(f"**{title}** (tensors: {tensors}; metric {fmt(curve['full'], 3)} with all their weights, "
                      f"{fmt(curve['empty'], 3)} with none)\n\n"
                      + table(["method", "sufficiency area", "necessity area"], rows)
+                     + (f"\n\nMasks trained to the densities {', '.join(f'{100 * d:.3g}%' for d in densities)}: "
+                        + "; ".join(kept) + "." if kept else "")
                      + f"\n\n![{name} {function}]({path.relative_to(base)})\n\n" + curves_finding(curve, title, labels))
     return "\n\n".join(parts + [CURVES_CAPTION])
 
