@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
     curve = commands.add_parser("curve", help="recompute the curves over density of a finished run with other "
-                                "curve settings (curves.*), without training, and rewrite its report")
+                                "curve settings (curves.*), without retraining its masks, and rewrite its report")
     curve.add_argument("run_dir")
     curve.add_argument("--set", action="append", default=[], metavar="curves.KEY=VALUE",
-                       help="a curve setting over the run's (densities, baselines, random_draws, subset, enabled)")
+                       help="a curve setting over the run's (densities, baselines, random_draws, subset, enabled, "
+                            "train: also train a mask to each density, once)")
     curve.add_argument("--quiet", action="store_true", help="no progress bars")
     curve.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     curve.set_defaults(func=_curve)

@@ -169,11 +169,12 @@ def run_experiment(name: str, preset: str, values: Mapping[str, Any] | None, out
 def recompute_curves(out: str | Path, pairs: Sequence[str] = (), *, device: torch.device | str = "cpu",
                      progress: bool = True) -> dict:
     """Re-run the analysis of every finished seed of the run directory `out` with its config.json
-    and the curve settings `pairs` ("curves.KEY=VALUE") over it, without training: each seed's run()
-    runs again, loading its pretrained network and masks from their files, and its new results
-    replace results.json atomically (a failure leaves the old ones); then the seeds are aggregated
-    again (collect). Raises before any work for a directory that is not a run, an experiment
-    without curves, a key that is not a curve setting, or a run with no finished seed."""
+    and the curve settings `pairs` ("curves.KEY=VALUE") over it, without retraining: each seed's
+    run() runs again, loading its pretrained network and masks from their files (only masks that do
+    not exist yet train: those of curves.train, once), and its new results replace results.json
+    atomically (a failure leaves the old ones); then the seeds are aggregated again (collect).
+    Raises before any work for a directory that is not a run, an experiment without curves, a key
+    that is not a curve setting, or a run with no finished seed."""
     out = Path(out)
     if not (out / "config.json").is_file():
         raise FileNotFoundError(f"{out} is not a run directory (it has no config.json): pass the directory "

@@ -120,12 +120,13 @@ CURVES_CAPTION = (
     "with them removed (the other weights kept). Area: the mean over log density of the curve normalised between "
     "every weight of those tensors kept and none kept, so 1 is best on both sides (the whole function from the "
     "smallest density on, or gone at it) and 0 is no better than keeping nothing or removing nothing. The masks' "
-    "rows read each trained mask as a ranking of its logits, with no extra training. Random removal comes two ways: "
-    "`random (pooled)` draws d of all the tensors' weights, so the large tensors hold most of them, the "
-    "counterpart of a pooled ranking (a mask's logits, magnitude, ...) that decides itself how much each tensor "
-    "gives; `random (per tensor)` draws d of every tensor, matched to the layer sizes, which removes as much of "
-    "small layers (often the output layer) as of large ones. Each verdict names the random control it rests on: "
-    "the stricter of the two (the higher area) on that side. Lines: mean over the random draws "
+    "rows read each trained mask as a ranking of its logits, with no extra training. Random weights come two ways: "
+    "`random (pooled)` draws d of all the tensors' weights, the null of a pooled ranking (a mask's logits, "
+    "magnitude, ...): every tensor loses about d, but by chance more or less (small tensors' shares vary most), which makes it "
+    "usually the stricter control for removal; `random (per tensor)` draws exactly d of every tensor, matched to "
+    "the layer sizes, the reference for which weights a ranking picks within each layer. Each verdict names the "
+    "random control it rests on: the stricter of the two (the higher area) on that side. Lines: mean over the "
+    "random draws "
     f"(shaded: their std); a difference of areas under {MARGIN} counts as about the same.")
 
 
