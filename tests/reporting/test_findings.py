@@ -60,3 +60,20 @@ def test_curves_say_where_a_mask_beats_the_best_baseline_and_which_random_contro
         aggregate([curve, other]), "addition")
     assert "does not depend on these weights" in curves_finding({**curve, "note": "the function does not depend on "
                                                                               "these weights"}, "addition")
+
+
+def test_curves_section_renders_one_run_and_an_aggregate_over_seeds(tmp_path):
+    """One run's curves (plain numbers) and curves aggregated over seeds ({"mean", "std", "n"} leaves):
+    the same table (areas with their spread over seeds), a figure and the verdict."""
+    from modmask.reporting.study import curves_section
+    from modmask.runs import aggregate
+
+    one = _curve({"mask add": (0.9, 0.3), "magnitude": (0.5, 0.2), "random": (0.2, 0.6), "random per tensor": (0.3, 0.4)})
+    other = _curve({"mask add": (0.7, 0.5), "magnitude": (0.5, 0.2), "random": (0.2, 0.6), "random per tensor": (0.3, 0.4)})
+    figures = tmp_path / "figures"
+    single = curves_section({"add": one}, {"add": "addition"}, figures, labels={"mask add": "+ mask"})
+    assert "| + mask | 0.900 | 0.300 |" in single and "| random (pooled) | 0.200 | 0.600 |" in single
+    assert "![curves add](figures/curves_add.png)" in single and (figures / "curves_add.png").exists()
+    seeds = curves_section({"add": aggregate([one, other])}, {"add": "addition"}, figures, name="seeds")
+    assert "| mask add | 0.800 ± 0.141 | 0.400 ± 0.141 |" in seeds and "On addition: mask add: sufficiency area 0.80" in seeds
+    assert (figures / "seeds_add.png").exists()

@@ -112,7 +112,7 @@ def normalised_area(densities: Sequence[float], values: Sequence[float], full: f
     "sufficiency", (full - m) / (full - empty) for "necessity". None where full == empty."""
     if side not in ("sufficiency", "necessity"):
         raise ValueError(f"side must be 'sufficiency' or 'necessity', not {side!r}")
-    if math.isclose(full, empty, rel_tol=0.0, abs_tol=1e-12):
+    if _undefined(full, empty):
         return None
     scaled = [((m - empty) if side == "sufficiency" else (full - m)) / (full - empty) for m in values]
     x = [math.log10(d) for d in densities]
@@ -208,11 +208,16 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
     result = {"densities": densities, "subset": subset, "full": full, "empty": empty, "methods": methods}
     if RANDOM in config.baselines:
         result["random_draws"] = config.random_draws
-    if normalised_area(densities, [full] * len(densities), full, empty, "sufficiency") is None:
+    if _undefined(full, empty):
         result["note"] = (f"the metric is {full:.4g} with every weight of the subset kept and with none: the "
                           f"function does not depend on these weights (or is not computed at all), so the "
                           f"normalised areas are undefined (None)")
     return result
+
+
+def _undefined(full: float, empty: float) -> bool:
+    """Whether the normalisation between the full and the empty model is undefined (they are equal)."""
+    return math.isclose(full, empty, rel_tol=0.0, abs_tol=1e-12)
 
 
 def _mean_curve(curves: list[dict[str, list[float]]]) -> dict[str, list[float]]:
