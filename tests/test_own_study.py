@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modmask import Function, run_study
+from modmask import CurveConfig, Function, run_study
 
 
 def _task(which, n=1024, seed=0):
@@ -39,7 +39,8 @@ def test_run_study_writes_masks_tables_and_report(tmp_path):
     correct = lambda out, y: out.argmax(-1) == y  # noqa: E731
     functions = [Function(f"task{i}", _batches(i, 10 + i), [_task(i, seed=20 + i)], F.cross_entropy, correct)
                  for i in (0, 1)]
-    results = run_study(model, functions, tmp_path, steps=300, beta=0.02, progress=False)
+    results = run_study(model, functions, tmp_path, steps=300, beta=0.02, progress=False,
+                        curves=CurveConfig((0.05, 0.2, 0.5), random_draws=2))
     metric = results["metric"]
     assert metric["task0"]["task0"] > 0.9 and metric["task1"]["task1"] > 0.9
     # each inverse mask hurts its own function more than the other one
@@ -50,6 +51,28 @@ def test_run_study_writes_masks_tables_and_report(tmp_path):
         assert (tmp_path / path).exists(), path
     assert json.loads((tmp_path / "results.json").read_text())["masks"]["overlap"]["task0|task1"]
     assert "| not task0 |" in (tmp_path / "report.md").read_text()
+    _assert_curves_are_reported(results, tmp_path)
+
+
+def _assert_curves_are_reported(results, out):
+    """Every mask's logit ranking and every baseline on every function, in results.json (plain JSON)
+    and in the report (a table with both random controls, a figure and a verdict per function)."""
+    curves = json.loads((out / "results.json").read_text())["curves"]
+    assert curves == json.loads(json.dumps(results["curves"]))
+    for name in ("task0", "task1"):
+        curve = curves[name]
+        assert curve["densities"] == [0.05, 0.2, 0.5] and curve["subset"] == ["0.weight", "2.weight"]
+        assert list(curve["methods"]) == ["mask task0", "mask task1", "magnitude", "wanda", "taylor", "random",
+                                          "random per tensor"]
+        assert all(len(m["necessity"]) == 3 and len(m["sufficiency_std"]) == 3 for m in
+                   (curve["methods"]["random"], curve["methods"]["random per tensor"]))
+        other = "task1" if name == "task0" else "task0"
+        # each function is carried by its own mask's top weights, not by the other mask's
+        assert curve["methods"][f"mask {name}"]["sufficiency_area"] > curve["methods"][f"mask {other}"]["sufficiency_area"] + 0.3
+    report = (out / "report.md").read_text()
+    assert "## Curves over density" in report and "| random (pooled) |" in report and "| random (per tensor) |" in report
+    assert "On task0: mask task0: sufficiency area" in report and "stricter random control" in report
+    assert (out / "figures/curves_task0.png").exists() and "![curves task1](figures/curves_task1.png)" in report
 
 
 class MeanOfTokens(nn.Module):
@@ -85,8 +108,8 @@ def test_run_study_trains_functions_whose_batches_differ_in_shape_with_collate(t
     with pytest.raises(ValueError, match="inputs of different shapes.*give `collate`"):
         run_study(model, functions, tmp_path / "plain", steps=3, progress=False, random_draws=0)
     results = run_study(model, functions, tmp_path / "padded", steps=3, progress=False, random_draws=0,
-                        collate=_pad_alike)
-    assert set(results["metric"]["none"]) == {"len3", "len5"}
+                        collate=_pad_alike, curves=CurveConfig(enabled=False))
+    assert set(results["metric"]["none"]) == {"len3", "len5"} and "curves" not in results
     assert (tmp_path / "padded/masks/len5.safetensors").exists()
 
 
@@ -97,5 +120,34 @@ def test_a_joint_stage_that_cannot_be_checkpointed_says_so_before_training(tmp_p
     functions = [Function(f"task{i}", _batches(i, 10 + i), [_task(i, seed=20 + i)], F.cross_entropy, correct)
                  for i in (0, 1)]
     with caplog.at_level("WARNING"):
-        run_study(model, functions, tmp_path, steps=2, progress=False, random_draws=0, checkpoint_every=1)
+        results = run_study(model, functions, tmp_path, steps=2, progress=False, random_draws=0, checkpoint_every=1,
+                            curves=None)
+    assert "curves" not in results
     assert "the batches of task0, task1 have no state()" in caplog.text and "from step 0" in caplog.text
+
+
+def test_run_study_trains_a_mask_to_each_density_of_the_curves_when_asked(tmp_path):
+    """curves.train: one mask per function and density (target_density), in one pass, saved; each
+    function's curves then hold every such mask as it was trained (with the density it kept)."""
+    from modmask import TrainedMask, evaluate, inverse
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    correct = lambda out, y: (out.argmax(-1) == y).float()  # noqa: E731
+    functions = [Function(f"task{i}", _batches(i, 10 + i), [_task(i, seed=20 + i)], F.cross_entropy, correct)
+                 for i in (0, 1)]
+    config = CurveConfig((0.1, 0.5), baselines=("random",), random_draws=1, train=True)
+    results = run_study(model, functions, tmp_path, steps=30, lr=0.2, progress=False, random_draws=0, curves=config)
+    for function in functions:
+        methods = results["curves"][function.name]["methods"]
+        assert list(methods) == ["mask task0", "mask task1", "trained task0", "trained task1", "random",
+                                 "random per tensor"]
+        for name in ("task0", "task1"):
+            files = [TrainedMask.load(tmp_path / f"masks/{name}@{d:g}.safetensors", model) for d in (0.1, 0.5)]
+            assert [f.diagnosis["target_density"] for f in files] == [0.1, 0.5]
+            masks = [f.masks for f in files]
+            trained = methods[f"trained {name}"]
+            assert trained["kept"] == [m.density() for m in masks]
+            assert trained["sufficiency"] == [evaluate(model, m, function.eval, correct) for m in masks]
+            assert trained["necessity"] == [evaluate(model, inverse(m), function.eval, correct) for m in masks]
+    assert "masks:task0@0.1,task0@0.5,task1@0.1,task1@0.5" in results["timings"]  # the density masks in one pass
+    assert "trained task0 kept" in (tmp_path / "report.md").read_text()

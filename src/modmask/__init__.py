@@ -8,6 +8,7 @@ from .core.analysis import (check_comparable, exclusive, iomin, iou, overlap_cha
                             overlap_table, probability_histogram, shared_fraction, shared_fraction_chance,
                             stability, union)
 from .core.baselines import BASELINES, importance
+from .core.curves import DENSITIES, CurveConfig, density_curves
 from .core.evaluation import collect, evaluate, half_masks, inverse, random_control, split_layers
 from .core.masking import masked_call
 from .core.mask_config import Execution, MaskConfig
@@ -30,5 +31,5 @@ __all__ = [
     "stability", "overlap_table", "probability_histogram", "Function", "run_study",
     "overlap_chance", "overlap_matrix", "shared_fraction_chance", "check_comparable", "random_masks", "top_masks",
     "random_control", "summarize", "mean_std_text", "importance", "BASELINES",
-    "kl_to_full", "with_full_outputs",
+    "kl_to_full", "with_full_outputs", "CurveConfig", "density_curves", "DENSITIES",
 ]

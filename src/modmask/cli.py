@@ -1,5 +1,5 @@
 """Command line: `modmask list`, `modmask run EXPERIMENT ...`, `modmask sweep EXPERIMENT ...`,
-`modmask report RUN_DIR`."""
+`modmask report RUN_DIR`, `modmask curve RUN_DIR ...`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .allocator import keep_freed_memory
 from .config import ConfigError, field_types
 from .launch.catalogue import EXPERIMENTS, experiment_module, write_report
 from .launch.placement import resolve_device
-from .launch.runner import overrides, run_experiment
+from .launch.runner import overrides, recompute_curves, run_experiment
 from .launch.sweep import SweepError, run_sweep
 from .reporting.half_mask import write_half_mask_figure
 from .tracking import TrackerUnavailable, check_available, parse_track
@@ -63,6 +63,12 @@ def _report(args) -> int:
     return 0
 
 
+def _curve(args) -> int:
+    recompute_curves(args.run_dir, args.set, device=resolve_device(args.device), progress=not args.quiet)
+    print(write_report(args.run_dir))
+    return 0
+
+
 def _half_mask(args) -> int:
     print(write_half_mask_figure(args.run_dirs, args.out))
     return 0
@@ -106,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="rebuild the report of a run or sweep directory, without training")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
+    curve = commands.add_parser("curve", help="recompute the curves over density of a finished run with other "
+                                "curve settings (curves.*), without retraining its masks, and rewrite its report")
+    curve.add_argument("run_dir")
+    curve.add_argument("--set", action="append", default=[], metavar="curves.KEY=VALUE",
+                       help="a curve setting over the run's (densities, baselines, random_draws, subset, enabled, "
+                            "train: also train a mask to each density, once)")
+    curve.add_argument("--quiet", action="store_true", help="no progress bars")
+    curve.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
+    curve.set_defaults(func=_curve)
     half = commands.add_parser("half-mask", help="the half-mask figure across finished runs (paper figure 11)")
     half.add_argument("run_dirs", nargs="+")
     half.add_argument("--out", default="runs/half_mask.png", help="PNG path; a Markdown table is written beside it")

@@ -294,6 +294,20 @@ def test_at_density_breaks_ties_by_position_and_refuses_bad_densities():
             trained.at_density(bad)
 
 
+def test_a_ladder_of_densities_is_top_masks_at_each_from_one_sort():
+    from modmask.core.masks import top_masks, top_masks_ladder
+
+    scores = {"w": torch.randn(7, 5, generator=torch.Generator().manual_seed(0)), "v": torch.zeros(9)}  # ties too
+    densities = [0.05, 0.2, 0.5, 1.0]
+    for per_tensor in (False, True):
+        ladder = top_masks_ladder(scores, densities, per_tensor)
+        assert ladder == [top_masks(scores, d, per_tensor) for d in densities]
+        assert all(((small & ~large).count() == 0) for small, large in zip(ladder, ladder[1:]))  # nested
+    assert [m.count() for m in top_masks_ladder(scores, densities)] == [2, 9, 22, 44]
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
+        top_masks_ladder(scores, [0.1, 1.5])
+
+
 @pytest.mark.parametrize("exact_work", [chance.EXACT_WORK, 0])
 def test_p_values_are_calibrated_under_chance(monkeypatch, exact_work):
     """For independent random masks, p < alpha happens in about (at most) a fraction alpha of draws."""

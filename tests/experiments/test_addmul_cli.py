@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from modmask import cli
 from modmask.runs import stage
@@ -24,7 +25,8 @@ def test_smoke_run_writes_every_artifact(finished):
     for path in ["config.json", "results.json", "report.md", "figures/accuracy.png", "figures/confusion.png",
                  "figures/half_mask.png", "figures/histogram.png", "figures/iou_add_mul.png",
                  "seed-0/metrics.jsonl", "seed-0/timings.json", "seed-0/checkpoints/pretrained.safetensors",
-                 "seed-0/masks/full.safetensors", "seed-0/masks/add.safetensors", "seed-0/masks/mul.safetensors"]:
+                 "seed-0/masks/full.safetensors", "seed-0/masks/add.safetensors", "seed-0/masks/mul.safetensors",
+                 "figures/curves_add.png", "figures/curves_mul.png"]:
         assert (finished / path).exists(), path
     results = json.loads((finished / "results.json").read_text())
     accuracy = results["aggregate"]["accuracy"]
@@ -33,9 +35,12 @@ def test_smoke_run_writes_every_artifact(finished):
     confusion = results["aggregate"]["confusion"]["Full"]
     assert len(confusion) == 2 and len(confusion[0]) == 3
     timings = json.loads((seed / "timings.json").read_text())
-    assert set(timings) == {"pretrain", "mask:full", "mask:add", "mask:mul"}
+    assert set(timings) == {"pretrain", "mask:full", "mask:add", "mask:mul", "curves"}
     report = (finished / "report.md").read_text()
     assert "| + |" in report and "![accuracy](figures/accuracy.png)" in report
+    _assert_curves_are_the_saved_rankings_on_their_functions(finished, [0.01, 0.1, 0.5])
+    assert "## Curves over density" in report and "| + mask |" in report and "| random (per tensor) |" in report
+    assert "![curves mul](figures/curves_mul.png)" in report and "On multiplication: Full mask:" in report
     assert not list(finished.rglob("*.tmp"))
 
 
@@ -82,6 +87,29 @@ def _assert_accuracy_is_the_saved_masks_on_their_functions(out, draws=0):
                 control = random_control(model, masks[name], batches, digits_correct, draws, seed=index, keep=keep)
                 assert accuracy[row][op]["mean"] == pytest.approx(control["mean"] * 100, rel=1e-6), (row, op)
     return accuracy
+
+
+def _assert_curves_are_the_saved_rankings_on_their_functions(out, densities, baselines=(
+        "magnitude", "wanda", "taylor", "random", "random per tensor")):
+    """The curves hold, on the add and the mul validation sets, each saved mask's logit ranking (and
+    the baselines and both random controls) at the run's densities; each mask's values are its
+    ranking evaluated by hand."""
+    from modmask import CurveConfig, TrainedMask, density_curves
+    from modmask.data.arithmetic import digits_correct
+
+    model, _, columns = _saved_model_masks_and_columns(out)
+    curves = json.loads((out / "results.json").read_text())["aggregate"]["curves"]
+    assert set(curves) == {"add", "mul"}
+    for function, column in (("add", "+"), ("mul", "*")):
+        curve = curves[function]
+        assert [d["mean"] for d in curve["densities"]] == densities
+        assert list(curve["methods"]) == ["mask full", "mask add", "mask mul", *baselines]
+        rankings = {f"mask {n}": TrainedMask.load(out / f"seed-0/masks/{n}.safetensors").logits for n in ("add", "mul")}
+        expected = density_curves(model, rankings, columns[column], digits_correct, CurveConfig(densities, ()))
+        for method, values in expected["methods"].items():
+            for side in ("sufficiency", "necessity"):
+                assert [v["mean"] for v in curve["methods"][method][side]] == pytest.approx(values[side]), (function, method)
+    return curves
 
 
 def test_smoke_accuracy_rows_are_their_own_masks(tmp_path):
@@ -145,7 +173,12 @@ def test_resume_after_interruption_gives_the_same_results(finished, tmp_path, mo
     monkeypatch.setattr(stage, "train_masks", real)
     before = {phase: _phase_lines(out, phase) for phase in ("pretrain", "mask:full", "mask:add")}
     assert before["pretrain"] > 0 and before["mask:full"] > 0 and before["mask:add"] == 0
-    assert _run(out, "--set", "execution.joint=false") == 0
+    # resumed with other curve settings (free: they change only the analysis), which the results then use
+    assert _run(out, "--set", "execution.joint=false", "--set", "curves.densities=0.05,0.5") == 0
+    for config in (out / "config.json", out / "seed-0/config.json"):
+        assert json.loads(config.read_text())["curves"]["densities"] == [0.05, 0.5], config
+    curves = json.loads((out / "results.json").read_text())["aggregate"]["curves"]["mul"]
+    assert [d["mean"] for d in curves["densities"]] == [0.05, 0.5]
     assert _phase_lines(out, "pretrain") == before["pretrain"]  # pretraining was not redone
     assert _phase_lines(out, "mask:full") == before["mask:full"]  # nor the finished mask
     assert _phase_lines(out, "mask:add") > 0
@@ -161,8 +194,8 @@ def _phase_lines(out, phase):
     return sum(json.loads(line)["phase"] == phase for line in lines)
 
 
-@pytest.mark.parametrize("joint, phases", [("true", {"pretrain", "masks:full,add,mul"}),
-                                           ("false", {"pretrain", "mask:full", "mask:add", "mask:mul"})])
+@pytest.mark.parametrize("joint, phases", [("true", {"pretrain", "masks:full,add,mul", "curves"}),
+                                           ("false", {"pretrain", "mask:full", "mask:add", "mask:mul", "curves"})])
 def test_a_mask_stage_killed_mid_way_resumes_from_its_checkpoint(finished, tmp_path, joint, phases,
                                                                  kill_joint_stage_after_first_checkpoint):
     """Joint or one at a time, a mask stage killed after its first checkpoint resumes from it: the
@@ -199,10 +232,70 @@ def test_resuming_with_other_settings_is_refused(finished, capsys):
     assert "holds a run with other settings (mask.beta)" in capsys.readouterr().err
 
 
-def test_settings_that_do_not_change_the_results_may_differ_on_resume(finished):
+def test_settings_that_do_not_change_the_results_may_differ_on_resume(finished, caplog):
     assert _run(finished, "--set", "execution.joint=true", "--set", "execution.samples_per_pass=2",
-                "--set", "execution.path=sequential") == 0
-    assert json.loads((finished / "config.json").read_text())["execution"]["joint"] is False  # as it started
+                "--set", "execution.path=sequential", "--set", "curves.random_draws=2") == 0
+    config = json.loads((finished / "config.json").read_text())
+    assert config["execution"]["joint"] is False  # as it started
+    # the finished seed's curves are read, not recomputed: config.json keeps the settings they were made with
+    assert config["curves"]["random_draws"] == 1 and "modmask curve" in caplog.text
+
+
+def _copy_run(finished, out):
+    import shutil
+
+    shutil.copytree(finished, out)  # copy2: the files keep their mtimes
+    return out
+
+
+def test_curve_recomputes_the_curves_of_a_finished_run_without_training(finished, tmp_path):
+    out = _copy_run(finished, tmp_path / "run")
+    untouched = {path: value for path, value in _run_files(out).items()
+                 if path.startswith(("seed-0/masks/", "seed-0/checkpoints/")) or path == "seed-0/metrics.jsonl"}
+    assert len(untouched) == 5  # 3 masks, the pretrained network, the metrics
+    before = json.loads((out / "results.json").read_text())["aggregate"]
+    assert cli.main(["curve", str(out), "--set", "curves.densities=0.02,0.2", "--set", "curves.baselines=random",
+                     "--quiet"]) == 0
+    after = _run_files(out)
+    assert all(after[path] == value for path, value in untouched.items()), "retrained or rewrote masks or pretraining"
+    results = json.loads((out / "results.json").read_text())["aggregate"]
+    assert {k: v for k, v in results.items() if k not in ("curves", "timings")} == \
+           {k: v for k, v in before.items() if k not in ("curves", "timings")}
+    for config in (out / "config.json", out / "seed-0/config.json"):
+        assert json.loads(config.read_text())["curves"]["densities"] == [0.02, 0.2], config
+    assert "| magnitude |" not in (out / "report.md").read_text()
+    _assert_curves_are_the_saved_rankings_on_their_functions(out, [0.02, 0.2], ("random", "random per tensor"))
+    # over the last settings; curves.train trains the masks per density (once), the others stay as they are
+    assert cli.main(["curve", str(out), "--set", "curves.random_draws=2", "--set", "curves.train=true", "--quiet"]) == 0
+    curves = json.loads((out / "results.json").read_text())["aggregate"]["curves"]["add"]
+    assert [d["mean"] for d in curves["densities"]] == [0.02, 0.2] and "sufficiency_std" in curves["methods"]["random"]
+    assert {"trained add", "trained mul"} <= set(curves["methods"]) and (out / "seed-0/masks/mul@0.2.safetensors").exists()
+    assert all(_run_files(out)[path] == value for path, value in untouched.items() if path != "seed-0/metrics.jsonl")
+
+
+def test_curve_refuses_what_it_cannot_do_before_any_work(finished, tmp_path, capsys):
+    assert cli.main(["curve", str(tmp_path / "nothing")]) == 2
+    assert "is not a run directory (it has no config.json)" in capsys.readouterr().err
+    assert cli.main(["curve", str(finished), "--set", "mask.beta=0.5"]) == 2
+    assert "changes curve settings only (curves.*), not ['mask.beta']" in capsys.readouterr().err
+    assert cli.main(["curve", str(finished), "--set", "curves.densities=0.5,0.1"]) == 2
+    assert "strictly increasing" in capsys.readouterr().err
+
+
+def test_seeds_with_curves_of_other_settings_are_not_averaged(finished, tmp_path):
+    """A seed finished before a resume with other curve settings keeps its curves: collect refuses
+    to average them with the others and names the fix."""
+    import shutil
+
+    from modmask.launch.runner import collect, plan
+
+    out = _copy_run(finished, tmp_path / "run")
+    shutil.copytree(out / "seed-0", out / "seed-1")
+    config = json.loads((out / "seed-1/config.json").read_text())
+    config["curves"]["densities"] = [0.02, 0.2]
+    (out / "seed-1/config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="seeds' curves were computed with different settings.*modmask curve"):
+        collect(plan("addmul", "smoke", {}, out))
 
 
 def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
@@ -242,3 +335,23 @@ def test_half_mask_figure_across_runs(finished, tmp_path):
     assert cli.main(["half-mask", str(finished), str(finished), "--out", str(out)]) == 0
     assert out.exists() and "+/* FNN 32x32" in out.with_suffix(".md").read_text()
     assert cli.main(["half-mask", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_the_curves_baselines_score_each_operation_on_fixed_batches_of_it():
+    """taylor and wanda read 8 fixed training batches of the curve's own operation, drawn from the
+    seed (not the mask stage's stream, so a resumed run reads the same)."""
+    from modmask.data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
+    from modmask.data.sampling import RandomBatches
+    from modmask.experiments import addmul
+    from modmask.runs.study import Function
+
+    train = AddMulData.generate("train", 2_000)
+    functions = [Function(name, RandomBatches(train.subset(op), 16, 1234), [], digit_loss, digits_correct, label)
+                 for name, label, op in addmul.STAGES]
+    curves = addmul.curve_functions(functions, addmul.Config(batch_size=16), seed=0)
+    assert [f.name for f in curves] == ["add", "mul"]
+    for function, op in zip(curves, (ADD, MUL)):
+        assert len(function.train) == 8 and function.loss is digit_loss
+        assert all(inputs[:, 40 + op].all() and len(inputs) == 16 for inputs, _ in function.train)  # one-hot op
+    again = addmul.curve_functions(functions, addmul.Config(batch_size=16), seed=0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(curves[0].train, again[0].train))

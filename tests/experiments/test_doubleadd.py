@@ -45,15 +45,59 @@ def test_io_layers():
 
 
 def test_doubleadd_smoke_end_to_end(tmp_path):
-    assert cli.main(["run", "doubleadd", "--preset", "smoke", "--out", str(tmp_path), "--quiet"]) == 0
+    # masks trained hard enough to drop weights (the smoke run's keep every one), so the Full mask differs from all
+    assert cli.main(["run", "doubleadd", "--preset", "smoke", "--out", str(tmp_path), "--quiet",
+                     "--set", "mask.lr=0.3", "--set", "mask.beta=0.01", "--set", "curves.train=true"]) == 0
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
     assert set(agg["accuracy"]) >= {"Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"}
     assert set(agg["accuracy"]["Full"]) == {"pair 1", "pair 2"}
     assert "control" in agg and agg["control"]["masks"]["overlap"]["pair1|pair2"]
     for name in ["report.md", "figures/accuracy.png", "figures/accuracy_io_from_full.png",
                  "figures/control_accuracy.png", "figures/control/iou_pair1_pair2.png", "figures/half_mask.png",
-                 "seed-0/masks/control_pair2.safetensors"]:
+                 "seed-0/masks/control_pair2.safetensors", "figures/curves_pair1.png",
+                 "figures/curves_io_from_full_pair2.png"]:
         assert (tmp_path / name).exists(), name
+    _assert_curves_of_the_pair_masks(tmp_path, agg)
+
+
+def _assert_curves_of_the_pair_masks(out, agg):
+    """Both pairs under each pair mask's ranking (and the masks trained to each density), over all
+    masked tensors and over the hidden layer only, the input and output layers then kept as the saved
+    Full mask keeps them (pinned: the metric with the whole hidden layer kept, and with none of it)."""
+    from safetensors.torch import load_model
+
+    from modmask import Masks, TrainedMask, evaluate
+    from modmask.data.arithmetic import DoubleAddData
+    from modmask.data.sampling import fixed_batches
+    from modmask.experiments.doubleadd import Config, _pair_correct, build_model
+
+    model = build_model(Config(hidden=(32, 32)), seed=0)
+    load_model(model, str(out / "seed-0/checkpoints/pretrained.safetensors"))
+    full = TrainedMask.load(out / "seed-0/masks/full.safetensors", model).masks
+    valid = fixed_batches(DoubleAddData.generate("valid", 1_000), 1000)
+    io = ["net.layers.0.weight", "net.layers.2.weight"]
+    assert not all(full[n].all() for n in io)  # the rest mask differs from full weights
+    for key, subset in (("curves", list(full)), ("curves_io_from_full", ["net.layers.1.weight"])):
+        assert set(agg[key]) == {"pair1", "pair2"}
+        for pair, name in enumerate(("pair1", "pair2")):
+            curve = agg[key][name]
+            assert curve["subset"] == subset and [d["mean"] for d in curve["densities"]] == [0.01, 0.1, 0.5]
+            # the masks trained to each density (curves.train) in the curves over all masked tensors only
+            trained = ["trained pair1", "trained pair2"] if key == "curves" else []
+            assert list(curve["methods"]) == ["mask pair1", "mask pair2", *trained, "magnitude", "wanda", "taylor",
+                                              "random", "random per tensor"]
+            outside = {} if key == "curves" else full.only(io)
+            empty = {**outside, **{n: full[n] & False for n in subset}}
+            assert curve["full"]["mean"] == pytest.approx(evaluate(model, outside, valid, _pair_correct(pair)))
+            assert curve["empty"]["mean"] == pytest.approx(evaluate(model, Masks(empty), valid, _pair_correct(pair)))
+    for pair, name in enumerate(("pair1", "pair2")):  # each pair's mask at 10% on its own pair
+        at = TrainedMask.load(out / f"seed-0/masks/{name}@0.1.safetensors", model)
+        assert at.diagnosis["target_density"] == 0.1
+        values = agg["curves"][name]["methods"][f"trained {name}"]
+        assert values["sufficiency"][1]["mean"] == pytest.approx(evaluate(model, at.masks, valid, _pair_correct(pair)))
+    report = (out / "report.md").read_text()
+    assert "### Curves over density, hidden layers only" in report and "| Pair 2 mask |" in report
+    assert "![curves_io_from_full pair1](figures/curves_io_from_full_pair1.png)" in report
 
 
 def test_doubleadd_lstm_smoke(tmp_path):
@@ -64,10 +108,15 @@ def test_doubleadd_lstm_smoke(tmp_path):
 
 
 def test_each_pair_mask_trains_on_its_own_pair_inputs():
+    """The pair masks train on their own pair's inputs, and the curves' baselines score each pair on
+    the same (8 fixed batches)."""
     from modmask.data.arithmetic import DoubleAddData
-    from modmask.experiments.doubleadd import Config, _functions
-    functions = _functions(DoubleAddData.generate("valid", 64), [], Config(batch_size=8), seed=0)
-    for pair, function in zip((0, 1), functions[1:]):
+    from modmask.experiments.doubleadd import Config, _curve_functions, _functions
+    data = DoubleAddData.generate("valid", 64)
+    functions = _functions(data, [], Config(batch_size=8), seed=0)
+    curve_functions = _curve_functions(data, [], Config(batch_size=8), seed=0)
+    assert [f.name for f in curve_functions] == ["pair1", "pair2"] and all(len(f.train) == 8 for f in curve_functions)
+    for pair, function in [*zip((0, 1), functions[1:]), *zip((0, 1), curve_functions)]:
         x, _ = next(iter(function.train))
         shown = slice(pair * 40, pair * 40 + 40)
         hidden = slice((1 - pair) * 40, (1 - pair) * 40 + 40)
@@ -92,3 +141,7 @@ def test_a_doubleadd_joint_stage_killed_mid_way_resumes_to_the_same_masks(tmp_pa
         resumed = TrainedMask.load(tmp_path / f"killed/seed-0/masks/{name}.safetensors").logits
         whole = TrainedMask.load(tmp_path / f"whole/seed-0/masks/{name}.safetensors").logits
         assert all(torch.equal(resumed[n], whole[n]) for n in whole), name
+    # the baselines read fixed batches drawn from the seed, not the mask stage's: the same after a resume
+    resumed, whole = (json.loads((tmp_path / f"{run}/results.json").read_text())["aggregate"]["curves"]
+                      for run in ("killed", "whole"))
+    assert resumed == whole

@@ -31,3 +31,49 @@ def test_doubleadd_says_whether_removing_pair_1_spares_pair_2_against_random_rem
     assert "the masks are not functionally separate" in doubleadd.finding(_doubleadd_aggregate(20))
     assert "costs pair 2 about what removing random weights does" in doubleadd.finding(_doubleadd_aggregate(55))
     assert "the masks are functionally separate" in doubleadd.finding(_doubleadd_aggregate(90))
+
+
+def _curve(areas: dict[str, tuple[float, float]]) -> dict:
+    """A curves result (core.curves.density_curves) with these (sufficiency, necessity) areas."""
+    methods = {m: {"sufficiency": [0.5, 0.9], "necessity": [0.5, 0.1], "sufficiency_area": s, "necessity_area": n}
+               for m, (s, n) in areas.items()}
+    return {"densities": [0.01, 0.1], "subset": ["w"], "full": 1.0, "empty": 0.0, "methods": methods}
+
+
+def test_curves_say_where_a_mask_beats_the_best_baseline_and_which_random_control_they_rest_on():
+    from modmask.reporting.study import curves_finding
+    from modmask.runs import aggregate
+
+    curve = _curve({"mask add": (0.9, 0.3), "mask mul": (0.1, 0.62), "magnitude": (0.5, 0.2),
+                    "random": (0.2, 0.6), "random per tensor": (0.3, 0.4)})
+    text = curves_finding(curve, "addition", {"mask add": "+ mask"})
+    assert text.startswith("On addition: + mask: sufficiency area 0.90 beats the best baseline, magnitude (0.50, +0.40)")
+    assert "necessity area 0.30 does not beat the best baseline, random (pooled) (0.60, -0.30), so it beats every " \
+           "baseline on sufficiency only." in text
+    assert "mask mul: sufficiency area 0.10 does not beat" in text and "necessity area 0.62 matches" in text
+    assert ("they rest on the stricter random control of each side: for sufficiency on random (per tensor) (area "
+            "0.30; random (pooled) 0.20); for necessity on random (pooled) (area 0.60; random (per tensor) 0.40).") in text
+    # aggregated over seeds: the means decide
+    other = _curve({"mask add": (0.7, 0.3), "mask mul": (0.1, 0.62), "magnitude": (0.5, 0.2),
+                    "random": (0.2, 0.6), "random per tensor": (0.3, 0.4)})
+    assert "sufficiency area 0.80 beats the best baseline, magnitude (0.50, +0.30)" in curves_finding(
+        aggregate([curve, other]), "addition")
+    assert "does not depend on these weights" in curves_finding({**curve, "note": "the function does not depend on "
+                                                                              "these weights"}, "addition")
+
+
+def test_curves_section_renders_one_run_and_an_aggregate_over_seeds(tmp_path):
+    """One run's curves (plain numbers) and curves aggregated over seeds ({"mean", "std", "n"} leaves):
+    the same table (areas with their spread over seeds), a figure and the verdict."""
+    from modmask.reporting.study import curves_section
+    from modmask.runs import aggregate
+
+    one = _curve({"mask add": (0.9, 0.3), "magnitude": (0.5, 0.2), "random": (0.2, 0.6), "random per tensor": (0.3, 0.4)})
+    other = _curve({"mask add": (0.7, 0.5), "magnitude": (0.5, 0.2), "random": (0.2, 0.6), "random per tensor": (0.3, 0.4)})
+    figures = tmp_path / "figures"
+    single = curves_section({"add": one}, {"add": "addition"}, figures, labels={"mask add": "+ mask"})
+    assert "| + mask | 0.900 | 0.300 |" in single and "| random (pooled) | 0.200 | 0.600 |" in single
+    assert "![curves add](figures/curves_add.png)" in single and (figures / "curves_add.png").exists()
+    seeds = curves_section({"add": aggregate([one, other])}, {"add": "addition"}, figures, name="seeds")
+    assert "| mask add | 0.800 ± 0.141 | 0.400 ± 0.141 |" in seeds and "On addition: mask add: sufficiency area 0.80" in seeds
+    assert (figures / "seeds_add.png").exists()

@@ -173,3 +173,14 @@ def test_overlap_heatmap_writes_png_with_chance_annotations(tmp_path):
                               {"IoU": matrix["iou_chance"], "IoMin": [[0.0]]})
     with pytest.raises(ValueError, match="chance has scores"):
         plots.overlap_heatmap(tmp_path / "x.png", matrix["labels"], observed, {"IoU": matrix["iou_chance"]})
+
+
+def test_curve_panels_two_panels_log_density_bands_and_references(tmp_path):
+    out = plots.curve_panels(tmp_path / "curves.png", [0.002, 0.01, 0.5],
+                             {"sufficiency": {"mask add": [0.9, 1.0, 1.0], "random": [0.1, 0.2, 0.8]},
+                              "necessity": {"mask add": [0.2, 0.1, 0.0], "random": [0.9, 0.8, 0.3]}},
+                             errors={"sufficiency": {"random": [0.05, 0.05, 0.1]}},
+                             references={"full": 1.0, "empty": 0.1}, title="add")
+    assert_png(out, tmp_path)
+    with pytest.raises(ValueError, match="necessity series 'random' has 2 values but there are 3 densities"):
+        plots.curve_panels(tmp_path / "bad.png", [0.002, 0.01, 0.5], {"necessity": {"random": [0.9, 0.8]}})

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -181,21 +181,40 @@ def top_masks(scores: Mapping[str, torch.Tensor], density: float, per_tensor: bo
     round(density * n) in every tensor of n. Ties are broken by position: the earlier tensor (in
     `scores` order), then the lower flat index, so a selection is reproducible.
     """
-    if not 0 < density <= 1:  # also refuses NaN
-        raise ValueError(f"density must be in (0, 1] (a fraction of the masked weights), got {density}")
+    return top_masks_ladder(scores, [density], per_tensor)[0]
+
+
+def top_masks_ladder(scores: Mapping[str, torch.Tensor], densities: Sequence[float],
+                     per_tensor: bool = False) -> list[Masks]:
+    """`top_masks` at every density of a ladder, from one sort of the scores (a curve over density
+    reads one ranking many times; sorting millions of weights once per density would dominate it).
+    The masks are nested: each keeps the weights of every smaller density."""
+    for density in densities:
+        if not 0 < density <= 1:  # also refuses NaN
+            raise ValueError(f"density must be in (0, 1] (a fraction of the masked weights), got {density}")
     flat = {n: s.detach().cpu().flatten() for n, s in scores.items()}
 
-    def top(values: torch.Tensor) -> torch.Tensor:
-        # a stable sort of the negated scores keeps equal scores in position order
-        keep = torch.zeros(len(values), dtype=torch.bool)
-        keep[torch.sort(-values.double(), stable=True).indices[:math.floor(density * len(values) + 0.5)]] = True
+    def order(values: torch.Tensor) -> torch.Tensor:
+        # [n] positions, highest score first; a stable sort of the negated scores keeps ties in position order
+        return torch.sort(-values.double(), stable=True).indices
+
+    def top(ranked: torch.Tensor, density: float) -> torch.Tensor:
+        keep = torch.zeros(len(ranked), dtype=torch.bool)
+        keep[ranked[:math.floor(density * len(ranked) + 0.5)]] = True
         return keep
 
+    sizes = [len(v) for v in flat.values()]
+    ladder = []
     if per_tensor:
-        kept = {n: top(v) for n, v in flat.items()}
+        orders = {n: order(v) for n, v in flat.items()}
+        for density in densities:
+            ladder.append(Masks({n: top(orders[n], density).view(scores[n].shape) for n in flat}))
     else:
-        kept = dict(zip(flat, top(torch.cat(list(flat.values()))).split([len(v) for v in flat.values()])))
-    return Masks({n: kept[n].view(scores[n].shape) for n in flat})
+        pooled = order(torch.cat(list(flat.values()))) if flat else torch.zeros(0, dtype=torch.long)
+        for density in densities:
+            kept = dict(zip(flat, top(pooled, density).split(sizes)))
+            ladder.append(Masks({n: kept[n].view(scores[n].shape) for n in flat}))
+    return ladder
 
 
 def random_masks(masks: Masks, generator: torch.Generator | int = 0, within: Masks | None = None) -> Masks:

@@ -4,16 +4,20 @@
 Pretrain an FNN or LSTM on a mix of a+b and a*b (mod 100), then train masks on all data (Full),
 on additions only (+) and on multiplications only (*), biases unmasked. Measured: accuracy on
 the add and mul validation sets under Full, +, not +, *, not *; the operation confusion under
-each mask; per-layer weights, IoU and IoMin of the + and * masks; the half-mask test on Full.
+each mask; per-layer weights, IoU and IoMin of the + and * masks; the half-mask test on Full; the
+curves over density of the Full, + and * masks' logit rankings on addition and on multiplication
+beside the pruning baselines (no extra training; the other operation's curve is the specificity).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from ..core.curves import CurveConfig
 from ..core.evaluation import collect, inverse
 from ..core.mask_config import Execution, MaskConfig
 from ..data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
@@ -21,7 +25,8 @@ from ..data.sampling import RandomBatches, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from ..runs import RunDir
-from ..runs.study import Function, function_masks, half_mask_test, mask_statistics, removal_controls, removal_matrix
+from ..runs.study import (Function, density_masks, function_masks, half_mask_test, mask_statistics, removal_controls,
+                          removal_matrix, study_curves)
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 
@@ -40,12 +45,14 @@ class Config:
     mask: MaskConfig = MaskConfig(steps=20_000, k=4, beta=1e-4, lr=1e-2, grad_clip=1.0)
     execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     random_draws: int = 5  # random masks per control of each mask and inverse mask (0: none)
+    curves: CurveConfig = CurveConfig()  # curves over density of the masks' rankings; may change on resume
     checkpoint_every: int = 2000
 
 
 PRESETS = {
     "smoke": dict(hidden=(32, 32), lstm_hidden=16, train_size=20_000, valid_size=1_000,
-                  pretrain_steps=150, mask=dict(steps=40), checkpoint_every=100),
+                  pretrain_steps=150, mask=dict(steps=40), checkpoint_every=100,
+                  curves=dict(densities=(0.01, 0.1, 0.5), random_draws=1)),
     # the paper's small FNN with the paper's step counts (7-9 minutes on 2 CPU cores, masks jointly)
     "small": dict(hidden=(400, 400, 200)),
     # a narrower LSTM (the paper's has 256 units) and fewer steps, to fit minutes on 2 CPU cores
@@ -126,6 +133,25 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     half = half_mask_test(model, masks["full"], fixed_batches(valid, 1000), digits_correct, "ceil")
 
-    return {"accuracy": accuracy, "control_std": control_std, "random_draws": config.random_draws,
-            "confusion": confusion, "half_mask": half,
-            "masks": mask_statistics(trained, compare=["add", "mul"]), "timings": run_dir.timings()}
+    results = {"accuracy": accuracy, "control_std": control_std, "random_draws": config.random_draws,
+               "confusion": confusion, "half_mask": half, "masks": mask_statistics(trained, compare=["add", "mul"])}
+    if config.curves.enabled:
+        trained_at = None
+        if config.curves.train:  # a mask trained to each density, per operation, on streams of their own
+            streams = [replace(f, train=RandomBatches(f.train.data, config.batch_size, 5678 + seed))
+                       for f in functions if f.name in ("add", "mul")]
+            trained_at = density_masks(model, streams, run_dir, config.mask, config.execution, config.curves.densities,
+                                       seed=seed, progress=progress, checkpoint_every=config.checkpoint_every)
+        with run_dir.timed("curves"):
+            results["curves"] = study_curves(model, curve_functions(functions, config, seed), trained, config.curves,
+                                             rest=masks["full"], seed=seed, trained_at=trained_at)
+    results["timings"] = run_dir.timings()
+    return results
+
+
+def curve_functions(functions: list[Function], config: Config, seed: int, batches: int = 8) -> list[Function]:
+    """The + and * functions of the curves, each with `batches` fixed training batches of its own
+    operation for the baselines that read data (taylor, wanda): drawn afresh from the seed, so a
+    resumed run (whose mask batches were never drawn) scores with the same ones."""
+    return [replace(f, train=list(itertools.islice(RandomBatches(f.train.data, config.batch_size, 4321 + seed), batches)))
+            for f in functions if f.name in ("add", "mul")]

@@ -6,16 +6,20 @@ Full (both pairs), Pair 1 (pair 2's inputs zeroed, loss on pair 1) and Pair 2. I
 reused one adder, the Pair 1 and Pair 2 masks would overlap much; the paper finds they do not. The
 copy-weight control makes pair 1's input and output weights copies of pair 2's, so perfect reuse
 is possible: there the overlap should rise, showing the method can detect reuse when it exists.
+The pair masks are also read as rankings of their logits (no extra training): curves over density
+on both pairs beside the pruning baselines, over all masked tensors and over the hidden layers only.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from ..core.curves import CurveConfig
 from ..core.evaluation import evaluate, inverse, random_control
 from ..core.mask_config import Execution, MaskConfig
 from ..data.arithmetic import DoubleAddData, digit_loss, digits_correct, only_pair, pair_outputs
@@ -23,7 +27,7 @@ from ..data.sampling import MappedBatches, RandomBatches, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
 from .pretrain import pretrain
 from ..runs import RunDir
-from ..runs.study import Function, function_masks, half_mask_test, mask_statistics
+from ..runs.study import Function, density_masks, function_masks, half_mask_test, mask_statistics, study_curves
 
 DESCRIPTION = "double addition: do networks reuse weights for the same function? (FNN or LSTM)"
 
@@ -45,6 +49,7 @@ class Config:
     execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     control: bool = True  # also run the copy-weight control
     random_draws: int = 5  # random masks per control of each pair mask and inverse mask (0: none)
+    curves: CurveConfig = CurveConfig()  # curves over density of the pair masks' rankings; may change on resume
     checkpoint_every: int = 2000
 
     def variant_defaults(self) -> dict:
@@ -53,7 +58,8 @@ class Config:
 
 PRESETS = {
     "smoke": dict(hidden=(32, 32), lstm_hidden=16, train_size=20_000, valid_size=1_000,
-                  pretrain_steps=150, mask=dict(steps=40), checkpoint_every=100),
+                  pretrain_steps=150, mask=dict(steps=40), checkpoint_every=100,
+                  curves=dict(densities=(0.01, 0.1, 0.5), random_draws=1)),
     # a narrower FNN than the paper's (800x4 small, 2000x4 big) and half the mask steps: minutes on 2 cores
     "small": dict(hidden=(200, 200, 100), mask=dict(steps=10_000)),
     "small-lstm": dict(model="lstm", lstm_hidden=128, pretrain_steps=10_000, mask=dict(steps=5_000), control=False),
@@ -139,6 +145,30 @@ def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draw
     return accuracy
 
 
+def _curve_functions(train: DoubleAddData, valid_batches, config: Config, seed: int, batches: int = 8) -> list[Function]:
+    """Pair 1 and pair 2 as functions of the curves: each scored on the validation set (both pairs
+    shown), with `batches` fixed training batches of its own pair (the other pair's inputs zeroed, as
+    its mask trained) for the baselines that read data, drawn afresh from the seed so that a resumed
+    run scores with the same ones."""
+    return [Function(f"pair{pair + 1}", list(itertools.islice(_only_pair_batches(
+        RandomBatches(train, config.batch_size, 4321 + seed + pair), pair), batches)), valid_batches,
+        _pair_loss(pair), _pair_correct(pair), f"Pair {pair + 1}") for pair in (0, 1)]
+
+
+def pair_curves(model, trained: dict, full, io: list[str], functions: list[Function], config: CurveConfig, seed: int,
+                trained_at: dict | None = None) -> dict:
+    """The curves of the pair masks' rankings on both pairs, twice: over the masked tensors that
+    config.subset selects (all by default), and over the hidden layers only with the input and output
+    layers `io` kept from the Full mask (the paper's second inverse-mask variant); the second is left
+    out where no hidden layer is masked. trained_at: masks trained to each density (config.train),
+    in the first only (they were trained to their density over all masked tensors)."""
+    pairs = {name: trained[name] for name in ("pair1", "pair2")}
+    hidden = [n for n in full if n not in set(io)]
+    return {"curves": study_curves(model, functions, pairs, config, rest=full, seed=seed, trained_at=trained_at),
+            **({"curves_io_from_full": study_curves(model, functions, pairs, replace(config, subset=tuple(hidden)),
+                                                    rest=full, seed=seed)} if hidden else {})}
+
+
 def _study(model, run_dir: RunDir, prefix: str, config: Config, seed: int, train, valid_batches, progress):
     functions = [replace(f, name=prefix + f.name) for f in _functions(train, valid_batches, config, seed)]
     trained = function_masks(model, functions, run_dir, config.mask, config.execution, seed, progress,
@@ -164,6 +194,17 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                "masks": mask_statistics(trained, compare=["pair1", "pair2"])}
 
     results["half_mask"] = half_mask_test(model, masks["full"], valid, digits_correct, "floor")
+    if config.curves.enabled:
+        trained_at = None
+        if config.curves.train:  # a mask trained to each density, per pair, on a stream of its own pair
+            streams = [Function(f"pair{pair + 1}", _only_pair_batches(RandomBatches(train, config.batch_size,
+                                                                                    5678 + seed + pair), pair),
+                                valid, _pair_loss(pair), _pair_correct(pair), f"Pair {pair + 1}") for pair in (0, 1)]
+            trained_at = density_masks(model, streams, run_dir, config.mask, config.execution, config.curves.densities,
+                                       seed=seed, progress=progress, checkpoint_every=config.checkpoint_every)
+        with run_dir.timed("curves"):
+            results.update(pair_curves(model, trained, masks["full"], io, _curve_functions(train, valid, config, seed),
+                                       config.curves, seed, trained_at))
 
     if config.control:
         control = copy_pair_weights(model)

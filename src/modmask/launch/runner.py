@@ -2,12 +2,19 @@
 directory (resuming what is there), and aggregate the finished seeds (mean and standard deviation).
 
 `run_seed` runs one seed and `collect` aggregates, so a sweep can run the seeds of one run
-directory as separate tasks (launch/sweep.py); `run_experiment` is both in a row.
+directory as separate tasks (launch/sweep.py); `run_experiment` is both in a row. `recompute_curves`
+re-runs the analysis of a finished run with other curve settings, without training.
+
+Settings groups of two kinds may differ when a run resumes: `execution` (how steps run; config.json
+keeps the values the run started with) and the analysis groups (`curves`: what is measured of the
+trained masks), which config.json records as the results were computed with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from ..config import ConfigError, build, parse_overrides, resolve, to_json
+from ..config import ConfigError, build, field_types, flatten, parse_overrides, resolve, to_json
+from ..core.curves import CurveConfig
 from ..core.mask_config import Execution
 from ..runs import RunDir, aggregate, read_json, seed_dir, seed_finished, write_json
 from ..runs.legacy import legacy_keys, upgrade
@@ -48,8 +56,32 @@ class Plan:
     def check(self, path: Path) -> RunDir:
         """The run directory at `path`, its config.json written or checked against this plan."""
         run = RunDir(path)
-        run.check_config(self.described, self.normalise, free=[f"execution.{f.name}" for f in dataclasses.fields(Execution)])
+        free = [f"{group}.{f.name}" for group, record in (("execution", Execution), *ANALYSIS.items())
+                for f in dataclasses.fields(record)]
+        run.check_config(self.described, self.normalise, free=free)
         return run
+
+    def analysis(self, path: Path) -> dict:
+        """The analysis groups (ANALYSIS) of the config.json in `path`, in today's form."""
+        return _analysis_of(self.normalise(read_json(Path(path) / "config.json")))
+
+
+# settings groups that change only the analysis of trained masks, never what trains: free to change
+# when a run resumes, and recorded in config.json as the results there were computed with them
+ANALYSIS = {"curves": CurveConfig}
+
+
+def _analysis_of(described: dict) -> dict:
+    return {group: described[group] for group in ANALYSIS if group in described}
+
+
+def record_analysis(path: Path, described: dict) -> None:
+    """Rewrite the analysis groups of path/config.json to those of `described` (a config as
+    config.json holds it): the settings the results there are, or are about to be, computed with."""
+    saved = read_json(Path(path) / "config.json")
+    groups = _analysis_of(described)
+    if any(saved.get(group) != value for group, value in groups.items()):
+        write_json(Path(path) / "config.json", {**saved, **groups})
 
 
 def overrides(name: str, pairs: Sequence[str]) -> dict:
@@ -82,10 +114,14 @@ def run_seed(plan: Plan, seed: int, *, device: torch.device | str = "cpu", progr
     run = plan.check(seed_dir(plan.out, seed))
     results_path = run.path / "results.json"
     if not results_path.exists():
+        record_analysis(run.path, plan.described)  # the results will use this run's curve settings
         with open_trackers(track, run.path, f"{plan.out.name}/seed-{seed}", plan.described) as trackers:
             run.on_log = trackers.log
             results = plan.module.run(plan.config, run, seed, progress=progress, device=torch.device(device))
         write_json(results_path, results)
+    elif plan.analysis(run.path) != _analysis_of(plan.described):
+        logging.warning("%s is finished: its curves keep the settings they were computed with (config.json); "
+                        "`modmask curve %s --set curves.KEY=VALUE` recomputes them without training", run.path, plan.out)
     return read_json(results_path)
 
 
@@ -104,9 +140,16 @@ def collect(plan: Plan, seeds: Sequence[int] | None = None) -> dict:
         raise FileNotFoundError(f"{plan.out}: seed(s) {missing} have no results.json yet")
     for seed in seeds:
         plan.check(seed_dir(plan.out, seed))  # a seed copied in from elsewhere must have the same settings
+    analyses = {seed: plan.analysis(seed_dir(plan.out, seed)) for seed in seeds}
+    if len({json.dumps(a, sort_keys=True) for a in analyses.values()}) > 1:
+        raise ValueError(f"{plan.out}: the seeds' curves were computed with different settings "
+                         f"({'; '.join(f'seed {s}: {a}' for s, a in analyses.items())}), so they cannot be averaged; "
+                         f"run `modmask curve {plan.out} --set curves.KEY=VALUE ...` to recompute them all alike")
+    analysis = analyses[seeds[0]]
+    record_analysis(plan.out, analysis)
     per_seed = [read_json(seed_dir(plan.out, seed) / "results.json") for seed in seeds]
-    summary = {"experiment": plan.name, "preset": plan.preset, "config": plan.described, "seeds": len(seeds),
-               "seed_list": seeds, "aggregate": aggregate(per_seed), "per_seed": per_seed}
+    summary = {"experiment": plan.name, "preset": plan.preset, "config": {**plan.described, **analysis},
+               "seeds": len(seeds), "seed_list": seeds, "aggregate": aggregate(per_seed), "per_seed": per_seed}
     write_json(plan.out / "results.json", summary)
     return summary
 
@@ -120,4 +163,41 @@ def run_experiment(name: str, preset: str, values: Mapping[str, Any] | None, out
     resolved = plan(name, preset, values, out)
     for seed in seeds:
         run_seed(resolved, seed, device=device, progress=progress, track=track)
+    return collect(resolved)
+
+
+def recompute_curves(out: str | Path, pairs: Sequence[str] = (), *, device: torch.device | str = "cpu",
+                     progress: bool = True) -> dict:
+    """Re-run the analysis of every finished seed of the run directory `out` with its config.json
+    and the curve settings `pairs` ("curves.KEY=VALUE") over it, without retraining: each seed's
+    run() runs again, loading its pretrained network and masks from their files (only masks that do
+    not exist yet train: those of curves.train, once), and its new results replace results.json
+    atomically (a failure leaves the old ones); then the seeds are aggregated again (collect).
+    Raises before any work for a directory that is not a run, an experiment without curves, a key
+    that is not a curve setting, or a run with no finished seed."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        raise FileNotFoundError(f"{out} is not a run directory (it has no config.json): pass the directory "
+                                f"`modmask run` wrote (its --out), e.g. runs/addmul-small")
+    saved = upgrade(read_json(out / "config.json"))
+    name = saved.get("experiment")
+    module = experiment_module(name)
+    if not any(key.startswith("curves.") for key in field_types(module.Config)):
+        raise ConfigError(f"experiment {name!r} computes no curves over density (its config has no curves group)")
+    values = overrides(name, list(pairs))
+    others = sorted(key for key in values if not key.startswith("curves."))
+    if others:
+        raise ConfigError(f"modmask curve changes curve settings only (curves.*), not {others}: other settings "
+                          f"change what trains, so run them with `modmask run` into another --out")
+    stored = flatten({k: v for k, v in saved.items() if k not in ("experiment", "preset")})
+    resolved = plan(name, saved.get("preset"), {**stored, **values}, out)
+    seeds = finished_seeds(out)
+    if not seeds:
+        raise FileNotFoundError(f"{out} has no finished seed (seed-<i>/results.json): finish the run first "
+                                f"(modmask run {name} --out {out} ...)")
+    for seed in seeds:
+        run = resolved.check(seed_dir(out, seed))
+        results = resolved.module.run(resolved.config, run, seed, progress=progress, device=torch.device(device))
+        record_analysis(run.path, resolved.described)
+        write_json(run.path / "results.json", results)
     return collect(resolved)

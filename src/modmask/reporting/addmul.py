@@ -8,12 +8,19 @@ import numpy as np
 
 from ..core.training import TrainedMask
 from . import plots
-from .study import half_mask_section, histogram_figure, overlap_section, save_report
+from .study import curves_section, half_mask_section, histogram_figure, overlap_section, save_report
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]
 # with the random controls (runs/study.removal_controls) beside each mask and inverse mask
 CONTROLLED = ["Full", "+", "random +", "¬+", "random ¬+", "*", "random *", "¬*", "random ¬*"]
+CURVE_LABELS = {"mask full": "Full mask", "mask add": "+ mask", "mask mul": "* mask"}
+CURVES_INTRO = ("Each mask read as a ranking of its logits (no extra training): the top d of its weights kept "
+                "(sufficiency) or removed (necessity), on the add and the mul validation sets, beside the pruning "
+                "baselines and random weights at the same densities. A mask's own operation should need its top "
+                "weights more than any baseline's; its curve on the other operation is its specificity (low areas: "
+                "the other operation does not run on them). The single inverse mask above is one point of such a "
+                "curve, where random removal of its size may already destroy an operation.")
 PAPER_FINDING = ("The paper (poster, P_specialize): \"there is some separation, but it is not perfect\": "
                  "removing the weights of the + mask (¬+) destroys addition while multiplication stays "
                  "largely intact, and vice versa; the + and * masks still share part of their weights.")
@@ -126,6 +133,9 @@ def write_report(out: Path, summary: dict) -> Path:
            f"draws (the table's ± is over seeds).", ""] if conditions is CONTROLLED else []),
         "![accuracy](figures/accuracy.png)", "",
         f"Without any mask: + {fmt(acc['No mask']['+'])}, * {fmt(acc['No mask']['*'])}.", "",
+        *(["## Curves over density", "", CURVES_INTRO, "",
+           curves_section(agg["curves"], {"add": "addition", "mul": "multiplication"}, figures, labels=CURVE_LABELS),
+           ""] if "curves" in agg else []),
         "## Weights of the + and * masks per layer", "",
         overlap_section({**agg["masks"], "shared_fraction": agg["masks"]["shared_fraction"]}, figures), "",
         "### The masks as pictures", "",

@@ -5,13 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import half_mask_section, histogram_figure, overlap_section, save_report
+from .study import curves_section, half_mask_section, histogram_figure, overlap_section, save_report
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]
 CONTROLLED = ["Full", "Pair 1", "random Pair 1", "¬Pair 1", "random ¬Pair 1", "Pair 2", "random Pair 2", "¬Pair 2",
               "random ¬Pair 2"]
 PAIRS = ("pair 1", "pair 2")
+CURVE_TITLES = {"pair1": "pair 1", "pair2": "pair 2"}
+CURVE_LABELS = {"mask pair1": "Pair 1 mask", "mask pair2": "Pair 2 mask"}
+CURVES_INTRO = ("Each pair mask read as a ranking of its logits (no extra training): the top d of its weights kept "
+                "(sufficiency) or removed (necessity), on each pair, beside the pruning baselines and random weights "
+                "at the same densities. Without reuse, a pair's own mask ranks the weights that pair needs above "
+                "every baseline, and the other pair's mask ranks few of them (low areas on the other pair).")
 PAPER_FINDING = ("The paper (poster, P_reuse): \"there is no reuse\": the Pair 1 and Pair 2 masks overlap "
                  "little in most layers, and removing the Pair 1 mask leaves pair 2 mostly intact. When "
                  "pair 1's input and output weights are copies of pair 2's (the control), perfect reuse "
@@ -80,10 +86,17 @@ def write_report(out: Path, summary: dict) -> Path:
         "## Finding", "", PAPER_FINDING, "", finding(agg), "",
         "## Per-pair accuracy under each mask [%]", "",
         _accuracy_section(agg["accuracy"], figures / "accuracy.png", "Per-pair accuracy"), "",
+        *(["### Curves over density", "", CURVES_INTRO, "",
+           curves_section(agg["curves"], CURVE_TITLES, figures, labels=CURVE_LABELS), ""] if "curves" in agg else []),
         f"With the input and output layers ({', '.join(agg['io_layers'])}) kept from the Full mask in the "
         "inverse masks (the paper's second variant):", "",
         _accuracy_section(agg["accuracy_io_from_full"], figures / "accuracy_io_from_full.png",
                           "Per-pair accuracy, I/O layers from the Full mask"), "",
+        *(["### Curves over density, hidden layers only", "",
+           "The same curves with the weights chosen among the hidden layers only, the input and output layers "
+           "kept as the Full mask keeps them:", "",
+           curves_section(agg["curves_io_from_full"], CURVE_TITLES, figures, name="curves_io_from_full",
+                          labels=CURVE_LABELS), ""] if "curves_io_from_full" in agg else []),
         "## Overlap of the Pair 1 and Pair 2 masks", "", overlap_section(agg["masks"], figures), "",
     ]
     if "control" in agg:

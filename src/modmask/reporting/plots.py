@@ -1,4 +1,5 @@
-"""Figures for the reports: grouped bars, confusion grids, histograms, mask images, sweep lines.
+"""Figures for the reports: grouped bars, confusion grids, histograms, mask images, sweep lines,
+curves over density.
 
 Each function draws one of the figure kinds of the paper (its figures of masks, overlaps and removal) from plain
 Python data (lists, dicts, numpy arrays; tensors are accepted and converted), writes a PNG
@@ -17,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 DPI = 120
 # Pixel colours of the paper's mask visualisation (figure 7 in the spec), RGB in [0, 1].
@@ -275,6 +276,48 @@ def line_plot(path, x: list, series: dict[str, list[float]], errors: dict[str, l
     ax.grid(alpha=0.3)
     if series:
         ax.legend()
+    return _save(fig, path)
+
+
+def curve_panels(path, densities: list[float], panels: dict[str, dict[str, list[float]]],
+                 errors: dict[str, dict[str, list[float]]] | None = None,
+                 references: dict[str, float] | None = None, ylabel: str = "metric", title: str = "") -> Path:
+    """Curves over density side by side: one panel per entry of `panels` (e.g. "sufficiency" and
+    "necessity"), one line per method in each (`panels[panel][method]`: one value per density),
+    density in % on a log axis. `errors[panel][method]` (std) are shaded bands; `references`
+    (e.g. {"full model": 0.98, "empty": 0.02}) are dashed horizontal lines in every panel. A method
+    keeps its colour across panels."""
+    for panel, series in panels.items():
+        _check_lengths(f"{panel} series", series, len(densities), "densities")
+        _check_lengths(f"{panel} errors for", (errors or {}).get(panel), len(densities), "densities")
+    xs = _as_numpy(densities).astype(float) * 100
+    methods = list(dict.fromkeys(m for series in panels.values() for m in series))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    fig = _new_figure(4.2 * max(len(panels), 1) + 2.2, 3.8)
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False).ravel()
+    for ax, (panel, series) in zip(axes, panels.items()):
+        for name, value in (references or {}).items():
+            ax.axhline(value, color="0.4", linestyle="--", linewidth=1)
+            ax.annotate(name, (0.01, value), xycoords=("axes fraction", "data"), fontsize=7, color="0.3",
+                        va="bottom")
+        for method, values in series.items():
+            y = _as_numpy(values).astype(float)
+            ax.plot(xs, y, marker="o", markersize=3, color=colors[method], label=method)
+            band = (errors or {}).get(panel, {}).get(method)
+            if band is not None:
+                err = _as_numpy(band).astype(float)
+                ax.fill_between(xs, y - err, y + err, color=colors[method], alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])  # the ladder itself, not log-axis decades
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("density [% of the weights]")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+    if methods:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=8)
+    fig.suptitle(title)
     return _save(fig, path)
 
 

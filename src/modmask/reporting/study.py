@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.curves import BASELINE_METHODS, RANDOM, RANDOM_PER_TENSOR
 from ..runs import write_text
 from . import plots
 from .tables import fmt, mean, std, table, timings_section
@@ -112,6 +113,123 @@ def half_mask_section(half: dict, figures: Path) -> str:
             "\n\n![half mask](figures/half_mask.png)")
 
 
+RANDOM_LABELS = {RANDOM: "random (pooled)", RANDOM_PER_TENSOR: "random (per tensor)"}
+MARGIN = 0.05  # an area difference smaller than this is "about the same" (seeds and draws move areas this much)
+CURVES_CAPTION = (
+    "Sufficiency: the metric with only the top d of a ranking's weights kept in the curve's tensors; necessity: "
+    "with them removed (the other weights kept). Area: the mean over log density of the curve normalised between "
+    "every weight of those tensors kept and none kept, so 1 is best on both sides (the whole function from the "
+    "smallest density on, or gone at it) and 0 is no better than keeping nothing or removing nothing. The masks' "
+    "rows read each trained mask as a ranking of its logits, with no extra training. Random weights come two ways: "
+    "`random (pooled)` draws d of all the tensors' weights, the null of a pooled ranking (a mask's logits, "
+    "magnitude, ...): every tensor loses about d, but by chance more or less (small tensors' shares vary most), which makes it "
+    "usually the stricter control for removal; `random (per tensor)` draws exactly d of every tensor, matched to "
+    "the layer sizes, the reference for which weights a ranking picks within each layer. Each verdict names the "
+    "random control it rests on: the stricter of the two (the higher area) on that side. Lines: mean over the "
+    "random draws "
+    f"(shaded: their std); a difference of areas under {MARGIN} counts as about the same.")
+
+
+def _method_label(method: str, labels: dict | None) -> str:
+    return RANDOM_LABELS.get(method) or (labels or {}).get(method, method)
+
+
+def _area(values: dict, side: str) -> float | None:
+    return mean(values.get(f"{side}_area"))
+
+
+def _band(values: dict, side: str) -> list[float] | None:
+    """The shaded band of a curve: its std over seeds where aggregated, else over the random draws."""
+    over_seeds = [std(v) for v in values[side]]
+    if any(over_seeds):
+        return over_seeds
+    draws = values.get(f"{side}_std")
+    return [mean(v) or 0.0 for v in draws] if draws else None
+
+
+def curves_finding(curve: dict, title: str, labels: dict | None = None) -> str:
+    """In words, for one function: where each mask's ranking beats the best baseline and by how much
+    in area, where it does not, and the random control each side rests on (the stricter one)."""
+    if curve.get("note"):
+        return f"On {title}: {curve['note']}."
+    methods = curve["methods"]
+    baselines = {m: v for m, v in methods.items() if m in BASELINE_METHODS}
+    masks = {m: v for m, v in methods.items() if m not in BASELINE_METHODS}
+    best = {side: max(((m, _area(v, side)) for m, v in baselines.items() if _area(v, side) is not None),
+                      key=lambda pair: pair[1], default=None) for side in ("sufficiency", "necessity")}
+    parts = []
+    for method, values in masks.items():
+        clauses, wins = [], []
+        for side in ("sufficiency", "necessity"):
+            own = _area(values, side)
+            if best[side] is None or own is None:
+                clauses.append(f"{side} area {fmt(own, 2)}")
+                continue
+            name, area = best[side]
+            difference = own - area
+            wins.append(difference > MARGIN)
+            verdict = ("beats" if difference > MARGIN else "does not beat" if difference < -MARGIN else "matches")
+            clauses.append(f"{side} area {own:.2f} {verdict} the best baseline, {_method_label(name, labels)} "
+                           f"({area:.2f}, {difference:+.2f})")
+        summary = ("" if len(wins) < 2 else ", so it beats every baseline on both sides" if all(wins) else
+                   ", so it beats every baseline on neither side" if not any(wins) else
+                   f", so it beats every baseline on {'sufficiency' if wins[0] else 'necessity'} only")
+        parts.append(f"{_method_label(method, labels)}: " + "; ".join(clauses) + summary + ".")
+    randoms = {m: methods[m] for m in (RANDOM, RANDOM_PER_TENSOR) if m in methods}
+    if len(randoms) == 2:
+        rests = []
+        for side in ("sufficiency", "necessity"):
+            areas = {m: _area(v, side) for m, v in randoms.items()}
+            if None in areas.values():
+                continue
+            stricter = max(areas, key=areas.get)
+            other = next(m for m in areas if m != stricter)
+            rests.append(f"for {side} on {RANDOM_LABELS[stricter]} (area {areas[stricter]:.2f}; "
+                         f"{RANDOM_LABELS[other]} {areas[other]:.2f})")
+        if rests:
+            parts.append("Against random weights they rest on the stricter random control of each side: "
+                         + "; ".join(rests) + ".")
+    return f"On {title}: " + " ".join(parts)
+
+
+def curves_section(curves: dict, titles: dict | None, figures: Path, base: Path | None = None,
+                   name: str = "curves", labels: dict | None = None) -> str:
+    """The "curves" block of a study's results (runs.study.study_curves: function -> core.curves
+    result; one run's, or aggregated over seeds into {"mean", "std"} leaves), rendered: per
+    function a table of the areas (method, sufficiency area, necessity area), a figure (the two
+    curves over density, log axis, one line per method) and a sentence (curves_finding), then
+    the caption (CURVES_CAPTION). Figures go to figures/<name>_<function>.png, linked relative to
+    `base` (default: the parent of `figures`); titles: function -> its title; labels: method -> its
+    name in the report (e.g. {"mask add": "+ mask"})."""
+    base = base or figures.parent
+    titles = titles or {}
+    parts = []
+    for function, curve in curves.items():
+        title = titles.get(function, function)
+        methods = curve["methods"]
+        densities = [mean(d) for d in curve["densities"]]
+        rows = [[_method_label(m, labels), fmt(v.get("sufficiency_area"), 3), fmt(v.get("necessity_area"), 3)]
+                for m, v in methods.items()]
+        sides = ("sufficiency", "necessity")
+        path = plots.curve_panels(
+            figures / f"{name}_{function}.png", densities,
+            {side: {_method_label(m, labels): [mean(x) for x in v[side]] for m, v in methods.items()} for side in sides},
+            {side: {_method_label(m, labels): band for m, v in methods.items() if (band := _band(v, side))}
+             for side in sides},
+            {"all kept": mean(curve["full"]), "none kept": mean(curve["empty"])}, title=f"{title}: curves over density")
+        subset = curve["subset"]
+        tensors = ", ".join(subset) if len(subset) <= 4 else f"{len(subset)} tensors, {subset[0]} to {subset[-1]}"
+        kept = [f"{_method_label(m, labels)} kept {', '.join(f'{100 * mean(k):.3g}%' for k in v['kept'])}"
+                for m, v in methods.items() if "kept" in v]  # masks trained to each density may miss it
+        parts.append(f"**{title}** (tensors: {tensors}; metric {fmt(curve['full'], 3)} with all their weights, "
+                     f"{fmt(curve['empty'], 3)} with none)\n\n"
+                     + table(["method", "sufficiency area", "necessity area"], rows)
+                     + (f"\n\nMasks trained to the densities {', '.join(f'{100 * d:.3g}%' for d in densities)}: "
+                        + "; ".join(kept) + "." if kept else "")
+                     + f"\n\n![{name} {function}]({path.relative_to(base)})\n\n" + curves_finding(curve, title, labels))
+    return "\n\n".join(parts + [CURVES_CAPTION])
+
+
 def save_report(run_dir: Path, lines: list[str]) -> Path:
     """Write report.md atomically."""
     path = Path(run_dir) / "report.md"
@@ -130,6 +248,10 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
             "`random X`: a random mask with X's number of weights in every tensor kept instead of X; "
             "`random not X`: as many random weights removed instead of X's (mean ± std over the draws). "
             "An effect of removing X means something only where it exceeds its random control.",
+            *(["", "## Curves over density", "", curves_section(results["curves"], results["functions"], figures,
+                                                             labels={f"mask {n}": f"mask {t}" for n, t in
+                                                                     results["functions"].items()})]
+              if "curves" in results else []),
             "", "## Masks", "", overlap_section(results["masks"], figures), "",
             histogram_figure(results["masks"], figures / "histogram.png"), "",
             *timings_section(results["timings"], "Timings")]

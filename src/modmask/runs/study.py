@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
 from ..core.analysis import (iou, overlap_matrix, overlap_table, probability_histogram, shared_fraction,
                              shared_fraction_chance)
+from ..core.curves import CurveConfig, baseline_rankings, density_curves
 from ..core.evaluation import evaluate, half_masks, inverse, random_control, split_layers
 from ..core.mask_config import Execution, MaskConfig, settings_from
 from ..core.masks import Masks
@@ -132,15 +133,69 @@ def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Cal
             "late_masked_drop": (whole - evaluate(model, late_mask, batches, metric)) * 100}
 
 
+NEEDS_DATA = ("taylor", "wanda")  # the baselines that read train-like batches and the loss
+
+
+def density_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, config: MaskConfig,
+                  execution: Execution | None, densities: Sequence[float], *, seed: int = 0, progress: bool = True,
+                  checkpoint_every: int = 0, collate: Callable[[list], list] | None = None) -> dict[str, dict]:
+    """function name -> {density: Masks}: a mask trained to every density of the ladder
+    (config with target_density = d) on every function's `train`, all in one pass (mask_stages:
+    files masks/<function>@<density>.safetensors, loaded where they exist). The stages of one
+    function share its `train` (each step draws a batch per stage)."""
+    stages = [Stage(f"{f.name}@{d:g}", f.train, f.loss, seed * 1000 + 100 + index * len(densities) + j,
+                    label=f"{f.title} at density {d:g}", config=dataclasses.replace(config, target_density=d))
+              for index, f in enumerate(functions) for j, d in enumerate(densities)]
+    trained = mask_stages(run, model, stages, config, execution, progress=progress,
+                          checkpoint_every=checkpoint_every, collate=collate)
+    return {f.name: {d: trained[f"{f.name}@{d:g}"].masks for d in densities} for f in functions}
+
+
+def study_curves(model: nn.Module, functions: Sequence[Function], trained: Mapping[str, TrainedMask],
+                 config: CurveConfig, *, rest: Masks | None = None, seed: int = 0, mode: str = "eval",
+                 baseline_batches: int = 8, trained_at: Mapping[str, Mapping[float, Masks]] | None = None
+                 ) -> dict[str, dict]:
+    """The "curves" block of a study's results: function name -> core.curves.density_curves on
+    that function's eval batches and metric, with every trained mask's logit ranking as the method
+    "mask <name>" (no extra training) and every baseline of `config` computed on that function's
+    data (taylor and wanda on the first `baseline_batches` batches of its `train`, with its loss).
+    trained_at (density_masks, for config.train): masks trained to each density, as the methods
+    "trained <name>".
+
+    The generic entry of every study (a built-in one or a user's): config.subset selects the
+    tensors (names or globs of the masked ones) and `rest` (e.g. the Full mask; None: full
+    weights) holds the others. The random rankings are the same for every function (seeds
+    seed * 1000 + r). A function whose `train` is an iterator (e.g. RandomBatches) gives the next
+    batches it has, so pass Functions with a fixed list there for baselines that repeat exactly
+    when a run resumes. reporting.study.curves_section renders the block.
+    """
+    names = list(next(iter(trained.values())).logits)
+    masks = {f"mask {name}": t.logits for name, t in trained.items()}
+    at_density = {f"trained {name}": by_density for name, by_density in (trained_at or {}).items()}
+    block = {}
+    for function in functions:
+        batches = (list(itertools.islice(iter(function.train), baseline_batches))
+                   if any(b in NEEDS_DATA for b in config.baselines) else None)
+        rankings = {**masks, **baseline_rankings(model, names, config, batches, function.loss, seed=seed, mode=mode)}
+        curve = density_curves(model, rankings, list(function.eval), function.metric, config, rest=rest,
+                               trained=at_density, seed=seed * 1000, mode=mode)
+        order = [*masks, *at_density, *(m for m in curve["methods"] if m not in masks and m not in at_density)]
+        block[function.name] = {**curve, "methods": {m: curve["methods"][m] for m in order}}  # the masks first
+    return block
+
+
 def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int = 0,
               compare: Sequence[str] | None = None, progress: bool = True, mask: MaskConfig | None = None,
-              execution: Execution | None = None, random_draws: int = 5,
+              execution: Execution | None = None, random_draws: int = 5, curves: CurveConfig | None = CurveConfig(),
               collate: Callable[[list], list] | None = None, checkpoint_every: int = 0, **mask_settings) -> dict:
     """Train a mask per function on the frozen `model` and analyse them; see the module docstring.
 
     mask, execution: what the masks learn and how steps run; mask_settings: fields of either (steps,
     k, beta, lr, ..., path, samples_per_pass, joint, ...), over `mask` and `execution` where both are given. compare: the functions whose masks are compared with each other (default: all).
-    random_draws: random masks per control (removal_controls; 0: none).
+    random_draws: random masks per control (removal_controls; 0: none). curves: what the curves
+    over density measure (study_curves: every mask's logit ranking beside the baselines, on each
+    function; None or enabled=False: none; with train, also masks trained to each density,
+    density_masks).
     The masks train together in one pass (execution.joint, the default): collate(batches) -> batches
     makes the functions' batches of a step one shape where they are not (e.g. sequences padded
     alike); checkpoint_every > 0 saves the stage every that many steps when every function's
@@ -162,7 +217,14 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
         "metric": removal_matrix(model, functions, trained, options.mode),
         "controls": removal_controls(model, functions, trained, random_draws, seed, options.mode),
         "masks": mask_statistics(trained, compare),
-        "timings": run.timings(),
     }
+    if curves is not None and curves.enabled:
+        trained_at = (density_masks(model, functions, run, options, execution, curves.densities, seed=seed,
+                                    progress=progress, checkpoint_every=checkpoint_every, collate=collate)
+                      if curves.train else None)
+        with run.timed("curves"):
+            results["curves"] = study_curves(model, functions, trained, curves, seed=seed, mode=options.mode,
+                                             trained_at=trained_at)
+    results["timings"] = run.timings()
     write_json(run.file("results.json"), results)
     return results
