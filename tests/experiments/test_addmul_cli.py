@@ -41,6 +41,12 @@ def test_smoke_run_writes_every_artifact(finished):
     _assert_curves_are_the_saved_rankings_on_their_functions(finished, [0.01, 0.1, 0.5])
     assert "## Curves over density" in report and "| + mask |" in report and "| random (per tensor) |" in report
     assert "![curves mul](figures/curves_mul.png)" in report and "On multiplication: Full mask:" in report
+    # every stage's diagnosis, from its mask file into the results and the report (40 smoke steps: too
+    # few logs to judge whether a mask settled, which the report says with the fix)
+    training = results["per_seed"][0]["training"]
+    assert set(training) == {"full", "add", "mul"} and training["add"]["steps"] == 40
+    assert "## Mask training" in report and "| add | 0/1 | 0/1 |" in report
+    assert "add, seed 0: too few logged steps (2) to judge whether the mask settled" in report
     assert not list(finished.rglob("*.tmp"))
 
 

@@ -155,8 +155,11 @@ def diagnose(history: Sequence[dict], full_loss: float | None, target: float | N
               "undecided": last.get("undecided"), "settled": settled(history), "loss": last["loss"],
               "full_loss": full_loss, "target_density": target}
     messages = []
-    if not result["settled"]:
-        recent = [r.get("flipped") or 0.0 for r in history][-SETTLED_LOGS:]
+    recent = [r.get("flipped") or 0.0 for r in history][-SETTLED_LOGS:]
+    if len(recent) < SETTLED_LOGS:
+        messages.append(f"too few logged steps ({len(recent)}) to judge whether the mask settled: train longer "
+                        f"(mask.steps) or log more often")
+    elif not result["settled"]:
         messages.append(f"not settled: up to {100 * max(recent):.2f}% of the decisions flipped per log interval over "
                         f"the last {len(recent)} (settled: at most {100 * SETTLED_FLIPS:g}%; "
                         f"{100 * (last.get('undecided') or 0):.1f}% undecided); train longer (mask.steps) or with a "

@@ -464,7 +464,11 @@ def train_masks(model: nn.Module, functions: Sequence[tuple[Iterable, LossFn]],
                                       **({"rng": torch.random.get_rng_state()} if mode == "train" else {})})
             bar.update()
     bar.close()
-    return [trainer.result(m, history) for m, history in enumerate(histories)]
+    results = [trainer.result(m, history) for m, history in enumerate(histories)]
+    for m, result in enumerate(results):  # said where the run is watched, and kept in the mask's file
+        for message in (result.diagnosis or {}).get("messages", []):
+            log.warning("modmask: mask %s: %s", m if len(results) > 1 else "", message)
+    return results
 
 
 def train_mask(model: nn.Module, batches: Iterable, loss_fn: LossFn, config: MaskConfig | None = None,

@@ -18,6 +18,8 @@ from ..reporting import read_summary
 from ..reporting import scan as scan_report
 from ..reporting import sharing as sharing_report
 from ..reporting import sweep as sweep_report
+from ..reporting.training import training_section
+from ..runs import write_text
 
 # name -> (experiment module, report module), in the order `modmask list` shows them
 EXPERIMENTS: dict[str, tuple[ModuleType, ModuleType]] = {
@@ -59,4 +61,8 @@ def write_report(out: str | Path) -> Path:
         writer = report_module(name)
     except KeyError:
         raise ValueError(f"{path} is not the result of a known experiment ({name!r})") from None
-    return writer.write_report(out, summary)
+    report = writer.write_report(out, summary)
+    section = training_section(summary)  # the same for every study, so added here, once
+    if section:
+        write_text(report, report.read_text() + "\n" + "\n".join(section))
+    return report

@@ -27,6 +27,7 @@ from ..core.curves import CurveConfig
 from ..core.mask_config import Execution
 from ..runs import RunDir, aggregate, read_json, seed_dir, seed_finished, write_json
 from ..runs.legacy import legacy_keys, upgrade
+from ..runs.stage import mask_diagnoses
 from ..tracking import open_trackers
 from .catalogue import experiment_module
 
@@ -117,12 +118,19 @@ def run_seed(plan: Plan, seed: int, *, device: torch.device | str = "cpu", progr
         record_analysis(run.path, plan.described)  # the results will use this run's curve settings
         with open_trackers(track, run.path, f"{plan.out.name}/seed-{seed}", plan.described) as trackers:
             run.on_log = trackers.log
-            results = plan.module.run(plan.config, run, seed, progress=progress, device=torch.device(device))
+            results = _results(plan, run, seed, device, progress)
         write_json(results_path, results)
     elif plan.analysis(run.path) != _analysis_of(plan.described):
         logging.warning("%s is finished: its curves keep the settings they were computed with (config.json); "
                         "`modmask curve %s --set curves.KEY=VALUE` recomputes them without training", run.path, plan.out)
     return read_json(results_path)
+
+
+def _results(plan: Plan, run: RunDir, seed: int, device, progress: bool) -> dict:
+    """One seed's results: the study's own, and every mask stage's diagnosis (settled, on target,
+    function kept: core/density.diagnose) under "training", which every report shows."""
+    results = plan.module.run(plan.config, run, seed, progress=progress, device=torch.device(device))
+    return {**results, "training": mask_diagnoses(run)}
 
 
 def finished_seeds(out: str | Path) -> list[int]:
@@ -197,7 +205,7 @@ def recompute_curves(out: str | Path, pairs: Sequence[str] = (), *, device: torc
                                 f"(modmask run {name} --out {out} ...)")
     for seed in seeds:
         run = resolved.check(seed_dir(out, seed))
-        results = resolved.module.run(resolved.config, run, seed, progress=progress, device=torch.device(device))
+        results = _results(resolved, run, seed, device, progress)
         record_analysis(run.path, resolved.described)
         write_json(run.path / "results.json", results)
     return collect(resolved)

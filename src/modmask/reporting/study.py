@@ -7,6 +7,7 @@ from pathlib import Path
 from ..core.curves import BASELINE_METHODS, RANDOM, RANDOM_PER_TENSOR
 from ..runs import write_text
 from . import plots
+from .training import training_section
 from .tables import fmt, mean, std, table, timings_section
 
 
@@ -254,5 +255,5 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
               if "curves" in results else []),
             "", "## Masks", "", overlap_section(results["masks"], figures), "",
             histogram_figure(results["masks"], figures / "histogram.png"), "",
-            *timings_section(results["timings"], "Timings")]
+            *training_section(results), *timings_section(results["timings"], "Timings")]
     return save_report(run_dir, text)

@@ -6,6 +6,7 @@ batches can save their state."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..core.mask_config import Execution, MaskConfig
+from ..core.masks import read_metadata
 from ..core.trained import TrainedMask
 from ..core.training import LossFn, train_masks
 from .rundir import RunDir
@@ -62,6 +64,17 @@ def mask_stages(run: RunDir, model: nn.Module, stages: Sequence[Stage], config: 
             done[stage.name] = mask
         run.file("checkpoints", "masks-partial.pt").unlink(missing_ok=True)
     return {s.name: done[s.name] for s in stages}
+
+
+def mask_diagnoses(run: RunDir) -> dict[str, dict]:
+    """mask name -> the diagnosis its stage wrote into masks/<name>.safetensors (core/density.diagnose:
+    settled, on target, function kept, with the fixes), for every mask file of the run that has one."""
+    found = {}
+    for path in sorted(run.file("masks").glob("*.safetensors")):
+        diagnosis = read_metadata(path, "logits").get("diagnosis")
+        if diagnosis:
+            found[path.stem] = json.loads(diagnosis)
+    return found
 
 
 def mask_stage(run: RunDir, name: str, model: nn.Module, batches: Iterable, loss_fn: LossFn, config: MaskConfig,

@@ -26,7 +26,7 @@ from ..core.mask_config import Execution, MaskConfig, settings_from
 from ..core.masks import Masks
 from ..core.trained import TrainedMask
 from .rundir import RunDir, write_json
-from .stage import Stage, mask_stages
+from .stage import Stage, mask_diagnoses, mask_stages
 
 
 @dataclass(frozen=True)
@@ -226,5 +226,6 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
             results["curves"] = study_curves(model, functions, trained, curves, seed=seed, mode=options.mode,
                                              trained_at=trained_at)
     results["timings"] = run.timings()
+    results["training"] = mask_diagnoses(run)  # every stage's verdict: settled, on target, function kept
     write_json(run.file("results.json"), results)
     return results
