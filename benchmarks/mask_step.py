@@ -2,6 +2,7 @@
 
     python benchmarks/mask_step.py [--models mlp-800x4,lstm,hf-gpt2] [--steps 20] [--compiled] [--device cuda]
         [--group-model gpt-512x4 --samples-per-pass 4,2,1 --bf16] [--joint mlp-400-400-200:3,cnn:11]
+        [--ladder mlp-400-400-200:7]
 
 Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=.. plain_peak_mb=..
 mask_peak_mb=.. peak_ratio=.. runtime_mb=.. plan_mb=.. plan_err=..` (K=4, batch 128), then one line
@@ -10,7 +11,10 @@ e.g. hf-gpt2), then one line per `--joint` model: `model=mlp-400-400-200 masks=3
 separate_ms=.. ratio=.. one_mask_mk_ms=.. bound=..`, one step of one MaskTrainer of M masks (each
 mask on its own batch) against M separate mask steps, in this process, the kinds' steps interleaved so all see the same machine (ratio below 1: the joint step is faster). one_mask_mk_ms
 is one mask's step with M K samples on the M batches: the per-sample work of the joint step without
-its per-mask work, so `bound` (one_mask_mk_ms / separate_ms) is the ratio a joint step could reach. A plain step is forward, backward, clipping and an Adam update of all weights, in
+its per-mask work, so `bound` (one_mask_mk_ms / separate_ms) is the ratio a joint step could reach.
+Then one line per `--ladder` model: `model=mlp-400-400-200 ladder=7 ladder_ms=.. one_mask_ms=..
+ratio=.. per_density=..`, one step of the masks of a density ladder (the curves' first 7 densities
+as target_density, one MaskTrainer) against one mask's step: what training the curve's masks costs. A plain step is forward, backward, clipping and an Adam update of all weights, in
 eval mode, with the same call the mask step makes; a mask step is modmask's MaskTrainer.step (K
 samples, straight-through, Adam on the logits).
 
@@ -297,6 +301,31 @@ def joint_line(args, spec: str) -> str:
             f"ratio={joint_ms / separate_ms:.2f} one_mask_mk_ms={one_ms:.1f} bound={one_ms / separate_ms:.2f}")
 
 
+def ladder_line(args, spec: str) -> str:
+    """`model:densities`: one step of a ladder of masks trained to the first `densities` of the
+    curves' default ladder (target_density, one MaskTrainer, each mask on its own batch) against one
+    step of a single mask (median ms of alternating rounds, as joint_line)."""
+    from modmask.core.curves import DENSITIES
+
+    name, count = spec.split(":")
+    device, count = torch.device(args.device), int(count)
+    model, _, _, loss_fn = make(name, args.batch)
+    model = model.to(device).eval()
+    batches = [[tuple(t.to(device) for t in make(name, args.batch)[1:3]) for _ in range(count)] for _ in range(4)]
+    execution = Execution(compiled=args.compiled)
+    configs = [MaskConfig(k=args.k, target_density=d) for d in DENSITIES[:count]]
+    ladder = MaskTrainer(model, loss_fn, configs, execution, seed=list(range(count))).prepare(batches[0])
+    one = MaskTrainer(model, loss_fn, MaskConfig(k=args.k), execution).prepare([batches[0][0]])
+    kinds = {"ladder": lambda i: ladder.step(batches[i % 4]), "one": lambda i: one.step([batches[i % 4][0]])}
+    times = {kind: [] for kind in kinds}
+    for round in range(6):  # round 0 warms up
+        for kind, step in kinds.items():
+            times[kind].append(time_steps(lambda: [step(i) for i in range(max(args.steps // 5, 1))], 1, device, 0))
+    ladder_ms, one_ms = (statistics.median(times[k][1:]) / max(args.steps // 5, 1) for k in kinds)
+    return (f"model={name} ladder={count} ladder_ms={ladder_ms:.1f} one_mask_ms={one_ms:.1f} "
+            f"ratio={ladder_ms / one_ms:.2f} per_density={ladder_ms / one_ms / count:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated; '' for none")
@@ -306,6 +335,8 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="also the group model at samples_per_pass=1 in bf16")
     parser.add_argument("--joint", default="mlp-400-400-200:3,cnn:11",
                         help="model:masks lines of joint against separate mask steps; '' for none")
+    parser.add_argument("--ladder", default="mlp-400-400-200:7",
+                        help="model:densities lines of a ladder of target-density masks against one mask; '' for none")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
@@ -331,6 +362,8 @@ def main():
             print(text, flush=True)
     for spec in filter(None, args.joint.split(",")):
         print(joint_line(args, spec), flush=True)
+    for spec in filter(None, args.ladder.split(",")):
+        print(ladder_line(args, spec), flush=True)
 
 
 if __name__ == "__main__":
