@@ -51,7 +51,24 @@ def test_run_study_writes_masks_tables_and_report(tmp_path):
         assert (tmp_path / path).exists(), path
     assert json.loads((tmp_path / "results.json").read_text())["masks"]["overlap"]["task0|task1"]
     assert "| not task0 |" in (tmp_path / "report.md").read_text()
+    _assert_both_random_removals_are_reported(model, functions, results, tmp_path)
     _assert_curves_are_reported(results, tmp_path)
+
+
+def _assert_both_random_removals_are_reported(model, functions, results, out):
+    """Beside each inverse mask, random removal per tensor and pooled (seeded as removal_controls
+    seeds them: draw r of mask i from seed 1000 * seed + i), in the table and in the verdict."""
+    from modmask import TrainedMask, random_control
+
+    for index, function in enumerate(functions):
+        mask = TrainedMask.load(out / f"masks/{function.name}.safetensors").masks
+        for match, label in (("tensor", f"random not {function.name}"), ("pooled", f"random pooled not {function.name}")):
+            expected = random_control(model, mask, function.eval, function.metric, 5, seed=index, match=match)
+            assert results["controls"][label][function.name]["mean"] == pytest.approx(expected["mean"]), label
+    report = (out / "report.md").read_text()
+    rows = [line.split(" |")[0] for line in report.splitlines() if line.startswith("| ")]
+    assert rows[rows.index("| not task0"):][:3] == ["| not task0", "| random not task0", "| random pooled not task0"]
+    assert "Removing the task0 mask costs task0" in report and "per tensor" in report and "random removal." in report
 
 
 def _assert_curves_are_reported(results, out):

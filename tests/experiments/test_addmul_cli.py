@@ -82,9 +82,11 @@ def _assert_accuracy_is_the_saved_masks_on_their_functions(out, draws=0):
             expected = evaluate(model, chosen, batches, digits_correct) * 100
             assert accuracy[label][op]["mean"] == pytest.approx(expected, rel=1e-6), (label, op)
     for index, (name, label) in enumerate((("full", "Full"), ("add", "+"), ("mul", "*")) if draws else ()):
-        for keep, row in ((True, f"random {label}"), (False, f"random ¬{label}")):
+        for keep, match, row in ((True, "tensor", f"random {label}"), (False, "tensor", f"random ¬{label}"),
+                                 (False, "pooled", f"random pooled ¬{label}")):
             for op, batches in columns.items():
-                control = random_control(model, masks[name], batches, digits_correct, draws, seed=index, keep=keep)
+                control = random_control(model, masks[name], batches, digits_correct, draws, seed=index, keep=keep,
+                                         match=match)
                 assert accuracy[row][op]["mean"] == pytest.approx(control["mean"] * 100, rel=1e-6), (row, op)
     return accuracy
 
@@ -123,7 +125,8 @@ def test_smoke_accuracy_rows_are_their_own_masks(tmp_path):
         return tuple(accuracy[label][op]["mean"] for op in ("+", "*", "iid"))
 
     for a, b in [("+", "*"), ("¬+", "¬*"), ("+", "¬+"), ("*", "¬*"), ("Full", "¬Full"), ("random ¬+", "random ¬*"),
-                 ("random +", "random ¬+"), ("random *", "random ¬*")]:
+                 ("random +", "random ¬+"), ("random *", "random ¬*"), ("random ¬*", "random pooled ¬*"),
+                 ("random pooled ¬+", "random pooled ¬*")]:
         assert row(a) != row(b), (a, b)
     assert all(accuracy[label]["+"] != accuracy[label]["*"] for label in CONDITIONS)  # columns tell apart too
 

@@ -117,9 +117,10 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     metric = removal_matrix(model, functions, trained)
     controls = removal_controls(model, functions, trained, config.random_draws, seed)
-    labels = {"none": "No mask", "full": "Full", "add": "+", "not add": "¬+", "mul": "*", "not mul": "¬*",
-              "not full": "¬Full"}
-    labels.update({f"random {c}": f"random {labels[c]}" for c in list(labels) if c != "none"})
+    base = {"none": "No mask", "full": "Full", "add": "+", "not add": "¬+", "mul": "*", "not mul": "¬*",
+            "not full": "¬Full"}
+    labels = {**base, **{f"random {c}": f"random {label}" for c, label in base.items() if c != "none"},
+              **{f"random pooled {c}": f"random pooled {label}" for c, label in base.items() if c.startswith("not ")}}
     columns = {"+": "add", "*": "mul", "iid": "full"}
     accuracy = {labels[c]: {op: metric[c][f] * 100 for op, f in columns.items()} for c in metric}
     # the controls: mean over the random draws, and their spread in `control_std`

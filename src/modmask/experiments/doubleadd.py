@@ -128,19 +128,23 @@ def _functions(train: DoubleAddData, valid_batches, config: Config, seed: int) -
 
 def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draws: int = 0, seed: int = 0) -> dict:
     """condition -> pair -> accuracy [%] on the validation set (inputs of both pairs shown); with
-    `draws`, also 'random Pair i' (random weights with the pair mask's per-layer counts kept instead)
-    and 'random ¬Pair i' (as many random weights removed instead, the I/O layers treated as in the
-    inverse), means over the draws."""
+    `draws`, also 'random Pair i' (random weights with the pair mask's per-layer counts kept instead),
+    'random ¬Pair i' (as many random weights removed instead in every layer) and 'random pooled
+    ¬Pair i' (as many in total, over the layers the inverse removes the mask from), the I/O layers
+    treated as in the inverse; means over the draws."""
     conditions = {"No mask": {}, "Full": masks["full"], "Pair 1": masks["pair1"], "Pair 2": masks["pair2"],
                   "¬Pair 1": inverse(masks["pair1"], masks["full"], keep_full_on),
                   "¬Pair 2": inverse(masks["pair2"], masks["full"], keep_full_on)}
     accuracy = {label: {PAIRS[p]: evaluate(model, m, valid_batches, _pair_correct(p)) * 100 for p in (0, 1)}
                 for label, m in conditions.items()}
     for index, name in enumerate(("pair1", "pair2") if draws else ()):
-        for keep, label in ((True, f"random Pair {index + 1}"), (False, f"random ¬Pair {index + 1}")):
+        for keep, match, label in ((True, "tensor", f"random Pair {index + 1}"),
+                                   (False, "tensor", f"random ¬Pair {index + 1}"),
+                                   (False, "pooled", f"random pooled ¬Pair {index + 1}")):
             options = {} if keep else {"full": masks["full"], "keep_full_on": keep_full_on}
             accuracy[label] = {PAIRS[p]: random_control(model, masks[name], valid_batches, _pair_correct(p), draws,
-                                                        seed=seed * 1000 + index, keep=keep, **options)["mean"] * 100
+                                                        seed=seed * 1000 + index, keep=keep, match=match,
+                                                        **options)["mean"] * 100
                                for p in (0, 1)}
     return accuracy
 

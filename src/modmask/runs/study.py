@@ -76,16 +76,19 @@ def removal_controls(model: nn.Module, functions: Sequence[Function], trained: d
                      draws: int, seed: int = 0, mode: str = "eval") -> dict[str, dict[str, dict[str, float]]]:
     """The random controls of removal_matrix (docs/controls.md), condition -> function ->
     {"mean", "std"} over `draws` random masks: 'random <name>' keeps random weights with the
-    mask's per-layer counts instead of the mask, 'random not <name>' removes them instead of the
-    mask's weights. Empty for draws=0."""
+    mask's per-layer counts instead of the mask; 'random not <name>' removes as many random weights
+    per layer instead of the mask's, and 'random pooled not <name>' as many in total, drawn over
+    all the masked tensors (the stricter control of whole-network removal where a small layer is
+    fragile). Empty for draws=0."""
     if draws < 0:
         raise ValueError(f"random draws must be 0 (no controls) or more, got {draws}")
+    variants = ((True, "tensor", "{name}"), (False, "tensor", "not {name}"), (False, "pooled", "pooled not {name}"))
     controls = {}
     for index, (name, mask) in enumerate(trained.items() if draws else ()):
-        for keep, label in ((True, name), (False, f"not {name}")):
-            controls[f"random {label}"] = {
+        for keep, match, label in variants:
+            controls[f"random {label.format(name=name)}"] = {
                 f.name: _mean_std(random_control(model, mask.masks, list(f.eval), f.metric, draws,
-                                                 seed=seed * 1000 + index, keep=keep, mode=mode))
+                                                 seed=seed * 1000 + index, keep=keep, mode=mode, match=match))
                 for f in functions}
     return controls
 
