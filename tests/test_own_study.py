@@ -168,3 +168,11 @@ def test_run_study_trains_a_mask_to_each_density_of_the_curves_when_asked(tmp_pa
             assert trained["necessity"] == [evaluate(model, inverse(m), function.eval, correct) for m in masks]
     assert "masks:task0@0.1,task0@0.5,task1@0.1,task1@0.5" in results["timings"]  # the density masks in one pass
     assert "trained task0 kept" in (tmp_path / "report.md").read_text()
+
+
+def test_run_study_refuses_an_evaluation_subset_it_cannot_take(tmp_path):
+    """curves.examples is for the built-in studies: run_study says so before any training."""
+    functions = [Function("task0", _batches(0, 1), [_task(0)], F.cross_entropy, lambda out, y: out.argmax(-1) == y)]
+    with pytest.raises(ValueError, match="curves.examples=100 is read by the built-in studies.*CurveConfig\\(examples=0\\)"):
+        run_study(nn.Linear(4, 2), functions, tmp_path, curves=CurveConfig(examples=100), progress=False)
+    assert not (tmp_path / "masks").exists()

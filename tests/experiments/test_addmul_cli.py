@@ -343,18 +343,24 @@ def test_half_mask_figure_across_runs(finished, tmp_path):
 def test_the_curves_baselines_score_each_operation_on_fixed_batches_of_it():
     """taylor and wanda read 8 fixed training batches of the curve's own operation, drawn from the
     seed (not the mask stage's stream, so a resumed run reads the same)."""
+    from modmask import CurveConfig
     from modmask.data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
     from modmask.data.sampling import RandomBatches
     from modmask.experiments import addmul
     from modmask.runs.study import Function
 
-    train = AddMulData.generate("train", 2_000)
+    train, valid = AddMulData.generate("train", 2_000), AddMulData.generate("valid", 1_000)
     functions = [Function(name, RandomBatches(train.subset(op), 16, 1234), [], digit_loss, digits_correct, label)
                  for name, label, op in addmul.STAGES]
-    curves = addmul.curve_functions(functions, addmul.Config(batch_size=16), seed=0)
+    curves = addmul.curve_functions(functions, valid, addmul.Config(batch_size=16), seed=0)
     assert [f.name for f in curves] == ["add", "mul"]
     for function, op in zip(curves, (ADD, MUL)):
         assert len(function.train) == 8 and function.loss is digit_loss
         assert all(inputs[:, 40 + op].all() and len(inputs) == 16 for inputs, _ in function.train)  # one-hot op
-    again = addmul.curve_functions(functions, addmul.Config(batch_size=16), seed=0)
+    again = addmul.curve_functions(functions, valid, addmul.Config(batch_size=16), seed=0)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(curves[0].train, again[0].train))
+    # evaluated on the operation's validation examples, the first curves.examples of them
+    assert [sum(len(y) for _, y in f.eval) for f in curves] == [len(valid.subset(ADD)), len(valid.subset(MUL))]
+    few = addmul.curve_functions(functions, valid, addmul.Config(curves=CurveConfig(examples=30)), seed=0)
+    assert [sum(len(y) for _, y in f.eval) for f in few] == [30, 30]
+    assert torch.equal(few[1].eval[0][0], valid.subset(MUL).encode(slice(0, 30))[0])

@@ -72,6 +72,12 @@ class IndexSubset:
         return self.data.encode(self.indices[index])
 
 
+def first_examples(data, count: int):
+    """The first `count` examples of `data` (a dataset with len() and encode()); all of them for
+    count 0 or a count beyond its size."""
+    return data if not count or count >= len(data) else IndexSubset(data, torch.arange(count))
+
+
 def balanced_subset(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
     """int64 [count] indices, in increasing order, of a seeded subset with the classes as equal as
     possible (the first examples of a class-sorted folder would hold one class only). Each class

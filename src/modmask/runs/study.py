@@ -207,6 +207,10 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
     """
     if random_draws < 0:
         raise ValueError(f"random_draws must be 0 (no controls) or more, got {random_draws}")
+    if curves is not None and curves.examples:
+        raise ValueError(f"curves.examples={curves.examples} is read by the built-in studies, which build their own "
+                         f"evaluation data; run_study evaluates each Function's `eval` as given: pass eval batches "
+                         f"that hold the examples the curves should read, and CurveConfig(examples=0)")
     run = RunDir(out)
     options, execution, unknown = settings_from(mask, execution, mask_settings)
     if unknown:
