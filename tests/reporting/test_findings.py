@@ -107,3 +107,35 @@ def test_curves_section_renders_one_run_and_an_aggregate_over_seeds(tmp_path):
     seeds = curves_section({"add": aggregate([one, other])}, {"add": "addition"}, figures, name="seeds")
     assert "| mask add | 0.800 ± 0.141 | 0.400 ± 0.141 |" in seeds and "On addition: mask add: sufficiency area 0.80" in seeds
     assert (figures / "seeds_add.png").exists()
+
+
+def _masks_curve(**areas: float) -> dict:
+    """A curve whose masks ("mask <name>") have these sufficiency areas (necessity 0.5)."""
+    return _curve({f"mask {name}": (area, 0.5) for name, area in areas.items()})
+
+
+def test_the_studies_read_split_class_and_difficulty_specific_weights_from_sufficiency_gaps():
+    """A gap in sufficiency area between two masks on one function beyond the gap on a reference
+    function (by more than MARGIN) is read as weights specific to the first function."""
+    from modmask.reporting import cifar, dm_math, scan
+
+    specific = {"jump": _masks_curve(simple=0.8, jump=0.2), "iid": _masks_curve(simple=0.8, jump=0.7)}
+    text = scan.curves_gap(specific)
+    assert "carry the jump test set +0.60 in sufficiency area beyond the jump mask's, the IID test set +0.10: the " \
+           "split's test set needs weights its mask ranks low (split-specific weights)." in text
+    weaker = {"jump": _masks_curve(simple=0.8, jump=0.5), "iid": _masks_curve(simple=0.8, jump=0.48)}
+    assert "no split-specific weights in this reading" in scan.curves_gap(weaker)  # weaker everywhere alike
+
+    classes = ["airplane", "automobile"]
+    exclusive = {"automobile": _masks_curve(reference=0.7, **{"without-1": 0.1}),
+                 "automobile-others": _masks_curve(reference=0.7, **{"without-1": 0.65})}
+    assert "carry automobile +0.60 in sufficiency area beyond the mask without automobile, the other classes +0.05: " \
+           "automobile needs weights the other classes' mask ranks low" in cifar.curves_specificity(exclusive, classes)
+    shared = {"automobile": _masks_curve(reference=0.7, **{"without-1": 0.6}),
+              "automobile-others": _masks_curve(reference=0.7, **{"without-1": 0.62})}
+    assert "no weights exclusive to automobile" in cifar.curves_specificity(shared, classes)
+
+    hard = {"hard": _masks_curve(control=0.6, easy=0.1), "easy": _masks_curve(control=0.9, easy=0.85)}
+    assert "the control mask's top weights carry the hard test set +0.50 in sufficiency area beyond the easy-trained " \
+           "mask's, the easy test set +0.05: hard problems need weights" in dm_math.curves_gap("m", hard)
+    assert "reach sufficiency area 0.60, the easy-trained mask's 0.10" in dm_math.curves_gap("m", {"hard": hard["hard"]})

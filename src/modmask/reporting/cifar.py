@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .study import MARGIN, curves_section, half_mask_section, matrix_section, save_report, strictest
+from .study import (MARGIN, curves_section, half_mask_section, matrix_section, save_report, strictest,
+                    sufficiency_gaps)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 PAPER_FINDING = ("The paper (poster): CNNs on CIFAR-10 rely heavily on class-exclusive weights; removing "
@@ -56,28 +57,23 @@ CURVES_INTRO = ("The reference mask and each class mask read as rankings of thei
 
 
 def curves_specificity(curves: dict, classes: list[str]) -> str:
-    """Per class with curves, in words: the sufficiency areas of its class mask (without it) and of
-    the reference mask on the class and on the other classes. Class-exclusive weights show as a
-    class mask whose top weights carry the other classes far better than the class, where the
-    reference mask's carry both alike."""
-    area = lambda function, mask: mean(curves[function]["methods"][f"mask {mask}"]["sufficiency_area"])  # noqa: E731
+    """Per class with curves, in words: how much more of the class the reference mask's top weights
+    carry than the class mask's (without it), beside the same on the other classes. Class-exclusive
+    weights show as a gap on the class that the other classes do not have."""
     parts = []
     for k, name in enumerate(classes):
         if name not in curves or f"{name}-others" not in curves:
             continue
-        own, others = area(name, f"without-{k}"), area(f"{name}-others", f"without-{k}")
-        ref_own, ref_others = area(name, "reference"), area(f"{name}-others", "reference")
-        if None in (own, others, ref_own, ref_others):
+        gaps = sufficiency_gaps(curves, ("reference", f"without-{k}"), (name, f"{name}-others"))
+        if gaps is None:
             parts.append(f"for {name} the areas are undefined (the metric does not change from every weight kept "
                          f"to none)")
             continue
-        gap, ref_gap = others - own, ref_others - ref_own
-        parts.append(f"the mask without {name} carries the other classes with sufficiency area {others:.2f} and "
-                     f"{name} with {own:.2f}, the reference mask {ref_others:.2f} and {ref_own:.2f}: "
-                     + (f"a gap of {gap:.2f} against {ref_gap:.2f}, so {name} needs weights that the other classes' "
-                        f"mask ranks low (class-exclusive weights)" if gap > ref_gap + MARGIN else
-                        f"no larger gap ({gap:.2f}) than the reference mask's ({ref_gap:.2f}): the ranking shows no "
-                        f"weights exclusive to {name}"))
+        gap, gap_others = gaps
+        parts.append(f"the reference mask's top weights carry {name} {gap:+.2f} in sufficiency area beyond the mask "
+                     f"without {name}, the other classes {gap_others:+.2f}: "
+                     + (f"{name} needs weights the other classes' mask ranks low (class-exclusive weights)"
+                        if gap > gap_others + MARGIN else f"no weights exclusive to {name} in this reading"))
     return ("Read as rankings: " + "; ".join(parts) + ".") if parts else ""
 
 

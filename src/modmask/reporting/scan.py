@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import MARGIN, curves_section, matrix_section, save_report, versus_random
+from .study import MARGIN, curves_section, matrix_section, save_report, sufficiency_gaps, versus_random
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 SPLITS = ("simple", "jump", "length", "turn_left")
@@ -49,26 +49,21 @@ CURVES_INTRO = ("The masks read as rankings of their logits (no extra training):
 
 
 def curves_gap(curves: dict) -> str:
-    """Per split, in words: the sufficiency areas of the split mask and the full-problem mask on the
-    split's test set beside those on the IID test set; split-specific weights show as a gap on the
-    split that the IID test set does not have."""
-    area = lambda function, mask: mean(curves[function]["methods"][f"mask {mask}"]["sufficiency_area"])  # noqa: E731
+    """Per split, in words: how much more of the split's test set the full-problem mask's top weights
+    carry than the split mask's (the difference of their sufficiency areas), beside the same on the IID
+    test set; split-specific weights show as a gap on the split that the IID test set does not have."""
     parts = []
     for split in (s for s in SHOWN if s in curves and "iid" in curves):
-        own, full, own_iid, full_iid = area(split, split), area(split, "simple"), area("iid", split), area("iid", "simple")
-        if None in (own, full, own_iid, full_iid):
+        gaps = sufficiency_gaps(curves, ("simple", split), (split, "iid"))
+        if gaps is None:
             parts.append(f"on {split} the areas are undefined (the metric does not change from every weight kept to "
                          f"none, on the split's or the IID test set)")
             continue
-        gap, gap_iid = full - own, full_iid - own_iid
-        parts.append(f"on {split}, the {split} mask's top weights carry its test set with sufficiency area {own:.2f} "
-                     f"against {full:.2f} for the full-problem mask's, on the IID test set {own_iid:.2f} against "
-                     f"{full_iid:.2f}: "
-                     + (f"a gap of {gap:.2f} on the split against {gap_iid:.2f} on the IID data, so the split's test "
-                        f"set needs weights its mask does not rank high (split-specific weights)"
-                        if gap > gap_iid + MARGIN else
-                        f"no larger gap on the split ({gap:.2f}) than on the IID data ({gap_iid:.2f}): the curves "
-                        f"show no split-specific weights"))
+        gap, gap_iid = gaps
+        parts.append(f"the full-problem mask's top weights carry the {split} test set {gap:+.2f} in sufficiency area "
+                     f"beyond the {split} mask's, the IID test set {gap_iid:+.2f}: "
+                     + ("the split's test set needs weights its mask ranks low (split-specific weights)"
+                        if gap > gap_iid + MARGIN else "no split-specific weights in this reading"))
     return ("Read as rankings: " + "; ".join(parts) + ".") if parts else ""
 
 

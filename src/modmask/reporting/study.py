@@ -256,6 +256,22 @@ def curves_finding(curve: dict, title: str, labels: dict | None = None) -> str:
     return f"On {title}: " + " ".join(parts)
 
 
+def sufficiency_gaps(curve_block: dict, masks: tuple[str, str], functions: tuple[str, str]) -> tuple[float, float] | None:
+    """How much more of each of two functions the first mask's top weights carry than the second's:
+    the sufficiency area of "mask <a>" minus that of "mask <b>" on functions[0] and on functions[1]
+    (a curves block, one run's or aggregated); None where an area is undefined. A gap on the first
+    function beyond the one on the second (by MARGIN) says that function needs weights the second
+    mask ranks low, beyond its being a weaker mask overall (e.g. a split's test set against the IID
+    one, a split mask against the full-problem mask)."""
+    gaps = []
+    for function in functions:
+        areas = [mean(curve_block[function]["methods"][f"mask {m}"]["sufficiency_area"]) for m in masks]
+        if None in areas:
+            return None
+        gaps.append(areas[0] - areas[1])
+    return gaps[0], gaps[1]
+
+
 def curves_section(curves: dict, titles: dict | None, figures: Path, base: Path | None = None,
                    name: str = "curves", labels: dict | None = None) -> str:
     """The "curves" block of a study's results (runs.study.study_curves: function -> core.curves
