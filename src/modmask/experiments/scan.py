@@ -162,8 +162,8 @@ def scan_curves(model, trained: dict, test: dict[str, ScanData], config: Config,
     full-problem mask's top weights carry the split's test set and the split mask's do not, at equal
     densities, the test set needs weights that the split's training data did not select. The IID
     test set tells that gap from a split mask that is merely weaker everywhere: on it, both masks'
-    top weights should carry the function alike. Necessity is shown too, but it does not separate
-    the two readings: removing the top weights of either mask also removes weights both sets need.
+    top weights should carry the function alike. Necessity is shown too, but it need not separate
+    the two readings: removing the top weights of either mask may remove weights both sets need.
     """
     functions = curve_functions(test, config, seed)
     return study_curves(model, list(functions.values()), trained, config.curves, seed=seed,
