@@ -51,7 +51,24 @@ def test_run_study_writes_masks_tables_and_report(tmp_path):
         assert (tmp_path / path).exists(), path
     assert json.loads((tmp_path / "results.json").read_text())["masks"]["overlap"]["task0|task1"]
     assert "| not task0 |" in (tmp_path / "report.md").read_text()
+    _assert_both_random_removals_are_reported(model, functions, results, tmp_path)
     _assert_curves_are_reported(results, tmp_path)
+
+
+def _assert_both_random_removals_are_reported(model, functions, results, out):
+    """Beside each inverse mask, random removal per tensor and pooled (seeded as removal_controls
+    seeds them: draw r of mask i from seed 1000 * seed + i), in the table and in the verdict."""
+    from modmask import TrainedMask, random_control
+
+    for index, function in enumerate(functions):
+        mask = TrainedMask.load(out / f"masks/{function.name}.safetensors").masks
+        for match, label in (("tensor", f"random not {function.name}"), ("pooled", f"random pooled not {function.name}")):
+            expected = random_control(model, mask, function.eval, function.metric, 5, seed=index, match=match)
+            assert results["controls"][label][function.name]["mean"] == pytest.approx(expected["mean"]), label
+    report = (out / "report.md").read_text()
+    rows = [line.split(" |")[0] for line in report.splitlines() if line.startswith("| ")]
+    assert rows[rows.index("| not task0"):][:3] == ["| not task0", "| random not task0", "| random pooled not task0"]
+    assert "Removing the task0 mask costs task0" in report and "per tensor" in report and "random removal." in report
 
 
 def _assert_curves_are_reported(results, out):
@@ -151,3 +168,11 @@ def test_run_study_trains_a_mask_to_each_density_of_the_curves_when_asked(tmp_pa
             assert trained["necessity"] == [evaluate(model, inverse(m), function.eval, correct) for m in masks]
     assert "masks:task0@0.1,task0@0.5,task1@0.1,task1@0.5" in results["timings"]  # the density masks in one pass
     assert "trained task0 kept" in (tmp_path / "report.md").read_text()
+
+
+def test_run_study_refuses_an_evaluation_subset_it_cannot_take(tmp_path):
+    """curves.examples is for the built-in studies: run_study says so before any training."""
+    functions = [Function("task0", _batches(0, 1), [_task(0)], F.cross_entropy, lambda out, y: out.argmax(-1) == y)]
+    with pytest.raises(ValueError, match="curves.examples=100 is read by the built-in studies.*CurveConfig\\(examples=0\\)"):
+        run_study(nn.Linear(4, 2), functions, tmp_path, curves=CurveConfig(examples=100), progress=False)
+    assert not (tmp_path / "masks").exists()

@@ -204,6 +204,35 @@ def test_random_masks_within_a_mask():
         random_masks(_m(w=[1, 0, 0, 0, 0, 0], v=[1]), 0, within)
 
 
+def test_pooled_random_masks_keep_the_total_and_spread_it_over_the_tensors():
+    """match="pooled": the 2 kept weights of w (none of v) drawn among all 8 weights: the total is
+    exact in every draw, the per-tensor counts vary (w's is hypergeometric, 0/1/2 with 6/16/6 of 28)
+    and every position is equally likely (2/8)."""
+    masks = _m(w=[1, 1, 0, 0], v=[0, 0, 0, 0])
+    g = torch.Generator().manual_seed(0)
+    draws = [random_masks(masks, g, match="pooled") for _ in range(4000)]
+    assert all(d.count() == 2 for d in draws)
+    in_w = torch.tensor([d.counts()["w"] for d in draws])
+    assert [(in_w == c).float().mean().item() for c in (0, 1, 2)] == pytest.approx([6 / 28, 16 / 28, 6 / 28], abs=0.03)
+    frequency = torch.cat([torch.cat([d["w"], d["v"]]).float()[None] for d in draws]).mean(0)
+    assert (frequency - 0.25).abs().max() < 0.03
+    assert random_masks(masks, 5, match="pooled") == random_masks(masks, 5, match="pooled")  # seeded
+    assert random_masks(masks, 5) == random_masks(masks, 5, match="tensor")  # the default matches per tensor
+    assert all(random_masks(masks, s).counts() == {"w": 2, "v": 0} for s in range(20))
+    with pytest.raises(ValueError, match="match must be 'tensor'.*or 'pooled'"):
+        random_masks(masks, 0, match="total")
+
+
+def test_pooled_random_masks_within_a_mask():
+    within = _m(w=[1, 0, 1, 0], v=[0, 1, 0, 0])  # 3 positions in all, 2 of them in w
+    g = torch.Generator().manual_seed(1)
+    draws = [random_masks(_m(w=[0, 0, 0, 0], v=[1, 1, 0, 0]), g, within, match="pooled") for _ in range(300)]
+    assert all(d.count() == 2 and not (d - within).count() for d in draws)
+    assert {d.counts()["w"] for d in draws} == {1, 2}  # w holds 0 of the mask's weights, yet 1 or 2 are drawn there
+    with pytest.raises(ValueError, match="keeps 4 weights but `within` keeps only 3 in its tensors"):
+        random_masks(_m(w=[1, 1, 1, 1], v=[0, 0, 0, 0]), 0, within, match="pooled")
+
+
 def _model_and_data():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
@@ -242,6 +271,27 @@ def test_random_keep_and_full_on_io_layers():
         expected.append(evaluate(model, Masks({"0.weight": ~drawn["0.weight"], "2.weight": full["2.weight"]}),
                                  batches, metric))
     assert removed["values"] == pytest.approx(expected)
+
+
+def test_pooled_random_removal_draws_the_total_over_the_removed_tensors():
+    model, batches, metric, masks = _model_and_data()
+    pooled = random_control(model, masks, batches, metric, draws=3, seed=2, match="pooled")
+    g = torch.Generator().manual_seed(2)
+    expected = [evaluate(model, inverse(random_masks(masks, g, match="pooled")), batches, metric) for _ in range(3)]
+    assert pooled["values"] == pytest.approx(expected) and pooled["match"] == "pooled"
+    assert pooled["values"] != random_control(model, masks, batches, metric, draws=3, seed=2)["values"]
+    # with the Full mask kept on 2.weight (as the inverse keeps it), the draws pool over 0.weight alone
+    full = Masks({n: torch.ones(m.shape, dtype=torch.bool) for n, m in masks.items()})
+    io = random_control(model, masks, batches, metric, draws=3, seed=2, full=full, keep_full_on=["2.weight"],
+                        match="pooled")
+    g = torch.Generator().manual_seed(2)
+    expected = []
+    for _ in range(3):
+        drawn = random_masks(masks.only(["0.weight"]), g, match="pooled")
+        assert drawn.count() == masks.counts()["0.weight"]
+        expected.append(evaluate(model, Masks({"0.weight": ~drawn["0.weight"], "2.weight": full["2.weight"]}),
+                                 batches, metric))
+    assert io["values"] == pytest.approx(expected)
 
 
 def test_random_control_bad_input():

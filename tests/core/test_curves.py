@@ -173,6 +173,8 @@ def test_a_function_that_does_not_need_the_subset_has_no_areas_and_a_note():
     (dict(densities=(0.1, 1.0)), r"fractions in \(0, 1\)"),
     (dict(densities=(0.1,)), "at least two"),
     (dict(random_draws=0), "random_draws must be at least 1"),
+    (dict(examples=-1), r"examples must be 0 \(all evaluation examples\) or a positive count \(got -1\)"),
+    (dict(functions=()), "functions must name at least one function or pattern, or be None"),
 ])
 def test_bad_settings_are_refused_when_made(settings, message):
     with pytest.raises(ValueError, match=message):

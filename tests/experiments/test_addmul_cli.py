@@ -88,9 +88,11 @@ def _assert_accuracy_is_the_saved_masks_on_their_functions(out, draws=0):
             expected = evaluate(model, chosen, batches, digits_correct) * 100
             assert accuracy[label][op]["mean"] == pytest.approx(expected, rel=1e-6), (label, op)
     for index, (name, label) in enumerate((("full", "Full"), ("add", "+"), ("mul", "*")) if draws else ()):
-        for keep, row in ((True, f"random {label}"), (False, f"random ¬{label}")):
+        for keep, match, row in ((True, "tensor", f"random {label}"), (False, "tensor", f"random ¬{label}"),
+                                 (False, "pooled", f"random pooled ¬{label}")):
             for op, batches in columns.items():
-                control = random_control(model, masks[name], batches, digits_correct, draws, seed=index, keep=keep)
+                control = random_control(model, masks[name], batches, digits_correct, draws, seed=index, keep=keep,
+                                         match=match)
                 assert accuracy[row][op]["mean"] == pytest.approx(control["mean"] * 100, rel=1e-6), (row, op)
     return accuracy
 
@@ -129,7 +131,8 @@ def test_smoke_accuracy_rows_are_their_own_masks(tmp_path):
         return tuple(accuracy[label][op]["mean"] for op in ("+", "*", "iid"))
 
     for a, b in [("+", "*"), ("¬+", "¬*"), ("+", "¬+"), ("*", "¬*"), ("Full", "¬Full"), ("random ¬+", "random ¬*"),
-                 ("random +", "random ¬+"), ("random *", "random ¬*")]:
+                 ("random +", "random ¬+"), ("random *", "random ¬*"), ("random ¬*", "random pooled ¬*"),
+                 ("random pooled ¬+", "random pooled ¬*")]:
         assert row(a) != row(b), (a, b)
     assert all(accuracy[label]["+"] != accuracy[label]["*"] for label in CONDITIONS)  # columns tell apart too
 
@@ -346,18 +349,24 @@ def test_half_mask_figure_across_runs(finished, tmp_path):
 def test_the_curves_baselines_score_each_operation_on_fixed_batches_of_it():
     """taylor and wanda read 8 fixed training batches of the curve's own operation, drawn from the
     seed (not the mask stage's stream, so a resumed run reads the same)."""
+    from modmask import CurveConfig
     from modmask.data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
     from modmask.data.sampling import RandomBatches
     from modmask.experiments import addmul
     from modmask.runs.study import Function
 
-    train = AddMulData.generate("train", 2_000)
+    train, valid = AddMulData.generate("train", 2_000), AddMulData.generate("valid", 1_000)
     functions = [Function(name, RandomBatches(train.subset(op), 16, 1234), [], digit_loss, digits_correct, label)
                  for name, label, op in addmul.STAGES]
-    curves = addmul.curve_functions(functions, addmul.Config(batch_size=16), seed=0)
+    curves = addmul.curve_functions(functions, valid, addmul.Config(batch_size=16), seed=0)
     assert [f.name for f in curves] == ["add", "mul"]
     for function, op in zip(curves, (ADD, MUL)):
         assert len(function.train) == 8 and function.loss is digit_loss
         assert all(inputs[:, 40 + op].all() and len(inputs) == 16 for inputs, _ in function.train)  # one-hot op
-    again = addmul.curve_functions(functions, addmul.Config(batch_size=16), seed=0)
+    again = addmul.curve_functions(functions, valid, addmul.Config(batch_size=16), seed=0)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(curves[0].train, again[0].train))
+    # evaluated on the operation's validation examples, the first curves.examples of them
+    assert [sum(len(y) for _, y in f.eval) for f in curves] == [len(valid.subset(ADD)), len(valid.subset(MUL))]
+    few = addmul.curve_functions(functions, valid, addmul.Config(curves=CurveConfig(examples=30)), seed=0)
+    assert [sum(len(y) for _, y in f.eval) for f in few] == [30, 30]
+    assert torch.equal(few[1].eval[0][0], valid.subset(MUL).encode(slice(0, 30))[0])

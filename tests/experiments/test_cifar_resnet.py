@@ -248,6 +248,10 @@ def test_cifar_smoke_resnet_end_to_end(image_folder, tmp_path):
     assert agg["half_mask"]["layers_late"][-2:] == ["output.weight", "output.bias"]
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# CIFAR-10 class removal: ResNet-8") and "official test set" in report
+    # curves of the first two classes, among every masked tensor but the output layer (BatchNorm gains included)
+    assert set(agg["curves"]) == {"airplane", "airplane-others", "automobile", "automobile-others"}
+    assert "stages.0.0.norm1.weight" in agg["curves"]["airplane"]["subset"]
+    assert "## Curves over density" in report and "| mask without automobile |" in report
     from modmask import TrainedMask
     reference = TrainedMask.load(tmp_path / "seed-0/masks/reference.safetensors").logits
     assert "stages.0.0.norm1.bias" in reference and "output.bias" in reference

@@ -35,6 +35,50 @@ def test_cifar_smoke_end_to_end(image_folder, tmp_path):
     from modmask.core.training import TrainedMask
     masks = TrainedMask.load(tmp_path / "seed-0/masks/without-3.safetensors").logits
     assert "output.weight" not in masks and "convs.0.weight" in masks
+    assert all({"random_target_drop", "random_pooled_target_drop"} <= set(row) for row in agg["removal"])
+    _assert_class_curves(tmp_path, image_folder, agg)
+
+
+def _assert_class_curves(out, image_folder, agg):
+    """The first two classes' curves (the smoke preset's default), each ranked by the reference mask
+    and that class's mask, on its own evaluation images and on the other classes', in every tensor
+    but the output layer, which keeps the reference mask: pinned by hand on the saved masks."""
+    from safetensors.torch import load_model
+
+    from modmask import CurveConfig, Masks, TrainedMask, density_curves
+    from modmask.config import resolve
+    from modmask.data.cifar import load_cifar10
+    from modmask.data.sampling import fixed_batches
+    from modmask.experiments import cifar
+
+    config = resolve(cifar.Config, cifar.PRESETS, "smoke", {"data": str(image_folder)})
+    _, _, eval_set = cifar._data(config, load_cifar10(str(image_folder)))
+    model = cifar._model(config, 10, 0)
+    load_model(model, str(out / "seed-0/checkpoints/pretrained.safetensors"))
+    reference = TrainedMask.load(out / "seed-0/masks/reference.safetensors")
+    output = {n: reference.logits[n] for n in cifar.OUTPUT}
+    assert set(agg["curves"]) == {"airplane", "airplane-others", "automobile", "automobile-others"}
+    correct = lambda out, y: out.argmax(-1) == y  # noqa: E731
+    for k, name in enumerate(("airplane", "automobile")):
+        without = TrainedMask.load(out / f"seed-0/masks/without-{k}.safetensors").logits
+        rankings = {"mask reference": reference.logits, f"mask without-{k}": {**without, **output}}
+        for function, own in ((name, True), (f"{name}-others", False)):
+            curve = agg["curves"][function]
+            assert list(curve["methods"])[:2] == list(rankings) and "random per tensor" in curve["methods"]
+            assert "output.weight" not in curve["subset"] and "convs.0.weight" in curve["subset"]
+            where = ((eval_set.labels == k) == own).nonzero().squeeze(1)  # the smoke set is below curves.examples
+            batches = fixed_batches(cifar.IndexSubset(eval_set, where), 250)
+            expected = density_curves(model.eval(), rankings, batches, correct, CurveConfig((0.01, 0.1, 0.5), (),
+                                      subset=tuple(curve["subset"])), rest=reference.masks)
+            assert curve["full"]["mean"] == pytest.approx(expected["full"]) and expected["full"] > 0, function
+            for method, values in expected["methods"].items():
+                for side in ("sufficiency", "necessity"):
+                    assert [v["mean"] for v in curve["methods"][method][side]] == pytest.approx(values[side]), \
+                        (function, method, side)
+    report = (out / "report.md").read_text()
+    assert "## Curves over density" in report and "| mask without airplane |" in report and "| reference mask |" in report
+    assert "![curves automobile-others](figures/curves_automobile-others.png)" in report
+    assert "Read as rankings: " in report and "| random pooled removal drop [%] |" in report
 
 
 def test_balanced_subset_of_class_sorted_labels():
@@ -74,7 +118,7 @@ def test_cifar_smoke_on_a_class_sorted_folder_with_fewer_images(image_folder, tm
     assert all(chosen[labels[chosen] == c].max() >= 60 * c + 20 for c in range(10))  # sampled, not each class's first 20
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
     # every class is in the evaluation split (a row of the confusion in % sums to 100, or 0 for a missing class)
-    evaluated = torch.cat([y for _, y in valid])
+    evaluated = valid.labels
     assert sorted(evaluated.unique().tolist()) == list(range(10))
     assert [round(sum(row["mean"] for row in rows)) for rows in agg["reference_confusion"]] == [100] * 10
     # the cat/dog stability masks trained on both classes of the pair

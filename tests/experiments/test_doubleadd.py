@@ -58,6 +58,7 @@ def test_doubleadd_smoke_end_to_end(tmp_path):
                  "figures/curves_io_from_full_pair2.png"]:
         assert (tmp_path / name).exists(), name
     _assert_curves_of_the_pair_masks(tmp_path, agg)
+    assert "random ¬Pair 1 | random pooled ¬Pair 1 |" in (tmp_path / "report.md").read_text()
 
 
 def _assert_curves_of_the_pair_masks(out, agg):
@@ -145,3 +146,31 @@ def test_a_doubleadd_joint_stage_killed_mid_way_resumes_to_the_same_masks(tmp_pa
     resumed, whole = (json.loads((tmp_path / f"{run}/results.json").read_text())["aggregate"]["curves"]
                       for run in ("killed", "whole"))
     assert resumed == whole
+
+
+def test_each_inverse_pair_mask_has_random_removal_per_tensor_and_pooled(monkeypatch):
+    """The rows of the accuracy table are random_control of their own mask: kept, removed per tensor,
+    removed pooled, the I/O layers as the inverse treats them (the smoke run's masks are all empty,
+    where every random removal gives the same numbers, so the wiring is pinned here)."""
+    from modmask import Masks
+    from modmask.experiments import doubleadd
+
+    calls = []
+
+    def spy(model, masks, batches, metric, draws, seed, keep, match, full=None, keep_full_on=()):
+        calls.append((next(n for n, m in named.items() if m is masks), keep, match, tuple(keep_full_on), seed))
+        return {"mean": 0.5}
+
+    monkeypatch.setattr(doubleadd, "random_control", spy)
+    model = PairwiseFNN([4])
+    named = {n: Masks({k: torch.rand(p.shape) < 0.5 for k, p in model.named_parameters() if p.dim() == 2})
+             for n in ("full", "pair1", "pair2")}
+    from modmask.data.arithmetic import DoubleAddData
+    from modmask.data.sampling import fixed_batches
+
+    valid, io = fixed_batches(DoubleAddData.generate("valid", 20), 20), ("net.layers.1.weight",)
+    accuracy = doubleadd._accuracies(model, named, valid, list(io), draws=3, seed=1)
+    assert accuracy["random pooled ¬Pair 2"] == {"pair 1": 50.0, "pair 2": 50.0}
+    assert sorted(set(calls)) == sorted({("pair1", True, "tensor", (), 1000), ("pair1", False, "tensor", io, 1000),
+                                         ("pair1", False, "pooled", io, 1000), ("pair2", True, "tensor", (), 1001),
+                                         ("pair2", False, "tensor", io, 1001), ("pair2", False, "pooled", io, 1001)})

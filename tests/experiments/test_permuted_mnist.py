@@ -59,6 +59,43 @@ def test_protocol_freezes_used_weights_and_relearns_the_rest(tiny_mnist, tmp_pat
     assert set(results["sharing"][0]) == {"layers.0.weight", "layers.1.weight", "layers.2.weight",
                                           "layers.3.weight"}
     assert (tmp_path / "figures/sharing.png").exists() and (tmp_path / "report.md").exists()
+    _assert_task_curves(tmp_path, tiny_mnist, results)
+
+
+def _assert_task_curves(out, data, results):
+    """Every task's mask ranking on its own task, in the network that runs it (final weights, the
+    task's first layer, its mask applied): pinned by hand on the saved files; in the report."""
+    from modmask import CurveConfig, density_curves
+    from modmask.data.mnist import PermutedMNIST, load_mnist, normalise, permuted_mnist_tasks, train_valid_split
+    from modmask.data.sampling import fixed_batches
+    from modmask.experiments.permuted_mnist import task_network
+    from modmask.models import MLP
+
+    mnist = load_mnist(str(data), verify=False)
+    images, labels = mnist["train"]
+    train_idx, valid_idx = train_valid_split(len(labels))
+    _, mean, std = normalise(images[train_idx])
+    valid_x, _, _ = normalise(images[valid_idx], mean, std)
+    model = MLP(784, (32, 32, 16), 10)
+    model.load_state_dict(load_file(str(out / "seed-0/checkpoints/after-task-2.safetensors")))
+    assert list(results["curves"]) == ["task-0", "task-1", "task-2"]
+    for task, order in enumerate(permuted_mnist_tasks(3)):
+        first = load_file(str(out / f"seed-0/checkpoints/after-task-{task}.safetensors"))
+        trained = TrainedMask.load(out / f"seed-0/masks/task-{task}.safetensors")
+        network = task_network(model, {n: first[n] for n in ("layers.0.weight", "layers.0.bias")}, trained.masks)
+        valid = fixed_batches(PermutedMNIST(valid_x, labels[valid_idx], order), 2000)
+        correct = lambda out, y: out.argmax(-1) == y  # noqa: E731
+        expected = density_curves(network.eval(), {f"mask task-{task}": trained.logits}, valid, correct,
+                                  CurveConfig((0.01, 0.1, 0.5), ()))
+        curve = results["curves"][f"task-{task}"]
+        assert curve["full"]["mean"] == pytest.approx(results["accuracy"][task]["mean"] / 100)  # the masked task
+        assert list(curve["methods"]) == [f"mask task-{task}", "magnitude", "wanda", "taylor", "random",
+                                          "random per tensor"]
+        for side in ("sufficiency", "necessity"):
+            assert [v["mean"] for v in curve["methods"][f"mask task-{task}"][side]] == \
+                pytest.approx(expected["methods"][f"mask task-{task}"][side]), (task, side)
+    report = (out / "report.md").read_text()
+    assert "## Curves over density" in report and "| T2 mask |" in report and "![curves task-2](figures/curves_task-2.png)" in report
 
 
 def test_resume_after_a_finished_task_gives_the_same_result(tiny_mnist, tmp_path):

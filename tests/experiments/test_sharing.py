@@ -20,6 +20,17 @@ def test_sharing_smoke_end_to_end(tmp_path, sweep):
                      "--quiet"]) == 0
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
     assert len(agg["points"]) == 2 and 0 <= agg["points"][0]["shared_add"]["mean"] <= 1
+    assert not any("curves" in p for p in agg["points"])  # off by default: the sweep reads overlaps
+    if sweep == "size":  # on, through modmask curve: every point's masks ranked, no retraining
+        masks = sorted((tmp_path / "seed-0").glob("point-*/masks/*.safetensors"))
+        before = [m.stat().st_mtime_ns for m in masks]
+        assert cli.main(["curve", str(tmp_path), "--set", "curves.enabled=true", "--quiet"]) == 0
+        assert [m.stat().st_mtime_ns for m in masks] == before and len(masks) == 6
+        points = json.loads((tmp_path / "results.json").read_text())["aggregate"]["points"]
+        assert all(set(p["curves"]) == {"add", "mul"} for p in points)
+        assert list(points[1]["curves"]["mul"]["methods"])[:3] == ["mask full", "mask add", "mask mul"]
+        report = (tmp_path / "report.md").read_text()
+        assert "### Network 32-32, beta 0.0001" in report and "![curves_point1 mul](figures/curves_point1_mul.png)" in report
     figure = "sharing_vs_size.png" if sweep == "size" else "beta_16-16.png"
     assert (tmp_path / "figures" / figure).exists()
     if sweep == "beta":  # both betas reuse one pretrained network

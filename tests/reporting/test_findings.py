@@ -3,26 +3,51 @@
 from modmask.reporting import addmul, doubleadd
 
 
-def _addmul_accuracy(not_add_on_mul, random_not_add_on_mul):
+def _addmul_accuracy(not_add_on_mul, random_not_add_on_mul, pooled_not_add_on_mul=None):
     ops = lambda add, mul: {"+": add, "*": mul}  # noqa: E731
-    return {"Full": ops(100, 100), "+": ops(100, 1), "*": ops(1, 100), "¬+": ops(1, not_add_on_mul),
-            "¬*": ops(90, 2), "random ¬+": ops(60, random_not_add_on_mul), "random ¬*": ops(92, 60)}
+    accuracy = {"Full": ops(100, 100), "+": ops(100, 1), "*": ops(1, 100), "¬+": ops(1, not_add_on_mul),
+                "¬*": ops(90, 2), "random ¬+": ops(60, random_not_add_on_mul), "random ¬*": ops(92, 60)}
+    if pooled_not_add_on_mul is not None:  # random removal pooled over the tensors (runs made before it lack it)
+        accuracy |= {"random pooled ¬+": ops(30, pooled_not_add_on_mul), "random pooled ¬*": ops(95, 70)}
+    return accuracy
 
 
 def test_addmul_says_whether_the_other_operation_needs_the_masks_weights():
     overlap = {"iou": 0.2, "iomin": 0.6, "iou_chance": 0.1, "z": 50.0}
     entangled = addmul.finding(_addmul_accuracy(not_add_on_mul=5, random_not_add_on_mul=80), overlap)
-    assert "costs multiplication 95.0 points, random removal 20.0: multiplication needs the + mask's weights" in entangled
+    assert "costs multiplication 95.0 points, random removal 20.0 per tensor: multiplication needs the + mask's " \
+           "weights more than random ones (against the costlier, per tensor)" in entangled
     separate = addmul.finding(_addmul_accuracy(not_add_on_mul=78, random_not_add_on_mul=80), overlap)
-    assert "costs multiplication 22.0 points, random removal 20.0: about what removing random weights costs" in separate
+    assert "costs multiplication 22.0 points, random removal 20.0 per tensor: about what removing random weights " \
+           "costs" in separate
     spared = addmul.finding(_addmul_accuracy(not_add_on_mul=95, random_not_add_on_mul=60), overlap)
-    assert "multiplication survives it better than random removal" in spared
+    assert "multiplication survives it better than random removal (even the cheaper, per tensor)" in spared
     assert "2.0x chance" in separate
 
 
-def _doubleadd_aggregate(not_pair1_on_pair2):
+def test_addmul_claims_rest_on_the_random_removal_hardest_for_them():
+    """Removing + costs addition 99 points: random removal costs it 40 per tensor and 70 pooled, so
+    the claim rests on the pooled one; multiplication's survival rests on the cheaper one."""
+    overlap = {"iou": 0.2, "iomin": 0.6, "iou_chance": 0.1, "z": 50.0}
+    text = addmul.finding(_addmul_accuracy(not_add_on_mul=95, random_not_add_on_mul=60, pooled_not_add_on_mul=50),
+                          overlap)
+    assert ("Removing the + mask costs addition 99.0 points; removing as many random weights costs it 40.0 per tensor "
+            "and 70.0 pooled: the effect holds against random removal (against the costlier, pooled).") in text
+    assert ("random removal 40.0 per tensor and 50.0 pooled: multiplication survives it better than random removal "
+            "(even the cheaper, per tensor)") in text
+    # the costlier control decides: 99 is not 10 points above a pooled removal that costs 95
+    weaker = addmul.finding({**_addmul_accuracy(95, 60, 50), "random pooled ¬+": {"+": 5, "*": 50}}, overlap)
+    assert "costs it 40.0 per tensor and 95.0 pooled: the effect does not hold against random removal." in weaker
+    # the cheaper control decides: spared by 35 points against per tensor, by 5 against pooled
+    between = addmul.finding(_addmul_accuracy(95, 60, 90), overlap)
+    assert "random removal 40.0 per tensor and 10.0 pooled: about what removing random weights costs" in between
+
+
+def _doubleadd_aggregate(not_pair1_on_pair2, pooled_on_pair2=None):
     pairs = lambda one, two: {"pair 1": one, "pair 2": two}  # noqa: E731
     accuracy = {"Full": pairs(100, 100), "¬Pair 1": pairs(1, not_pair1_on_pair2), "random ¬Pair 1": pairs(50, 60)}
+    if pooled_on_pair2 is not None:
+        accuracy["random pooled ¬Pair 1"] = pairs(20, pooled_on_pair2)
     total = {"iou": 0.15, "iou_chance": 0.08}
     return {"accuracy": accuracy, "masks": {"overlap": {"pair1|pair2": [total]}}}
 
@@ -31,6 +56,11 @@ def test_doubleadd_says_whether_removing_pair_1_spares_pair_2_against_random_rem
     assert "the masks are not functionally separate" in doubleadd.finding(_doubleadd_aggregate(20))
     assert "costs pair 2 about what removing random weights does" in doubleadd.finding(_doubleadd_aggregate(55))
     assert "the masks are functionally separate" in doubleadd.finding(_doubleadd_aggregate(90))
+    both = doubleadd.finding(_doubleadd_aggregate(90, pooled_on_pair2=30))
+    assert "costs pair 1 50.0 per tensor and 80.0 pooled: the Pair 1 mask's own effect holds against random " \
+           "removal (against the costlier, pooled)." in both
+    assert "(even the cheaper, per tensor), so pair 2 does not rely" in both
+    assert "about what removing random weights does" in doubleadd.finding(_doubleadd_aggregate(90, pooled_on_pair2=85))
 
 
 def _curve(areas: dict[str, tuple[float, float]]) -> dict:
@@ -77,3 +107,35 @@ def test_curves_section_renders_one_run_and_an_aggregate_over_seeds(tmp_path):
     seeds = curves_section({"add": aggregate([one, other])}, {"add": "addition"}, figures, name="seeds")
     assert "| mask add | 0.800 ± 0.141 | 0.400 ± 0.141 |" in seeds and "On addition: mask add: sufficiency area 0.80" in seeds
     assert (figures / "seeds_add.png").exists()
+
+
+def _masks_curve(**areas: float) -> dict:
+    """A curve whose masks ("mask <name>") have these sufficiency areas (necessity 0.5)."""
+    return _curve({f"mask {name}": (area, 0.5) for name, area in areas.items()})
+
+
+def test_the_studies_read_split_class_and_difficulty_specific_weights_from_sufficiency_gaps():
+    """A gap in sufficiency area between two masks on one function beyond the gap on a reference
+    function (by more than MARGIN) is read as weights specific to the first function."""
+    from modmask.reporting import cifar, dm_math, scan
+
+    specific = {"jump": _masks_curve(simple=0.8, jump=0.2), "iid": _masks_curve(simple=0.8, jump=0.7)}
+    text = scan.curves_gap(specific)
+    assert "carry the jump test set +0.60 in sufficiency area beyond the jump mask's, the IID test set +0.10: the " \
+           "split's test set needs weights its mask ranks low (split-specific weights)." in text
+    weaker = {"jump": _masks_curve(simple=0.8, jump=0.5), "iid": _masks_curve(simple=0.8, jump=0.48)}
+    assert "no split-specific weights in this reading" in scan.curves_gap(weaker)  # weaker everywhere alike
+
+    classes = ["airplane", "automobile"]
+    exclusive = {"automobile": _masks_curve(reference=0.7, **{"without-1": 0.1}),
+                 "automobile-others": _masks_curve(reference=0.7, **{"without-1": 0.65})}
+    assert "carry automobile +0.60 in sufficiency area beyond the mask without automobile, the other classes +0.05: " \
+           "automobile needs weights the other classes' mask ranks low" in cifar.curves_specificity(exclusive, classes)
+    shared = {"automobile": _masks_curve(reference=0.7, **{"without-1": 0.6}),
+              "automobile-others": _masks_curve(reference=0.7, **{"without-1": 0.62})}
+    assert "no weights exclusive to automobile" in cifar.curves_specificity(shared, classes)
+
+    hard = {"hard": _masks_curve(control=0.6, easy=0.1), "easy": _masks_curve(control=0.9, easy=0.85)}
+    assert "the control mask's top weights carry the hard test set +0.50 in sufficiency area beyond the easy-trained " \
+           "mask's, the easy test set +0.05: hard problems need weights" in dm_math.curves_gap("m", hard)
+    assert "reach sufficiency area 0.60, the easy-trained mask's 0.10" in dm_math.curves_gap("m", {"hard": hard["hard"]})

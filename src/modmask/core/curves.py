@@ -45,14 +45,17 @@ BASELINE_METHODS = (*(b for b in BASELINES if b != RANDOM), RANDOM, RANDOM_PER_T
 @dataclass(frozen=True)
 class CurveConfig:
     """What curves over density measure (the core uses densities, baselines, random_draws and
-    subset; enabled and train are for the studies).
+    subset; enabled, train and examples are for the studies).
 
     densities: the ladder, strictly increasing fractions in (0, 1), at least two. baselines: of
     BASELINES ("random" gives the methods "random" and "random per tensor"). random_draws: random
     rankings per random method, averaged (each density's spread kept). subset: None (every masked
     tensor) or names / glob patterns of the tensors the curve selects in; the others keep the rest
     mask. enabled: a study computes curves at all. train: a study also trains one mask per density
-    (MaskConfig.target_density), together in one pass.
+    (MaskConfig.target_density), together in one pass. examples: a built-in study evaluates each
+    function's curves on at most this many of its evaluation examples (0: all of them), since a
+    curve evaluates the model 2 x densities times per method. functions: None (every function of the
+    study) or names / glob patterns of the functions that get curves (e.g. "cat*" in cifar).
     """
 
     densities: tuple[float, ...] = DENSITIES
@@ -61,14 +64,17 @@ class CurveConfig:
     subset: tuple[str, ...] | None = None
     enabled: bool = True
     train: bool = False
+    examples: int = 0
+    functions: tuple[str, ...] | None = None
 
     def __post_init__(self):
         # config.json and Python callers give lists (or one pattern as a string): stored as tuples
         as_tuple = lambda v: (v,) if isinstance(v, str) else tuple(v)  # noqa: E731
         object.__setattr__(self, "densities", tuple(float(d) for d in as_tuple(self.densities)))
         object.__setattr__(self, "baselines", as_tuple(self.baselines))
-        if self.subset is not None:
-            object.__setattr__(self, "subset", as_tuple(self.subset))
+        for name in ("subset", "functions"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, as_tuple(getattr(self, name)))
         d = self.densities
         problems = [message for message, bad in {
             f"densities must be at least two fractions in (0, 1), strictly increasing (got {list(d)}); e.g. "
@@ -79,6 +85,10 @@ class CurveConfig:
             f"random_draws must be at least 1 (got {self.random_draws})": self.random_draws < 1,
             "subset must name at least one tensor or pattern, or be None for every masked tensor":
                 self.subset is not None and not self.subset,
+            f"examples must be 0 (all evaluation examples) or a positive count (got {self.examples})":
+                self.examples < 0,
+            "functions must name at least one function or pattern, or be None for every function":
+                self.functions is not None and not self.functions,
         }.items() if bad]
         if problems:
             raise ValueError("curve settings: " + "; ".join(problems))

@@ -4,7 +4,7 @@ Evaluation is deterministic: a mask is the boolean `logit > 0` (the original cod
 evaluation and `> 0` in analysis; they differ only for logits exactly 0, and we use one rule).
 Tensors without an entry in the masks keep their full weights. `random_control` gives the reference
 of a mask or inverse-mask result: the same evaluation with random masks of the same per-tensor
-counts (docs/controls.md).
+counts, or of the same total count pooled over the tensors (docs/controls.md).
 """
 
 from __future__ import annotations
@@ -65,12 +65,18 @@ def inverse(masks: Masks, full: Masks | None = None, keep_full_on: Sequence[str]
 
 def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: MetricFn, draws: int = 5,
                    seed: int = 0, keep: bool = False, full: Masks | None = None,
-                   keep_full_on: Sequence[str] = (), within: Masks | None = None, mode: str = "eval") -> dict:
+                   keep_full_on: Sequence[str] = (), within: Masks | None = None, mode: str = "eval",
+                   match: str = "tensor") -> dict:
     """The metric with random weights removed (or kept) instead of the mask's: the control of an
-    inverse-mask (or mask) result. Returns {"mean", "std", "values", "draws"} over `draws` random
-    masks with the same number of weights as `masks` in every tensor; std is the sample std
-    (None for one draw). Draw r is the r-th mask from one generator seeded with `seed`, so the
-    same seed gives the same values and more draws extend the list.
+    inverse-mask (or mask) result. Returns {"mean", "std", "values", "draws", "match"} over `draws`
+    random masks with as many weights as `masks`; std is the sample std (None for one draw). Draw r
+    is the r-th mask from one generator seeded with `seed`, so the same seed gives the same values
+    and more draws extend the list.
+
+    match (random_masks): "tensor" (default) draws the mask's count in every tensor, the control
+        of layer-local claims; "pooled" draws its total count uniformly over all its tensors (with
+        keep_full_on: over the tensors where the mask is removed), the control of whole-network
+        removal, which may hit a small, fragile tensor harder than the mask does (docs/controls.md).
 
     keep=False (random removal, next to `evaluate(model, inverse(masks, full, keep_full_on), ...)`):
         each draw R is removed exactly as the inverse removes the mask, `inverse(R, full,
@@ -95,13 +101,21 @@ def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: Me
     if full is not None:
         check_fits(full, model, source="the full mask")
     generator = torch.Generator().manual_seed(seed)
+    removed = [n for n in masks if n not in set(keep_full_on)]
+
+    def draw() -> Masks:
+        if match == "pooled" and keep_full_on:  # the inverse keeps the Full mask there: pool over the others
+            pooled = random_masks(masks.only(removed), generator, within and within.only(removed), match)
+            return Masks({**masks, **pooled})  # the keep_full_on tensors' entries are replaced by Full's
+        return random_masks(masks, generator, within, match)
+
     values = []
     for _ in range(draws):
-        drawn = random_masks(masks, generator, within)
+        drawn = draw()
         condition = drawn if keep else inverse(drawn, full, keep_full_on)
         values.append(evaluate(model, condition, batches, metric, mode))
     summary = summarize(values)
-    return {"mean": summary["mean"], "std": summary["std"], "values": values, "draws": draws}
+    return {"mean": summary["mean"], "std": summary["std"], "values": values, "draws": draws, "match": match}
 
 
 def split_layers(names: Sequence[str], rounding: str = "ceil") -> tuple[list[str], list[str]]:

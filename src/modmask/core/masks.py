@@ -217,28 +217,58 @@ def top_masks_ladder(scores: Mapping[str, torch.Tensor], densities: Sequence[flo
     return ladder
 
 
-def random_masks(masks: Masks, generator: torch.Generator | int = 0, within: Masks | None = None) -> Masks:
-    """Masks with the same number of kept weights in every tensor as `masks`, at uniformly random
-    positions (the reference of the chance levels and of the random controls).
+MATCHES = ("tensor", "pooled")  # how a random mask matches a mask's size: in every tensor, or in total
 
-    generator: a `torch.Generator` (CPU; draws advance it) or an int seed. within: draw each
-    tensor's positions only among the weights `within` keeps there (e.g. the Full mask, for a
-    control that removes weights the network uses); it needs at least as many as `masks` keeps.
+
+def random_masks(masks: Masks, generator: torch.Generator | int = 0, within: Masks | None = None,
+                 match: str = "tensor") -> Masks:
+    """Masks with as many kept weights as `masks`, at uniformly random positions (the reference of
+    the chance levels and of the random controls).
+
+    match: "tensor" (default) keeps the mask's count in every tensor; "pooled" keeps its total count,
+    drawn uniformly over the weights of all its tensors together, so each tensor's count varies
+    from draw to draw (about its share of the weights) while the total is exact (docs/controls.md:
+    per tensor is the control for overlap and layer-local claims, pooled for whole-network removal).
+    generator: a `torch.Generator` (CPU; draws advance it) or an int seed. within: draw the positions
+    only among the weights `within` keeps (e.g. the Full mask, for a control that removes weights
+    the network uses): per tensor, or pooled over them all; it needs at least as many as `masks` keeps.
     """
+    if match not in MATCHES:
+        raise ValueError(f"match must be 'tensor' (the mask's count in every tensor) or 'pooled' (its total "
+                         f"count over all its tensors), not {match!r}")
     if not isinstance(generator, torch.Generator):
         generator = torch.Generator().manual_seed(int(generator))
     if within is not None:
         check_same_tensors(masks, within, "the masks", "within")
+    # [n] flat positions each tensor may draw from
+    pools = {name: (torch.arange(mask.numel()) if within is None else within[name].flatten().cpu().nonzero().squeeze(1))
+             for name, mask in masks.items()}
+    if match == "pooled":
+        return _random_pooled(masks, pools, generator)
     drawn = {}
     for name, mask in masks.items():
-        k = int(mask.sum())
-        pool = (torch.arange(mask.numel()) if within is None
-                else within[name].flatten().cpu().nonzero().squeeze(1))
+        k, pool = int(mask.sum()), pools[name]
         if k > len(pool):
             raise ValueError(f"tensor {name!r}: the mask keeps {k} weights but `within` keeps only "
                              f"{len(pool)} there, so no random mask of that size fits inside it")
         flat = torch.zeros(mask.numel(), dtype=torch.bool)
         flat[pool[torch.randperm(len(pool), generator=generator)[:k]]] = True
+        drawn[name] = flat.view(mask.shape).to(mask.device)
+    return Masks(drawn)
+
+
+def _random_pooled(masks: Masks, pools: dict[str, torch.Tensor], generator: torch.Generator) -> Masks:
+    """random_masks(match="pooled"): the masks' total count drawn from all the pools together."""
+    k, sizes = masks.count(), [len(pool) for pool in pools.values()]
+    if k > sum(sizes):
+        raise ValueError(f"the mask keeps {k} weights but `within` keeps only {sum(sizes)} in its tensors, so no "
+                         f"random mask of that size fits inside it")
+    chosen = torch.zeros(sum(sizes), dtype=torch.bool)  # over the pools, concatenated
+    chosen[torch.randperm(len(chosen), generator=generator)[:k]] = True
+    drawn = {}
+    for (name, mask), pool, picked in zip(masks.items(), pools.values(), chosen.split(sizes)):
+        flat = torch.zeros(mask.numel(), dtype=torch.bool)
+        flat[pool[picked]] = True
         drawn[name] = flat.view(mask.shape).to(mask.device)
     return Masks(drawn)
 

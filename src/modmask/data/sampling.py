@@ -59,6 +59,17 @@ def fixed_batches(data, batch_size: int) -> list:
     return [data.encode(slice(i, i + batch_size)) for i in range(0, len(data), batch_size)]
 
 
+class OrderedBatches:
+    """fixed_batches encoded only when iterated (re-iterable): evaluation data that may never be
+    read, e.g. of functions a study's settings leave out, costs no memory."""
+
+    def __init__(self, data, batch_size: int):
+        self.data, self.batch_size = data, batch_size
+
+    def __iter__(self):
+        return (self.data.encode(slice(i, i + self.batch_size)) for i in range(0, len(self.data), self.batch_size))
+
+
 class IndexSubset:
     """The examples of `data` at `indices` (int64 [n]), without copying them."""
 
@@ -70,6 +81,12 @@ class IndexSubset:
 
     def encode(self, index):
         return self.data.encode(self.indices[index])
+
+
+def first_examples(data, count: int):
+    """The first `count` examples of `data` (a dataset with len() and encode()); all of them for
+    count 0 or a count beyond its size."""
+    return data if not count or count >= len(data) else IndexSubset(data, torch.arange(count))
 
 
 def balanced_subset(labels: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:

@@ -21,7 +21,7 @@ from ..core.curves import CurveConfig
 from ..core.evaluation import collect, inverse
 from ..core.mask_config import Execution, MaskConfig
 from ..data.arithmetic import ADD, MUL, AddMulData, digit_loss, digits_correct
-from ..data.sampling import RandomBatches, fixed_batches
+from ..data.sampling import RandomBatches, first_examples, fixed_batches
 from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from ..runs import RunDir
@@ -117,9 +117,10 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     metric = removal_matrix(model, functions, trained)
     controls = removal_controls(model, functions, trained, config.random_draws, seed)
-    labels = {"none": "No mask", "full": "Full", "add": "+", "not add": "¬+", "mul": "*", "not mul": "¬*",
-              "not full": "¬Full"}
-    labels.update({f"random {c}": f"random {labels[c]}" for c in list(labels) if c != "none"})
+    base = {"none": "No mask", "full": "Full", "add": "+", "not add": "¬+", "mul": "*", "not mul": "¬*",
+            "not full": "¬Full"}
+    labels = {**base, **{f"random {c}": f"random {label}" for c, label in base.items() if c != "none"},
+              **{f"random pooled {c}": f"random pooled {label}" for c, label in base.items() if c.startswith("not ")}}
     columns = {"+": "add", "*": "mul", "iid": "full"}
     accuracy = {labels[c]: {op: metric[c][f] * 100 for op, f in columns.items()} for c in metric}
     # the controls: mean over the random draws, and their spread in `control_std`
@@ -143,15 +144,19 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
             trained_at = density_masks(model, streams, run_dir, config.mask, config.execution, config.curves.densities,
                                        seed=seed, progress=progress, checkpoint_every=config.checkpoint_every)
         with run_dir.timed("curves"):
-            results["curves"] = study_curves(model, curve_functions(functions, config, seed), trained, config.curves,
-                                             rest=masks["full"], seed=seed, trained_at=trained_at)
+            results["curves"] = study_curves(model, curve_functions(functions, valid, config, seed), trained,
+                                             config.curves, rest=masks["full"], seed=seed, trained_at=trained_at)
     results["timings"] = run_dir.timings()
     return results
 
 
-def curve_functions(functions: list[Function], config: Config, seed: int, batches: int = 8) -> list[Function]:
-    """The + and * functions of the curves, each with `batches` fixed training batches of its own
-    operation for the baselines that read data (taylor, wanda): drawn afresh from the seed, so a
-    resumed run (whose mask batches were never drawn) scores with the same ones."""
-    return [replace(f, train=list(itertools.islice(RandomBatches(f.train.data, config.batch_size, 4321 + seed), batches)))
+def curve_functions(functions: list[Function], valid: AddMulData, config: Config, seed: int,
+                    batches: int = 8) -> list[Function]:
+    """The + and * functions of the curves, each evaluated on the first config.curves.examples of
+    its operation's validation examples (0: all) and with `batches` fixed training batches of it for
+    the baselines that read data (taylor, wanda): drawn afresh from the seed, so a resumed run (whose
+    mask batches were never drawn) scores with the same ones."""
+    ops = {name: op for name, _, op in STAGES}
+    return [replace(f, train=list(itertools.islice(RandomBatches(f.train.data, config.batch_size, 4321 + seed), batches)),
+                    eval=fixed_batches(first_examples(valid.subset(ops[f.name]), config.curves.examples), 1000))
             for f in functions if f.name in ("add", "mul")]

@@ -6,16 +6,24 @@ two masks: the control mask on the same full training set, and a mask on train-e
 original names this stage "hard", but trains it on train_easy). Both are evaluated on the held-out
 hard test set. If the network solved hard problems with the same weights as easy ones, the
 easy-trained mask would do as well there as the control mask; the paper finds it does much worse.
+
+Curves over density (module_curves) read both masks as rankings of their logits, no extra
+training, on the hard test set and on the easy one, with the baselines on training problems of the
+same difficulty. Each module keeps its curves in <module>/curves.json with the settings they were
+computed with, so new curve settings recompute them without touching its other results.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..core.analysis import overlap_table
+from ..core.curves import CurveConfig
 from ..core.evaluation import evaluate
 from ..core.mask_config import Execution, MaskConfig
 from ..data.dm_math import PAPER_MODULES, char_vocabulary, read_module, split_module
@@ -28,6 +36,7 @@ from ..config import fill_defaults, to_json
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
 from ..runs.stage import Stage, mask_stages
+from ..runs.study import Function, check_no_density_masks, study_curves
 
 DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
 
@@ -80,8 +89,12 @@ class Config:
     generate_test: int = 10_000  # interpolation examples per module when generating
     generate_seed: int = 0
     checkpoint_every: int = 2000
+    # curves over density of the two masks' rankings (module_curves) on at most 1000 problems per test set; may
+    # change on resume
+    curves: CurveConfig = CurveConfig(examples=1000)
 
     def __post_init__(self):
+        check_no_density_masks(self.curves, "dm_math")
         if self.model not in ("transformer", "lstm"):
             raise ValueError(f"model must be transformer or lstm, not {self.model!r}")
         unknown = [m for m in self.modules if m not in MODULE_SETTINGS]
@@ -102,12 +115,17 @@ class Config:
 SMALL = dict(d_model=128, heads=4, ff_size=256, layers=2, lr=5e-4, grad_clip=1.0, batch_size=64,
              pretrain_steps=1_200, warmup=120, mask_batch_size=64, mask=dict(steps=300, lr=0.03),
              held_out=1_000, test_examples=500, generate_train=12_000, generate_test=1_000)
+# small's curves: the hard test set only, 50 problems, 4 densities, 2 random draws: 74 greedy decodings of 50
+# problems per module, about 1.5 s each on one busy core (2 minutes per module; both test sets, 8 densities and
+# 3 draws would cost 20)
+SMALL_CURVES = dict(functions=("hard",), examples=50, densities=(0.005, 0.02, 0.1, 0.5), random_draws=2)
 PRESETS = {
     "smoke": dict(modules=("arithmetic__add_or_sub",), d_model=16, heads=2, ff_size=32, layers=1, batch_size=16,
                   pretrain_steps=20, warmup=5, mask=dict(steps=6), mask_batch_size=16, held_out=20, test_examples=32,
-                  generate_train=80, generate_test=20, checkpoint_every=10),
-    "small": SMALL,
-    "small-lstm": {**SMALL, "model": "lstm", "hidden": 256, "embedding": 32, "lr": 1e-3},
+                  generate_train=80, generate_test=20, checkpoint_every=10,
+                  curves=dict(densities=(0.01, 0.1, 0.5), random_draws=1)),
+    "small": {**SMALL, "curves": SMALL_CURVES},
+    "small-lstm": {**SMALL, "model": "lstm", "hidden": 256, "embedding": 32, "lr": 1e-3, "curves": SMALL_CURVES},
     "paper": dict(),
     "paper-lstm": dict(model="lstm"),
 }
@@ -131,15 +149,14 @@ def _model(config: Config, vocab_size: int, seed: int) -> torch.nn.Module:
         return LSTMEncoderDecoder(vocab_size, vocab_size, config.embedding, config.hidden, dropout=config.dropout)
 
 
-def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress: bool, device) -> dict:
-    """Pretrain, the two masks, and the hard-test accuracies for one module (`config` resolved
-    for it: Config.for_module)."""
+def prepare_module(config: Config, module: str, run_dir: RunDir, seed: int, progress: bool, device):
+    """(the pretrained network, its masks by stage name, the data sets by name) of one module
+    (`config` resolved for it: Config.for_module): trained in run_dir, or loaded from its files."""
     with run_dir.timed("data"):
         sets = split_module(read_module(_data_folder(config, module, progress), module), config.held_out)
     vocab = char_vocabulary(sets)
     data = {name: ScanData(pairs, vocab) for name, pairs in sets.items()}
     full = ScanData(sets["train_easy"] + sets["train_medium"] + sets["train_hard"], vocab)
-    tests = {d: eval_batches(data[f"test_{d}"], config.test_examples, 256) for d in ("easy", "hard")}
     model = _model(config, len(vocab.in_words) + 1, seed).to(device)
     with run_dir.timed("pretrain"):
         pretrain(model, SequenceBatches(full, config.batch_size, seed, 1.0), loss, run_dir,
@@ -151,17 +168,38 @@ def run_module(config: Config, module: str, run_dir: RunDir, seed: int, progress
                     seed * 10 + index)
               for index, (stage, train) in enumerate({"control": full, "easy": data["train_easy"]}.items())]
     # a joint stage pads every step's batches of the masks alike
-    masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, config.execution,
-                                                      progress=progress, checkpoint_every=config.checkpoint_every,
-                                                      collate=padded_alike(vocab)
-                                                      ).items()}
+    trained = mask_stages(run_dir, model, stages, config.mask, config.execution, progress=progress,
+                          checkpoint_every=config.checkpoint_every, collate=padded_alike(vocab))
+    return model, trained, data
 
+
+def run_module(config: Config, run_dir: RunDir, model, trained: dict, data: dict) -> dict:
+    """The hard- and easy-test accuracies of the pretrained network and both masks of one module."""
+    tests = {d: eval_batches(data[f"test_{d}"], config.test_examples, 256) for d in ("easy", "hard")}
+    masks = {name: t.masks for name, t in trained.items()}
     with run_dir.timed("evaluate"):
         accuracy = {name: {d: evaluate(model, mask, tests[d], correct) * 100 for d in tests}
                     for name, mask in {"pretrained": {}, **masks}.items()}
     return {"accuracy": accuracy, "densities": {s: m.density() for s, m in masks.items()},
             "overlap": overlap_table(masks["control"], masks["easy"], ("control", "easy"), chance=True)[-1],
-            "sizes": {name: len(pairs) for name, pairs in sets.items()}, "timings": run_dir.timings()}
+            "sizes": {name: len(d) for name, d in data.items()}}
+
+
+def module_curves(model, trained: dict, data: dict, config: Config, seed: int, batches: int = 8) -> dict:
+    """The curves of the control and easy-trained masks' rankings (runs.study.study_curves) on the
+    hard test set ("hard") and on the easy one ("easy"), each on its first config.curves.examples
+    problems, with `batches` fixed teacher-forced training batches of the same difficulty for the
+    baselines that read data. The paper's claim is one of sufficiency: the easy-trained mask's top
+    weights should carry the hard test set far less than the control mask's, more so than on the
+    easy test set."""
+    functions = [Function(d, list(itertools.islice(SequenceBatches(data[f"train_{d}"], config.mask_batch_size,
+                                                                   4321 + seed, 1.0), batches)),
+                          eval_batches(data[f"test_{d}"], config.curves.examples, 256), loss, correct,
+                          f"the {d} test set") for d in ("hard", "easy")]
+    return study_curves(model, functions, trained, config.curves, seed=seed)
+
+
+CURVE_SETTINGS = [f"curves.{field.name}" for field in dataclasses.fields(CurveConfig)]
 
 
 def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
@@ -169,9 +207,20 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     for module in config.modules:
         module_config = config.for_module(module)
         module_dir = run_dir.child(module)
-        module_dir.check_config(to_json(module_config))  # the values this module ran with
-        done = module_dir.path / "results.json"
-        if not done.exists():
-            write_json(done, run_module(module_config, module, module_dir, seed, progress, device))
-        results[module] = read_json(done)
+        # the values this module ran with; the curve settings may change, curves.json says which it has
+        module_dir.check_config(to_json(module_config), free=CURVE_SETTINGS)
+        done, curves = module_dir.path / "results.json", module_dir.path / "curves.json"
+        settings = to_json(module_config.curves)
+        stale = config.curves.enabled and (not curves.exists() or read_json(curves)["settings"] != settings)
+        if not done.exists() or stale:
+            model, trained, data = prepare_module(module_config, module, module_dir, seed, progress, device)
+            if not done.exists():
+                write_json(done, run_module(module_config, module_dir, model, trained, data))
+            if stale:
+                with module_dir.timed("curves"):
+                    block = module_curves(model, trained, data, module_config, seed)
+                write_json(curves, {"settings": settings, "curves": block})
+        results[module] = {**read_json(done), "timings": module_dir.timings()}
+        if config.curves.enabled:
+            results[module]["curves"] = read_json(curves)["curves"]
     return {"modules": results}

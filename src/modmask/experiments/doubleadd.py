@@ -23,7 +23,7 @@ from ..core.curves import CurveConfig
 from ..core.evaluation import evaluate, inverse, random_control
 from ..core.mask_config import Execution, MaskConfig
 from ..data.arithmetic import DoubleAddData, digit_loss, digits_correct, only_pair, pair_outputs
-from ..data.sampling import MappedBatches, RandomBatches, fixed_batches
+from ..data.sampling import MappedBatches, RandomBatches, first_examples, fixed_batches
 from ..models import PairLSTM, PairwiseFNN
 from .pretrain import pretrain
 from ..runs import RunDir
@@ -128,26 +128,30 @@ def _functions(train: DoubleAddData, valid_batches, config: Config, seed: int) -
 
 def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draws: int = 0, seed: int = 0) -> dict:
     """condition -> pair -> accuracy [%] on the validation set (inputs of both pairs shown); with
-    `draws`, also 'random Pair i' (random weights with the pair mask's per-layer counts kept instead)
-    and 'random ¬Pair i' (as many random weights removed instead, the I/O layers treated as in the
-    inverse), means over the draws."""
+    `draws`, also 'random Pair i' (random weights with the pair mask's per-layer counts kept instead),
+    'random ¬Pair i' (as many random weights removed instead in every layer) and 'random pooled
+    ¬Pair i' (as many in total, over the layers the inverse removes the mask from), the I/O layers
+    treated as in the inverse; means over the draws."""
     conditions = {"No mask": {}, "Full": masks["full"], "Pair 1": masks["pair1"], "Pair 2": masks["pair2"],
                   "¬Pair 1": inverse(masks["pair1"], masks["full"], keep_full_on),
                   "¬Pair 2": inverse(masks["pair2"], masks["full"], keep_full_on)}
     accuracy = {label: {PAIRS[p]: evaluate(model, m, valid_batches, _pair_correct(p)) * 100 for p in (0, 1)}
                 for label, m in conditions.items()}
     for index, name in enumerate(("pair1", "pair2") if draws else ()):
-        for keep, label in ((True, f"random Pair {index + 1}"), (False, f"random ¬Pair {index + 1}")):
+        for keep, match, label in ((True, "tensor", f"random Pair {index + 1}"),
+                                   (False, "tensor", f"random ¬Pair {index + 1}"),
+                                   (False, "pooled", f"random pooled ¬Pair {index + 1}")):
             options = {} if keep else {"full": masks["full"], "keep_full_on": keep_full_on}
             accuracy[label] = {PAIRS[p]: random_control(model, masks[name], valid_batches, _pair_correct(p), draws,
-                                                        seed=seed * 1000 + index, keep=keep, **options)["mean"] * 100
+                                                        seed=seed * 1000 + index, keep=keep, match=match,
+                                                        **options)["mean"] * 100
                                for p in (0, 1)}
     return accuracy
 
 
 def _curve_functions(train: DoubleAddData, valid_batches, config: Config, seed: int, batches: int = 8) -> list[Function]:
-    """Pair 1 and pair 2 as functions of the curves: each scored on the validation set (both pairs
-    shown), with `batches` fixed training batches of its own pair (the other pair's inputs zeroed, as
+    """Pair 1 and pair 2 as functions of the curves: each scored on `valid_batches` (validation
+    examples with both pairs shown: the first config.curves.examples of them), with `batches` fixed training batches of its own pair (the other pair's inputs zeroed, as
     its mask trained) for the baselines that read data, drawn afresh from the seed so that a resumed
     run scores with the same ones."""
     return [Function(f"pair{pair + 1}", list(itertools.islice(_only_pair_batches(
@@ -177,8 +181,8 @@ def _study(model, run_dir: RunDir, prefix: str, config: Config, seed: int, train
 
 
 def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
-    train = DoubleAddData.generate("train", config.train_size)
-    valid = fixed_batches(DoubleAddData.generate("valid", config.valid_size), 1000)
+    train, valid_data = DoubleAddData.generate("train", config.train_size), DoubleAddData.generate("valid", config.valid_size)
+    valid = fixed_batches(valid_data, 1000)
     model = build_model(config, seed).to(device)
     with run_dir.timed("pretrain"):
         pretrain(model, RandomBatches(train, config.batch_size, seed), digit_loss, run_dir,
@@ -203,8 +207,9 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
             trained_at = density_masks(model, streams, run_dir, config.mask, config.execution, config.curves.densities,
                                        seed=seed, progress=progress, checkpoint_every=config.checkpoint_every)
         with run_dir.timed("curves"):
-            results.update(pair_curves(model, trained, masks["full"], io, _curve_functions(train, valid, config, seed),
-                                       config.curves, seed, trained_at))
+            curve_valid = fixed_batches(first_examples(valid_data, config.curves.examples), 1000)
+            results.update(pair_curves(model, trained, masks["full"], io,
+                                       _curve_functions(train, curve_valid, config, seed), config.curves, seed, trained_at))
 
     if config.control:
         control = copy_pair_weights(model)

@@ -9,10 +9,15 @@ weight is free and at `mask_used_init` where it is used (init 0 or -1 prefers ol
 Each task keeps its own copy of the re-initialised first layer: the poster's expectation is that
 only the first layer is re-learned, and a task evaluated later needs its own input layer (the
 original code does not say how it evaluates old tasks after the reset; see docs/deviations.md).
+
+Curves over density (task_curves) read each task's mask as a ranking of its logits, no extra
+training, on that task, in the network that runs it (task_network).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from copy import deepcopy
 from dataclasses import dataclass
@@ -23,14 +28,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.analysis import union
+from ..core.curves import CurveConfig
 from ..core.evaluation import evaluate
 from ..core.mask_config import Execution, MaskConfig
 from ..core.masks import Masks
+from ..core.trained import TrainedMask
 from ..data.mnist import PermutedMNIST, load_mnist, normalise, permuted_mnist_tasks, train_valid_split
-from ..data.sampling import RandomBatches, fixed_batches
+from ..data.sampling import RandomBatches, first_examples, fixed_batches
 from ..models import MLP
 from ..runs import RunDir
 from ..runs.stage import mask_stage
+from ..runs.study import Function, check_no_density_masks, selected_functions, study_curves
 
 DESCRIPTION = "permuted MNIST continual learning: sharing of frozen weights across tasks (FNN)"
 
@@ -50,10 +58,17 @@ class Config:
     train_images: int = 60_000  # fewer for a quick run (taken before the train/valid split)
     data: str | None = None  # data root; default MODMASK_DATA, then the user cache
     verify_data: bool = True  # check the canonical MNIST checksums (off for other IDX data)
+    # curves over density of each task mask's ranking on its task (task_curves), on 2000 validation images of it;
+    # may change on resume
+    curves: CurveConfig = CurveConfig(examples=2000)
+
+    def __post_init__(self):
+        check_no_density_masks(self.curves, "permuted_mnist")
 
 
 PRESETS = {
-    "smoke": dict(hidden=(32, 32, 16), tasks=3, mask=dict(steps=30), train_images=2_000),
+    "smoke": dict(hidden=(32, 32, 16), tasks=3, mask=dict(steps=30), train_images=2_000,
+                  curves=dict(densities=(0.01, 0.1, 0.5), random_draws=1)),
     "small": dict(hidden=(100, 100, 32), tasks=6, mask=dict(steps=1_500)),
     "paper": dict(),
     "paper_prefer_old": dict(mask_new_init=0.0),
@@ -88,6 +103,38 @@ def with_first_layer(model: MLP, first_layer: dict[str, torch.Tensor]) -> MLP:
     return copy
 
 
+def task_network(model: MLP, first_layer: dict[str, torch.Tensor], mask: Masks) -> MLP:
+    """The network that runs a task, as a copy: the final weights with the task's own first layer
+    and its mask applied (weights outside it zero, as the mask removes them). Its unmasked weights
+    are the task's function: the other weights were re-initialised and retrained for later tasks."""
+    copy = with_first_layer(model, first_layer)
+    with torch.no_grad():
+        for name, param in copy.named_parameters():
+            param.mul_(mask[name])
+    return copy
+
+
+def task_curves(model: MLP, trained: list[TrainedMask], first_layers: list[dict], valid: list[PermutedMNIST],
+                train: list[PermutedMNIST], config: Config, seed: int, batches: int = 8) -> dict[str, dict]:
+    """The curves of every task's mask ranking (its logits) on that task ("task-<t>": the first
+    config.curves.examples validation images in its permutation), in the task's network
+    (task_network, so "every weight kept" is the task's masked accuracy), beside the baselines
+    computed in that network on `batches` fixed training batches of the task. Each task has a
+    network of its own, so each is one runs.study.study_curves call; curves.functions selects tasks."""
+    functions = [Function(f"task-{t}", list(itertools.islice(RandomBatches(train[t], config.batch_size,
+                                                                            4321 + seed * 1000 + t), batches)),
+                          fixed_batches(first_examples(valid[t], config.curves.examples), 2000), F.cross_entropy,
+                          lambda out, y: out.argmax(-1) == y, f"task {t + 1}")
+                 for t in range(len(trained))]
+    each = dataclasses.replace(config.curves, functions=None)  # selected here, across the tasks
+    block = {}
+    for function in selected_functions(functions, config.curves.functions):
+        t = int(function.name.removeprefix("task-"))
+        network = task_network(model, first_layers[t], trained[t].masks)
+        block.update(study_curves(network, [function], {function.name: trained[t]}, each, seed=seed))
+    return block
+
+
 def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     mnist = load_mnist(config.data, verify=config.verify_data)
     images, labels = mnist["train"]
@@ -101,6 +148,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         model = MLP(784, config.hidden, 10)
     names = [n for n, _ in model.named_parameters()]
 
+    trained: list[TrainedMask] = []
     masks: list[Masks] = []
     first_layers: list[dict[str, torch.Tensor]] = []
     free: list[dict[str, float]] = []
@@ -112,17 +160,17 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
             model.load_state_dict(load_file(str(weights_path)))
         else:  # the model holds the weights after the task before; a half-written task starts again
             mask_path.unlink(missing_ok=True)
-        mask = _learn_task(model, masks, task, config, run_dir, seed,
-                           PermutedMNIST(train_x, labels[train_idx], orders[task]), weights_path, done, progress)
-        masks.append(mask)
+        trained.append(_learn_task(model, masks, task, config, run_dir, seed,
+                                   PermutedMNIST(train_x, labels[train_idx], orders[task]), weights_path, done, progress))
+        masks.append(trained[-1].masks)
         first_layers.append({n: p.detach().clone() for n, p in model.named_parameters() if _first_layer(n)})
         used = union(masks)
         free.append({n: 1 - used.densities()[n] for n in names if n.endswith("weight")})
 
+    valid = [PermutedMNIST(valid_x, labels[valid_idx], order) for order in orders]
     accuracy = []
     for task in range(config.tasks):  # every task with its own mask and first layer, at the end
-        valid = fixed_batches(PermutedMNIST(valid_x, labels[valid_idx], orders[task]), 2000)
-        accuracy.append(evaluate(with_first_layer(model, first_layers[task]), masks[task], valid,
+        accuracy.append(evaluate(with_first_layer(model, first_layers[task]), masks[task], fixed_batches(valid[task], 2000),
                                  lambda out, y: out.argmax(-1) == y) * 100)
 
     sharing = []
@@ -131,11 +179,15 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         mine = masks[task]
         sharing.append({n: int((mine[n] & earlier[n]).sum()) / max(int(mine[n].sum()), 1)
                         for n in names if n.endswith("weight")})
-    return {"accuracy": accuracy, "sharing": sharing, "free": free,
-            "density": [m.densities() for m in masks], "timings": run_dir.timings()}
+    results = {"accuracy": accuracy, "sharing": sharing, "free": free, "density": [m.densities() for m in masks]}
+    if config.curves.enabled:
+        train = [PermutedMNIST(train_x, labels[train_idx], order) for order in orders]
+        with run_dir.timed("curves"):
+            results["curves"] = task_curves(model, trained, first_layers, valid, train, config, seed)
+    return {**results, "timings": run_dir.timings()}
 
 
-def _learn_task(model, masks, task, config, run_dir, seed, data, weights_path, done, progress) -> Masks:
+def _learn_task(model, masks, task, config, run_dir, seed, data, weights_path, done, progress) -> TrainedMask:
     """Re-initialise the free weights, then train them jointly with the task's mask (a mask stage
     that saves the trained weights before its mask). Seeded per task, so a resumed run draws what
     an uninterrupted one draws."""
@@ -165,4 +217,4 @@ def _learn_task(model, masks, task, config, run_dir, seed, data, weights_path, d
     batches = RandomBatches(data, config.batch_size, 1234 + seed * 1000 + task)
     return mask_stage(run_dir, f"task-{task}", model, batches, F.cross_entropy, config.mask, config.execution,
                       seed=seed * 1000 + task, checkpoint_every=config.checkpoint_every, progress=progress, label=f"task {task}", before_save=keep_weights, log_every=200,
-                      init_logits=init_logits, trainable={n: ~u for n, u in used.items()}).masks
+                      init_logits=init_logits, trainable={n: ~u for n, u in used.items()})

@@ -6,15 +6,21 @@ train a mask on each split's training set: simple (the full problem), jump, leng
 If the network had learned one general algorithm, the full-problem mask would do as well on a
 split's test set as that split's own mask; the paper finds split-specific weights instead. The
 from-scratch baseline trains the same network on each split directly.
+
+Curves over density (scan_curves) read the masks as rankings of their logits, no extra training:
+on each split's test set, the split mask's and the full-problem mask's; on the IID test set (the
+simple split's), every mask's; every baseline on the data of the function it scores.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 
 from ..core.analysis import overlap_matrix
+from ..core.curves import CurveConfig
 from ..core.evaluation import evaluate
 from ..core.masks import random_masks
 from ..core.mask_config import Execution, MaskConfig
@@ -24,6 +30,7 @@ from ..runs import RunDir
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
 from ..runs.stage import Stage, mask_stages
+from ..runs.study import Function, check_no_density_masks, study_curves
 
 DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
 
@@ -58,6 +65,9 @@ class Config:
     baseline_splits: tuple[str, ...] = ("jump", "length", "turn_left")  # a subset saves time
     test_examples: int = 0  # evaluate on at most this many test examples per split (0: all)
     random_draws: int = 3  # random subsets of the full-problem mask per split mask: its control (0: none)
+    # curves over density of the masks' rankings (scan_curves), on at most 1000 examples per test set; may
+    # change on resume
+    curves: CurveConfig = CurveConfig(examples=1000)
     data: str | None = None
     checkpoint_every: int = 2000
 
@@ -67,6 +77,7 @@ class Config:
         unknown = [s for s in self.baseline_splits if s not in SPLITS[1:]]
         if unknown:
             raise ValueError(f"unknown baseline_splits {unknown}; choose from {', '.join(SPLITS[1:])}")
+        check_no_density_masks(self.curves, "scan")
 
     def variant_defaults(self) -> dict:
         return MODEL_DEFAULTS[self.model]
@@ -78,16 +89,21 @@ class Config:
 # gap between full-problem and split masks (measured; docs/results.md).
 SMALL = dict(batch_size=64, pretrain_steps=4_000, mask=dict(steps=800, lr=3e-2), test_examples=500, baseline=False)
 
+SMOKE_CURVES = dict(densities=(0.01, 0.1, 0.5), random_draws=1)
 PRESETS = {
     "smoke": dict(embedding=8, hidden=16, batch_size=32, pretrain_steps=30, mask=dict(steps=8), test_examples=64,
-                  checkpoint_every=20),
+                  checkpoint_every=20, curves=SMOKE_CURVES),
     "smoke-transformer": dict(model="transformer", d_model=16, heads=2, ff_size=32, layers=1, batch_size=32,
-                              pretrain_steps=30, mask=dict(steps=8), test_examples=64, checkpoint_every=20),
-    "small": SMALL,
+                              pretrain_steps=30, mask=dict(steps=8), test_examples=64, checkpoint_every=20,
+                              curves=SMOKE_CURVES),
+    # the curves evaluate the model 744 times (4 test sets, 2 x 8 densities per method): on 100 examples
+    # per test set, about 0.2 s per evaluation of the LSTM on one busy CPU core (2.5 minutes)
+    "small": {**SMALL, "curves": dict(examples=100)},
     # one mask at a time on a CPU: the joint call pads the four masks' batches to the longest
     # (1.26x the decoder positions, 1.5x the decoder's attention), which costs the Transformer more
-    # than one call saves (2 cores: 119 s jointly against 91 s one at a time; the LSTM 159 against 173 s)
-    "small-transformer": {**SMALL, "model": "transformer", "execution": {"joint": False}},
+    # than one call saves (2 cores: 119 s jointly against 91 s one at a time; the LSTM 159 against 173 s).
+    # Its greedy decoding costs about 0.4 s per 50 examples: the curves read 50 per test set (5 minutes)
+    "small-transformer": {**SMALL, "model": "transformer", "execution": {"joint": False}, "curves": dict(examples=50)},
     "paper": dict(),
     "paper-transformer": dict(model="transformer"),
 }
@@ -103,23 +119,62 @@ def _model(config: Config, vocab: ScanVocabulary, seed: int) -> torch.nn.Module:
         return LSTMEncoderDecoder(*sizes, config.embedding, config.hidden, dropout=config.dropout)
 
 
-def split_controls(model, masks: dict, test: dict, draws: int, seed: int) -> dict[str, float]:
+def split_controls(model, masks: dict, test: dict, draws: int, seed: int, match: str = "tensor") -> dict[str, float]:
     """Split -> the accuracy [%] on its test set of the full-problem mask with as many of its
-    weights removed at random, per tensor, as the split's mask lacks of it (a random subset of the
-    simple mask with the counts of split & simple), mean over `draws`. The split mask should do
-    worse than this if the weights it lacks are split-specific, not merely as many."""
+    weights removed at random as the split's mask lacks of it (a random subset of the simple mask
+    with the count of split & simple: per tensor, or in total over the tensors with match="pooled"),
+    mean over `draws`. The split mask should do worse than this if the weights it lacks are
+    split-specific, not merely as many."""
     if not draws:
         return {}
     generator = torch.Generator().manual_seed(seed)
     full = masks["simple"]
-    return {split: sum(evaluate(model, random_masks(masks[split] & full, generator, within=full), test[split], correct)
-                       for _ in range(draws)) / draws * 100 for split in SPLITS[1:]}
+    return {split: sum(evaluate(model, random_masks(masks[split] & full, generator, within=full, match=match),
+                                test[split], correct) for _ in range(draws)) / draws * 100 for split in SPLITS[1:]}
+
+
+def curve_functions(test: dict[str, ScanData], config: Config, seed: int, batches: int = 8) -> dict[str, Function]:
+    """The functions of the curves, by name: each split's test set (jump, length, turn_left) and the
+    IID test set ("iid", the simple split's), each evaluated greedily on its first
+    config.curves.examples examples, with `batches` fixed teacher-forced batches of the same test
+    set for the baselines that read data (taylor, wanda): drawn from the examples the curve does not
+    evaluate, or from all of them where it evaluates all."""
+    functions = {}
+    for split in SPLITS:
+        data, count = test[split], config.curves.examples
+        rest = ScanData(data.pairs[count:], data.vocab) if 0 < count < len(data) else data
+        stream = SequenceBatches(rest, config.batch_size, 4321 + seed, teacher_forcing=1.0)
+        name = "iid" if split == "simple" else split
+        functions[name] = Function(name, list(itertools.islice(stream, batches)),
+                                   eval_batches(data, count), loss, correct,
+                                   "the IID test set (simple split)" if split == "simple" else f"the {split} test set")
+    return functions
+
+
+def scan_curves(model, trained: dict, test: dict[str, ScanData], config: Config, seed: int) -> dict[str, dict]:
+    """The curves of the masks' logit rankings (runs.study.study_curves), function -> result: on each
+    split's test set the split mask's and the full-problem (simple) mask's; on the IID test set every
+    mask's.
+
+    Why these: the paper's figure 4a/4b (LSTM, Transformer) compares the accuracy of the split mask
+    and of the full-problem mask on the split's test set, a question of sufficiency: do the weights
+    a mask selected compute that test set? The sufficiency curves ask it at every size: where the
+    full-problem mask's top weights carry the split's test set and the split mask's do not, at equal
+    densities, the test set needs weights that the split's training data did not select. The IID
+    test set tells that gap from a split mask that is merely weaker everywhere: on it, both masks'
+    top weights should carry the function alike. Necessity is shown too, but it need not separate
+    the two readings: removing the top weights of either mask may remove weights both sets need.
+    """
+    functions = curve_functions(test, config, seed)
+    return study_curves(model, list(functions.values()), trained, config.curves, seed=seed,
+                        ranked={split: ["simple", split] for split in SPLITS[1:]})  # the IID test set: every mask
 
 
 def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, device=torch.device("cpu")) -> dict:
     vocab = ScanVocabulary.load(config.data)
     train = {s: ScanData.load(s, "train", vocab, config.data) for s in SPLITS}
-    test = {s: eval_batches(ScanData.load(s, "test", vocab, config.data), config.test_examples) for s in SPLITS}
+    test_data = {s: ScanData.load(s, "test", vocab, config.data) for s in SPLITS}
+    test = {s: eval_batches(data, config.test_examples) for s, data in test_data.items()}
     model = _model(config, vocab, seed).to(device)
     teacher = config.teacher_forcing
     settings = dict(lr=config.lr, grad_clip=config.grad_clip, checkpoint_every=config.checkpoint_every,
@@ -131,10 +186,9 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     stages = [Stage(split, SequenceBatches(train[split], config.batch_size, 1234 + seed * 10 + index, teacher), loss,
                     seed * 10 + index) for index, split in enumerate(SPLITS)]
     # a joint stage pads every step's batches of the masks alike
-    masks = {name: t.masks for name, t in mask_stages(run_dir, model, stages, config.mask, config.execution, progress=progress,
-                                                      checkpoint_every=config.checkpoint_every,
-                                                      collate=padded_alike(vocab)
-                                                      ).items()}
+    trained = mask_stages(run_dir, model, stages, config.mask, config.execution, progress=progress,
+                          checkpoint_every=config.checkpoint_every, collate=padded_alike(vocab))
+    masks = {name: t.masks for name, t in trained.items()}
 
     accuracy = {"no mask": {s: evaluate(model, {}, test[s], correct) * 100 for s in SPLITS}}
     for name, mask in masks.items():
@@ -146,6 +200,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                / max(simple[rows[token]].sum().item(), 1) * 100 for token in TOKEN_ORDER}
 
     control = split_controls(model, masks, test, config.random_draws, seed)
+    control_pooled = split_controls(model, masks, test, config.random_draws, seed, match="pooled")
     baseline = {}
     if config.baseline:
         for split in config.baseline_splits:
@@ -154,6 +209,10 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                 pretrain(scratch, SequenceBatches(train[split], config.batch_size, seed, teacher),
                          loss, run_dir.child(f"baseline-{split}"), steps=config.pretrain_steps, **settings)
             baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
-    return {"accuracy": accuracy, "output_removed": removed, "baseline": baseline, "control": control,
-            "densities": {name: m.density() for name, m in masks.items()}, "overlap": overlap_matrix(masks),
-            "timings": run_dir.timings()}
+    results = {"accuracy": accuracy, "output_removed": removed, "baseline": baseline, "control": control,
+               "control_pooled": control_pooled, "densities": {name: m.density() for name, m in masks.items()},
+               "overlap": overlap_matrix(masks)}
+    if config.curves.enabled:
+        with run_dir.timed("curves"):
+            results["curves"] = scan_curves(model, trained, test_data, config, seed)
+    return {**results, "timings": run_dir.timings()}

@@ -5,6 +5,9 @@ beta sweep with the same network reuse one pretrained model, and with execution.
 trained in one joint stage per network (3 masks per beta point). Recorded per point: the total
 fraction of the + mask shared with the * mask (|M+ ∧ M*| / |M+|, and the same for *), the pooled
 IoU (the original code's "shared" total) and the Full mask's accuracy on the mixed validation set.
+With curves.enabled, each point also computes the curves over density of its masks' rankings
+(addmul's), which the report shows per point; off by default, since the sweep asks about overlap and
+the curves of every point would cost more than its masks on a CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from ..core.curves import CurveConfig
 from ..core.mask_config import Execution, MaskConfig
 from . import addmul
 from ..config import build
@@ -38,11 +42,13 @@ class Config:
     mask: MaskConfig = MaskConfig(steps=20_000, beta=1e-4)  # mask.beta: the size sweep's
     execution: Execution = Execution()  # how mask steps run; may change when a run resumes
     checkpoint_every: int = 2000
+    curves: CurveConfig = CurveConfig(enabled=False)  # each point's curves (addmul's); may change on resume
 
 
 PRESETS = {
     "smoke": dict(sizes=("16-16", "32-32"), beta_sizes=("16-16",), betas=(1e-4, 1e-3), train_size=20_000,
-                  pretrain_steps=100, mask=dict(steps=30), checkpoint_every=100),
+                  pretrain_steps=100, mask=dict(steps=30), checkpoint_every=100,
+                  curves=dict(densities=(0.01, 0.1, 0.5), random_draws=1)),
     "small": dict(sizes=("100-100-50", "200-200-100", "400-400-200"), beta_sizes=("200-200-100",),
                   betas=(3e-5, 1e-4, 3e-4, 1e-3), pretrain_steps=10_000, mask=dict(steps=3_000)),
     "paper": dict(),
@@ -102,7 +108,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     studies = [dataclasses.replace(base, hidden=hidden(point["size"]), train_size=config.train_size,
                                    pretrain_steps=config.pretrain_steps, checkpoint_every=config.checkpoint_every,
                                    mask=dataclasses.replace(config.mask, beta=point["beta"]),
-                                   execution=config.execution) for point in sweep]
+                                   execution=config.execution, curves=config.curves) for point in sweep]
     dirs = [run_dir.child(f"point-{index}-{point['size']}-beta{point['beta']:g}") for index, point in enumerate(sweep)]
     first_of_size = {}
     for point, point_dir in zip(sweep, dirs):
@@ -119,7 +125,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                         # random masks of the same per-layer sizes
                         "iou_chance": total["iou_chance"], "shared_add_chance": total["shared_add_chance"],
                         "shared_mul_chance": total["shared_mul_chance"],
-                        "weights_add": total["count_add"], "weights_mul": total["count_mul"]})
+                        "weights_add": total["count_add"], "weights_mul": total["count_mul"],
+                        **({"curves": outcome["curves"]} if "curves" in outcome else {})})
         for phase, seconds in outcome["timings"].items():  # summed over the points
             timings[phase] = timings.get(phase, 0.0) + seconds
     return {"sweep": config.sweep, "points": results, "timings": timings}

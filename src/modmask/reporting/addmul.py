@@ -8,12 +8,15 @@ import numpy as np
 
 from ..core.training import TrainedMask
 from . import plots
-from .study import curves_section, half_mask_section, histogram_figure, overlap_section, save_report
+from .study import (costs_text, curves_section, half_mask_section, histogram_figure, overlap_section, removal_costs,
+                    save_report, versus_random)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]
-# with the random controls (runs/study.removal_controls) beside each mask and inverse mask
-CONTROLLED = ["Full", "+", "random +", "¬+", "random ¬+", "*", "random *", "¬*", "random ¬*"]
+# with the random controls (runs/study.removal_controls) beside each mask and inverse mask: random
+# removal per tensor and pooled (runs made before the pooled control lack its columns)
+CONTROLLED = ["Full", "+", "random +", "¬+", "random ¬+", "random pooled ¬+", "*", "random *", "¬*", "random ¬*",
+              "random pooled ¬*"]
 CURVE_LABELS = {"mask full": "Full mask", "mask add": "+ mask", "mask mul": "* mask"}
 CURVES_INTRO = ("Each mask read as a ranking of its logits (no extra training): the top d of its weights kept "
                 "(sufficiency) or removed (necessity), on the add and the mul validation sets, beside the pruning "
@@ -32,24 +35,29 @@ def _drop(acc: dict, condition: str, op: str) -> float:
 
 def against_controls(acc: dict, overlap_total: dict) -> str:
     """Whether the finding holds against the references: random removal of as many weights per
-    layer, and the chance overlap of random masks with the masks' per-layer counts."""
+    tensor and pooled over the tensors (each claim resting on the control hardest for it), and the
+    chance overlap of random masks with the masks' per-layer counts."""
     parts = []
     if "random ¬+" in acc:
         for op, name in (("+", "addition"), ("*", "multiplication")):
-            own, control = _drop(acc, f"¬{op}", op), _drop(acc, f"random ¬{op}", op)
-            verdict = "holds" if own > control + 10 else "does not hold"
+            own, costs = _drop(acc, f"¬{op}", op), removal_costs(acc, f"¬{op}", op)
+            verdict, rests = versus_random(own, costs, 10)
             parts.append(f"Removing the {op} mask costs {name} {own:.1f} points; removing as many random weights "
-                         f"per layer costs it {control:.1f}: the effect {verdict} against random removal.")
+                         f"costs it {costs_text(costs)}: the effect "
+                         + (f"holds against random removal (against the costlier, {rests})." if verdict == "more" else
+                            "does not hold against random removal."))
         for op, other, name in (("+", "*", "multiplication"), ("*", "+", "addition")):
-            # "the other operation stays intact": compared with the same random removal
-            cost, control = _drop(acc, f"¬{op}", other), _drop(acc, f"random ¬{op}", other)
-            parts.append(f"The {op} mask's removal costs {name} {cost:.1f} points, random removal {control:.1f}: "
-                         + (name + " needs the " + op + " mask's weights more than random ones."
-                            if cost > control + 10 else
-                            name + " survives it better than random removal: it does not rely on the " + op
-                            + " mask's weights." if cost < control - 10 else
-                            "about what removing random weights costs, so " + name + " does not need the " + op
-                            + " mask's weights beyond their number."))
+            # "the other operation stays intact": compared with the same random removals
+            cost, costs = _drop(acc, f"¬{op}", other), removal_costs(acc, f"¬{op}", other)
+            verdict, rests = versus_random(cost, costs, 10)
+            parts.append(f"The {op} mask's removal costs {name} {cost:.1f} points, random removal "
+                         f"{costs_text(costs)}: "
+                         + (f"{name} needs the {op} mask's weights more than random ones (against the costlier, "
+                            f"{rests})." if verdict == "more" else
+                            f"{name} survives it better than random removal (even the cheaper, {rests}): it does not "
+                            f"rely on the {op} mask's weights." if verdict == "less" else
+                            f"about what removing random weights costs, so {name} does not need the {op} mask's "
+                            f"weights beyond their number."))
     if "iou_chance" in overlap_total:
         ratio = mean(overlap_total["iou"]) / max(mean(overlap_total["iou_chance"]), 1e-12)
         parts.append(f"The + and * masks overlap with IoU {mean(overlap_total['iou']):.3f} against "
@@ -103,7 +111,7 @@ def write_report(out: Path, summary: dict) -> Path:
     acc = agg["accuracy"]
     config = summary["config"]
 
-    conditions = CONTROLLED if "random ¬+" in acc else CONDITIONS
+    conditions = [c for c in CONTROLLED if c in acc] if "random ¬+" in acc else CONDITIONS
     plots.bar_groups(figures / "accuracy.png", conditions,
                      {op: [mean(acc[c][op]) for c in conditions] for op in ("+", "*")},
                      {op: [std(acc[c][op]) for c in conditions] for op in ("+", "*")},
@@ -129,8 +137,11 @@ def write_report(out: Path, summary: dict) -> Path:
         "## Accuracy under each mask [%]", "",
         table(["validation set", *conditions], accuracy_rows), "",
         *([f"`random X`: a random mask with X's weight count in every layer kept instead of X; `random ¬X`: as "
-           f"many random weights removed instead of X's; mean over {summary['per_seed'][0].get('random_draws')} "
-           f"draws (the table's ± is over seeds).", ""] if conditions is CONTROLLED else []),
+           f"many random weights removed instead of X's in every layer; `random pooled ¬X`: as many in total, drawn "
+           f"over all the masked layers (a small, fragile layer may lose more or fewer of them); mean over "
+           f"{summary['per_seed'][0].get('random_draws')} draws (the table's ± is over seeds). A claim that removing "
+           f"a mask costs more than random removal rests on the costlier control, one that it costs less on the "
+           f"cheaper.", ""] if conditions is not CONDITIONS else []),
         "![accuracy](figures/accuracy.png)", "",
         f"Without any mask: + {fmt(acc['No mask']['+'])}, * {fmt(acc['No mask']['*'])}.", "",
         *(["## Curves over density", "", CURVES_INTRO, "",

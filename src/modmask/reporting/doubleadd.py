@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import curves_section, half_mask_section, histogram_figure, overlap_section, save_report
+from .study import (costs_text, curves_section, half_mask_section, histogram_figure, overlap_section, removal_costs,
+                    save_report, versus_random)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]
-CONTROLLED = ["Full", "Pair 1", "random Pair 1", "¬Pair 1", "random ¬Pair 1", "Pair 2", "random Pair 2", "¬Pair 2",
-              "random ¬Pair 2"]
+# random removal per tensor and pooled beside each inverse mask (runs made before the pooled control lack it)
+CONTROLLED = ["Full", "Pair 1", "random Pair 1", "¬Pair 1", "random ¬Pair 1", "random pooled ¬Pair 1", "Pair 2",
+              "random Pair 2", "¬Pair 2", "random ¬Pair 2", "random pooled ¬Pair 2"]
 PAIRS = ("pair 1", "pair 2")
 CURVE_TITLES = {"pair1": "pair 1", "pair2": "pair 2"}
 CURVE_LABELS = {"mask pair1": "Pair 1 mask", "mask pair2": "Pair 2 mask"}
@@ -25,12 +27,17 @@ PAPER_FINDING = ("The paper (poster, P_reuse): \"there is no reuse\": the Pair 1
 
 
 def _accuracy_section(acc: dict, figure: Path, title: str) -> str:
-    conditions = CONTROLLED if "random ¬Pair 1" in acc else CONDITIONS
+    conditions = [c for c in CONTROLLED if c in acc] if "random ¬Pair 1" in acc else CONDITIONS
     plots.bar_groups(figure, conditions, {p: [mean(acc[c][p]) for c in conditions] for p in PAIRS},
                      {p: [std(acc[c][p]) for c in conditions] for p in PAIRS},
                      ylabel="accuracy [%]", title=title, ylim=(0, 100))
     rows = [[p] + [fmt(acc[c][p]) for c in conditions] for p in PAIRS]
-    return table(["pair", *conditions], rows) + f"\n\n![{figure.stem}]({figure.parent.name}/{figure.name})"
+    legend = ("\n\n`random Pair i`: random weights with the mask's count in every layer kept instead of it; "
+              "`random ¬Pair i`: as many random weights removed instead of its in every layer, `random pooled ¬Pair i`: "
+              "as many in total over the layers the inverse removes it from (means over the draws)."
+              if conditions is not CONDITIONS else "")
+    return (table(["pair", *conditions], rows) + legend
+            + f"\n\n![{figure.stem}]({figure.parent.name}/{figure.name})")
 
 
 def _iou_total(masks: dict) -> dict:
@@ -51,18 +58,23 @@ def finding(agg: dict) -> str:
                  f"the pair masks share {ratio:.1f}x what chance gives"
                  + (" - no more than chance, so no reuse is seen." if ratio < 1.2 else "."))
     if "random ¬Pair 1" in acc:
-        control = mean(acc["Full"]["pair 1"]) - mean(acc["random ¬Pair 1"]["pair 1"])
-        text += (f" Removing as many random weights per layer as the Pair 1 mask has costs pair 1 {control:.1f} "
-                 f"points: the Pair 1 mask's own effect {'holds' if own > control + 10 else 'does not hold'} "
-                 f"against random removal.")
-        # the claim "removing Pair 1 leaves pair 2 mostly intact", against the same random removal
-        random_other = mean(acc["Full"]["pair 2"]) - mean(acc["random ¬Pair 1"]["pair 2"])
-        text += (f" The same random removal costs pair 2 {random_other:.1f} points against the Pair 1 mask's "
+        costs = removal_costs(acc, "¬Pair 1", "pair 1")
+        verdict, rests = versus_random(own, costs, 10)
+        text += (f" Removing as many random weights as the Pair 1 mask has costs pair 1 {costs_text(costs)}: "
+                 f"the Pair 1 mask's own effect "
+                 + (f"holds against random removal (against the costlier, {rests})." if verdict == "more" else
+                    "does not hold against random removal."))
+        # the claim "removing Pair 1 leaves pair 2 mostly intact", against the same random removals
+        costs = removal_costs(acc, "¬Pair 1", "pair 2")
+        verdict, rests = versus_random(other, costs, 10)
+        text += (f" The same random removals cost pair 2 {costs_text(costs)} points against the Pair 1 mask's "
                  f"{other:.1f}: removing the Pair 1 mask "
-                 + ("spares pair 2 far more than removing random weights does, so pair 2 does not rely on the "
-                    "Pair 1 mask's weights: the masks are functionally separate." if other < random_other - 10 else
-                    "hurts pair 2 much more than removing random weights does, so pair 2 needs weights of the "
-                    "Pair 1 mask: the masks are not functionally separate." if other > random_other + 10 else
+                 + (f"spares pair 2 far more than removing random weights does (even the cheaper, {rests}), so pair 2 "
+                    f"does not rely on the Pair 1 mask's weights: the masks are functionally separate."
+                    if verdict == "less" else
+                    f"hurts pair 2 much more than removing random weights does (even the costlier, {rests}), so pair 2 "
+                    f"needs weights of the Pair 1 mask: the masks are not functionally separate."
+                    if verdict == "more" else
                     "costs pair 2 about what removing random weights does: the removal says nothing about "
                     "separation beyond the number of weights."))
     if "control" in agg:

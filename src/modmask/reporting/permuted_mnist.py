@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import save_report
+from .study import curves_section, save_report
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 PAPER_FINDING = ("The poster: \"no weight sharing up until there are enough free weights\": each new task's "
                  "mask uses few of the earlier tasks' (frozen) weights while free weights remain, and shares "
                  "more once they run out; initialising new logits lower (prefer old) raises sharing.")
+
+
+CURVES_INTRO = ("Each task's mask read as a ranking of its logits (no extra training): the top d of its weights kept "
+                "(sufficiency) or removed (necessity), on its own task, in the network that runs the task (the final "
+                "weights with the task's first layer and its mask applied, so every weight kept is the task's masked "
+                "accuracy above), beside the pruning baselines computed in that network on the task's training "
+                "images. A mask's top weights should carry its task from a small density on, ahead of the baselines.")
 
 
 def write_report(out: Path, summary: dict) -> Path:
@@ -59,5 +66,9 @@ def write_report(out: Path, summary: dict) -> Path:
             "![sharing](figures/sharing.png)", "", "![free](figures/free.png)", "",
             "## Accuracy of every task with its own mask, after all tasks [%]", "",
             table(["task", "accuracy"], accuracy_rows), "",
+            *(["## Curves over density", "", CURVES_INTRO, "",
+               curves_section(agg["curves"], {f: f"T{int(f.removeprefix('task-')) + 1}" for f in agg["curves"]},
+                              figures, labels={f"mask {f}": f"T{int(f.removeprefix('task-')) + 1} mask"
+                                               for f in agg["curves"]}), ""] if "curves" in agg else []),
             *timings_section(agg["timings"])]
     return save_report(out, text)

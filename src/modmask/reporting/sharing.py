@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import save_report
+from .addmul import CURVE_LABELS
+from .study import curves_section, save_report
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 SHARING = {"shared (+ mask)": "shared_add", "shared (* mask)": "shared_mul", "IoU": "iou"}
@@ -63,5 +64,13 @@ def write_report(out: Path, summary: dict) -> Path:
             sharing_plot(figures / name, [mean(p["beta"]) for p in mine], mine, xlabel="beta",
                          title=f"Network {size}", logx=True, accuracy=True)
             text += [f"![beta {size}](figures/{name})", ""]
+    if any("curves" in p for p in points):
+        text += ["## Curves over density, per point", "",
+                 "Each point's masks read as rankings of their logits (no extra training), on addition and on "
+                 "multiplication, beside the pruning baselines, as in the add/mul report.", ""]
+        for index, p in enumerate(points):
+            text += [f"### Network {p['size']}, beta {mean(p['beta']):g}", "",
+                     curves_section(p["curves"], {"add": "addition", "mul": "multiplication"}, figures,
+                                    name=f"curves_point{index}", labels=CURVE_LABELS), ""]
     text += timings_section(agg["timings"], "Timings (seconds per seed, summed over the points)")
     return save_report(out, text)

@@ -13,14 +13,16 @@ from .tables import fmt, mean, std, table, timings_section
 
 def removal_section(metric: dict, titles: dict, figure: Path | None = None, controls: dict | None = None) -> str:
     """Each function's metric under no mask, each mask and each inverse mask, and beside each the
-    random controls (mean ± std over the draws) where the results have them."""
+    random controls (mean ± std over the draws) where the results have them: per tensor, and for an
+    inverse mask also pooled over the tensors."""
     names = list(titles)
     if controls:
         ordered = {}
         for condition, values in metric.items():
             ordered[condition] = values
-            if f"random {condition}" in controls:
-                ordered[f"random {condition}"] = {n: v for n, v in controls[f"random {condition}"].items()}
+            for control in (f"random {condition}", f"random pooled {condition}"):
+                if control in controls:
+                    ordered[control] = controls[control]
         metric = ordered
     rows = [[condition] + [fmt(metric[condition][n], 3) for n in names] for condition in metric]
     text = table(["condition"] + [titles[n] for n in names], rows)
@@ -30,6 +32,68 @@ def removal_section(metric: dict, titles: dict, figure: Path | None = None, cont
                          ylabel="metric", title="Each function under each mask and its inverse")
         text += f"\n\n![removal]({figure.parent.name}/{figure.name})"
     return text
+
+
+CLAIMS = ("more", "less")
+
+
+def strictest(costs: dict[str, float], claim: str) -> str:
+    """The random control a claim about a removal's cost must beat, of `costs` (control -> the
+    cost of that random removal, e.g. points of accuracy lost): for "more" (removing the mask costs
+    more than removing random weights) the costliest, for "less" (it costs less: e.g. another
+    function survives it) the cheapest. Pooled random removal usually costs more where a small
+    tensor is fragile, per-tensor removal where the mask's weights sit in such a tensor."""
+    if claim not in CLAIMS:
+        raise ValueError(f"claim must be 'more' or 'less' (removing the mask costs more or less than random), "
+                         f"not {claim!r}")
+    return (max if claim == "more" else min)(costs, key=costs.get)
+
+
+def versus_random(cost: float, costs: dict[str, float], margin: float) -> tuple[str, str | None]:
+    """How the cost of removing a mask compares with random removals of as many weights (`costs`:
+    control -> its cost): ("more", the costliest control) where it costs more than every one by
+    `margin`, ("less", the cheapest) where it costs less than every one by `margin`, else ("same",
+    None). Each claim rests on the control that is hardest for it (strictest)."""
+    more, less = strictest(costs, "more"), strictest(costs, "less")
+    if cost > costs[more] + margin:
+        return "more", more
+    if cost < costs[less] - margin:
+        return "less", less
+    return "same", None
+
+
+def removal_costs(acc: dict, removed: str, column: str, reference: str = "Full") -> dict[str, float]:
+    """What removing random weights instead of the mask of the inverse-mask row `removed` (e.g. "¬+")
+    costs the column `column` of an accuracy table acc[condition][column], per tensor ("random ¬+")
+    and pooled ("random pooled ¬+"; absent from runs made before it): reference - control."""
+    rows = {"per tensor": f"random {removed}", "pooled": f"random pooled {removed}"}
+    return {label: mean(acc[reference][column]) - mean(acc[row][column]) for label, row in rows.items() if row in acc}
+
+
+def costs_text(costs: dict[str, float], digits: int = 1) -> str:
+    """'12.3 per tensor and 45.6 pooled'."""
+    return " and ".join(f"{cost:.{digits}f} {label}" for label, cost in costs.items())
+
+
+def removal_finding(metric: dict, controls: dict, titles: dict, margin: float = 0.1) -> str:
+    """Per mask of a function, in words: what removing it costs that function against the random
+    removals per tensor and pooled, and the control the verdict rests on (the costlier one: the
+    claim is that removing the mask costs more than removing as many random weights). margin: how
+    much more, in the metric's units (0.1: 10 points of an accuracy in [0, 1])."""
+    parts = []
+    for name, title in titles.items():
+        costs = {label: mean(metric["none"][name]) - mean(controls[key][name]["mean"])
+                 for key, label in ((f"random not {name}", "per tensor"), (f"random pooled not {name}", "pooled"))
+                 if key in controls}
+        if f"not {name}" not in metric or not costs:
+            continue
+        own = mean(metric["none"][name]) - mean(metric[f"not {name}"][name])
+        verdict, rests = versus_random(own, costs, margin)
+        parts.append(f"Removing the {title} mask costs {title} {own:.3g}; removing as many random weights costs it "
+                     f"{costs_text(costs, 3)}: the effect "
+                     + (f"holds (by more than {margin:g}) against the costlier, {rests} random removal." if verdict == "more"
+                        else f"does not hold against the costlier, {strictest(costs, 'more')} random removal."))
+    return " ".join(parts)
 
 
 def overlap_section(masks: dict, figures: Path | None = None, report_dir: Path | None = None) -> str:
@@ -193,6 +257,22 @@ def curves_finding(curve: dict, title: str, labels: dict | None = None) -> str:
     return f"On {title}: " + " ".join(parts)
 
 
+def sufficiency_gaps(curve_block: dict, masks: tuple[str, str], functions: tuple[str, str]) -> tuple[float, float] | None:
+    """How much more of each of two functions the first mask's top weights carry than the second's:
+    the sufficiency area of "mask <a>" minus that of "mask <b>" on functions[0] and on functions[1]
+    (a curves block, one run's or aggregated); None where an area is undefined. A gap on the first
+    function beyond the one on the second (by MARGIN) says that function needs weights the second
+    mask ranks low, beyond its being a weaker mask overall (e.g. a split's test set against the IID
+    one, a split mask against the full-problem mask)."""
+    gaps = []
+    for function in functions:
+        areas = [mean(curve_block[function]["methods"][f"mask {m}"]["sufficiency_area"]) for m in masks]
+        if None in areas:
+            return None
+        gaps.append(areas[0] - areas[1])
+    return gaps[0], gaps[1]
+
+
 def curves_section(curves: dict, titles: dict | None, figures: Path, base: Path | None = None,
                    name: str = "curves", labels: dict | None = None) -> str:
     """The "curves" block of a study's results (runs.study.study_curves: function -> core.curves
@@ -247,8 +327,11 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
             "", "## Removal matrix", "", removal_section(results["metric"], results["functions"],
                                                       figures / "removal.png", results.get("controls")), "",
             "`random X`: a random mask with X's number of weights in every tensor kept instead of X; "
-            "`random not X`: as many random weights removed instead of X's (mean ± std over the draws). "
-            "An effect of removing X means something only where it exceeds its random control.",
+            "`random not X`: as many random weights removed instead of X's in every tensor, `random pooled not X`: "
+            "as many in total, drawn over all the masked tensors (mean ± std over the draws). An effect of removing "
+            "X means something only where it exceeds both random removals; the verdict rests on the costlier.",
+            *(["", removal_finding(results["metric"], results["controls"], results["functions"])]
+              if results.get("controls") else []),
             *(["", "## Curves over density", "", curves_section(results["curves"], results["functions"], figures,
                                                              labels={f"mask {n}": f"mask {t}" for n, t in
                                                                      results["functions"].items()})]

@@ -12,6 +12,7 @@ report (figures/*.png, report.md), since reports sit in a layer above this one (
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
@@ -76,16 +77,19 @@ def removal_controls(model: nn.Module, functions: Sequence[Function], trained: d
                      draws: int, seed: int = 0, mode: str = "eval") -> dict[str, dict[str, dict[str, float]]]:
     """The random controls of removal_matrix (docs/controls.md), condition -> function ->
     {"mean", "std"} over `draws` random masks: 'random <name>' keeps random weights with the
-    mask's per-layer counts instead of the mask, 'random not <name>' removes them instead of the
-    mask's weights. Empty for draws=0."""
+    mask's per-layer counts instead of the mask; 'random not <name>' removes as many random weights
+    per layer instead of the mask's, and 'random pooled not <name>' as many in total, drawn over
+    all the masked tensors (the stricter control of whole-network removal where a small layer is
+    fragile). Empty for draws=0."""
     if draws < 0:
         raise ValueError(f"random draws must be 0 (no controls) or more, got {draws}")
+    variants = ((True, "tensor", "{name}"), (False, "tensor", "not {name}"), (False, "pooled", "pooled not {name}"))
     controls = {}
     for index, (name, mask) in enumerate(trained.items() if draws else ()):
-        for keep, label in ((True, name), (False, f"not {name}")):
-            controls[f"random {label}"] = {
+        for keep, match, label in variants:
+            controls[f"random {label.format(name=name)}"] = {
                 f.name: _mean_std(random_control(model, mask.masks, list(f.eval), f.metric, draws,
-                                                 seed=seed * 1000 + index, keep=keep, mode=mode))
+                                                 seed=seed * 1000 + index, keep=keep, mode=mode, match=match))
                 for f in functions}
     return controls
 
@@ -151,16 +155,38 @@ def density_masks(model: nn.Module, functions: Sequence[Function], run: RunDir, 
     return {f.name: {d: trained[f"{f.name}@{d:g}"].masks for d in densities} for f in functions}
 
 
+def check_no_density_masks(curves: CurveConfig, study: str) -> None:
+    """Refuse curves.train in a study whose curves read its masks' logit rankings only."""
+    if curves.train:
+        raise ValueError(f"curves.train (a mask trained to every density) is not available in {study}, whose curves "
+                         f"read the trained masks' logit rankings only; it is in addmul and doubleadd: leave "
+                         f"curves.train=false here")
+
+
+def selected_functions(functions: Sequence[Function], patterns: Sequence[str] | None) -> list[Function]:
+    """The functions (in their order) whose names `patterns` (CurveConfig.functions: names or glob
+    patterns) match; None selects all. A pattern that matches none of them is an error naming them."""
+    if patterns is None:
+        return list(functions)
+    names = [f.name for f in functions]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(f"curves.functions {list(patterns)}: {unmatched} match(es) none of the study's functions "
+                         f"{names}; name some of these, or give glob patterns such as '{names[0]}*'")
+    return [f for f in functions if any(fnmatch.fnmatchcase(f.name, p) for p in patterns)]
+
+
 def study_curves(model: nn.Module, functions: Sequence[Function], trained: Mapping[str, TrainedMask],
                  config: CurveConfig, *, rest: Masks | None = None, seed: int = 0, mode: str = "eval",
-                 baseline_batches: int = 8, trained_at: Mapping[str, Mapping[float, Masks]] | None = None
-                 ) -> dict[str, dict]:
+                 baseline_batches: int = 8, trained_at: Mapping[str, Mapping[float, Masks]] | None = None,
+                 ranked: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict]:
     """The "curves" block of a study's results: function name -> core.curves.density_curves on
     that function's eval batches and metric, with every trained mask's logit ranking as the method
     "mask <name>" (no extra training) and every baseline of `config` computed on that function's
     data (taylor and wanda on the first `baseline_batches` batches of its `train`, with its loss).
     trained_at (density_masks, for config.train): masks trained to each density, as the methods
-    "trained <name>".
+    "trained <name>". ranked: function name -> the names of the trained masks that rank it (default,
+    and for functions it leaves out: all of them). config.functions selects the functions.
 
     The generic entry of every study (a built-in one or a user's): config.subset selects the
     tensors (names or globs of the masked ones) and `rest` (e.g. the Full mask; None: full
@@ -169,11 +195,14 @@ def study_curves(model: nn.Module, functions: Sequence[Function], trained: Mappi
     batches it has, so pass Functions with a fixed list there for baselines that repeat exactly
     when a run resumes. reporting.study.curves_section renders the block.
     """
+    unknown = sorted({m for masks in (ranked or {}).values() for m in masks} - set(trained))
+    if unknown:
+        raise ValueError(f"ranked names masks {unknown} that were not trained; trained masks: {list(trained)}")
     names = list(next(iter(trained.values())).logits)
-    masks = {f"mask {name}": t.logits for name, t in trained.items()}
     at_density = {f"trained {name}": by_density for name, by_density in (trained_at or {}).items()}
     block = {}
-    for function in functions:
+    for function in selected_functions(functions, config.functions):
+        masks = {f"mask {name}": trained[name].logits for name in (ranked or {}).get(function.name, trained)}
         batches = (list(itertools.islice(iter(function.train), baseline_batches))
                    if any(b in NEEDS_DATA for b in config.baselines) else None)
         rankings = {**masks, **baseline_rankings(model, names, config, batches, function.loss, seed=seed, mode=mode)}
@@ -204,6 +233,10 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
     """
     if random_draws < 0:
         raise ValueError(f"random_draws must be 0 (no controls) or more, got {random_draws}")
+    if curves is not None and curves.examples:
+        raise ValueError(f"curves.examples={curves.examples} is read by the built-in studies, which build their own "
+                         f"evaluation data; run_study evaluates each Function's `eval` as given: pass eval batches "
+                         f"that hold the examples the curves should read, and CurveConfig(examples=0)")
     run = RunDir(out)
     options, execution, unknown = settings_from(mask, execution, mask_settings)
     if unknown:
