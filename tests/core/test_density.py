@@ -81,7 +81,8 @@ def test_a_diagnosis_names_each_problem_and_its_fix():
     found = diagnose(history, full_loss=0.1, target=0.1)
     assert not found["settled"] and found["lost_function"] and not found["on_target"]
     text = " ".join(found["messages"])
-    assert "mask.steps" in text and "mask.beta" in text and "target" in text
+    assert "mask.steps" in text and "higher mask.target_density" in text and "from the target" in text
+    assert "lower mask.beta" in " ".join(diagnose(history, full_loss=0.1)["messages"])  # no target: beta's fix
     calm = [{**r, "flipped": 0.0, "loss": 0.12} for r in history]
     fine = diagnose(calm, full_loss=0.1, target=None)
     assert fine["settled"] and not fine["lost_function"] and fine["messages"] == []

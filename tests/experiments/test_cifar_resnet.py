@@ -222,6 +222,7 @@ def test_configs_resolve_per_model_defaults_and_keep_the_cnn_values():
     small = to_json(resolve(cifar.Config, cifar.PRESETS, "small"))
     mask = small.pop("mask")
     assert small.pop("execution") == to_json(Execution())  # how steps run: the defaults
+    assert small.pop("curves")["enabled"]  # the analysis: curves over density
     assert small == {"model": "cnn", "resnet_blocks": 18, "mask_batch_size": 128, "dropout": True,
                      "original_regulariser_batch": False, "batch_size": 128, "pretrain_steps": 3000, "lr": 0.001,
                      "grad_clip": 1.0, "stability_classes": [3, 5], "random_draws": 3, "train_images": 50000,

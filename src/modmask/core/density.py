@@ -42,7 +42,7 @@ import torch
 UNDECIDED = math.log(9.0)  # |logit| below this: keep probability between 0.1 and 0.9
 SETTLED_FLIPS = 1e-3  # at most this fraction of decisions flipped per log interval: the mask has settled
 SETTLED_LOGS = 3  # ... over this many log intervals at the end
-LOST_RATIO, LOST_MARGIN = 3.0, 0.1  # task loss above 3x the full model's and 0.1 above it: the function is lost
+LOST_RATIO, LOST_MARGIN = 3.0, 0.25  # task loss above 3x the full model's and 0.25 above it: the function is lost
 ON_TARGET = 0.1  # relative distance from the target density a mask may end at
 WARMUP = 0.5  # the goal reaches the target density after this fraction of the steps
 
@@ -166,8 +166,10 @@ def diagnose(history: Sequence[dict], full_loss: float | None, target: float | N
                         f"higher mask.lr")
     if full_loss is not None and last["loss"] > LOST_RATIO * full_loss and last["loss"] - full_loss > LOST_MARGIN:
         result["lost_function"] = True
+        fix = ("ask for a higher mask.target_density (the function needs more weights)" if target is not None
+               else "use a lower mask.beta or ask for a size with mask.target_density")
         messages.append(f"lost its function: task loss {last['loss']:.3g} against {full_loss:.3g} for the full "
-                        f"model; use a lower mask.beta or ask for a size with mask.target_density")
+                        f"model; {fix}")
     else:
         result["lost_function"] = False
     if target is not None:

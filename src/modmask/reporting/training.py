@@ -38,7 +38,7 @@ def training_section(summary: dict) -> list[str]:
         problems += [f"- {name}, seed {seed}: {message}" for seed, d in found for message in d.get("messages", [])]
     text = ["## Mask training", "",
             "Whether each mask stage settled (at most 0.1% of its decisions flipped in each of its last three "
-            "log intervals), lost its function (task loss over 3x the full model's on the same data and 0.1 "
+            "log intervals), lost its function (task loss over 3x the full model's on the same data and 0.25 "
             "above it) and ended at its target density; flipped and undecided (keep probability between 0.1 and "
             "0.9) at the last logged step, the worst seed.", "",
             table(["mask", "settled", "lost function", "density", "target", "flipped", "undecided",
