@@ -171,8 +171,8 @@ class MaskTrainer:
         the model on the chosen path, drawing no randomness the stage sees."""
         parts = self._parts(batches)
         chunks = joined([p[0] for p in parts], 0, self.k, self.k)
-        full = {n: self._model_layout(n, w).expand(self.masks * self.k, *self._model_layout(n, w).shape)
-                for n, w in self.weights.items()}
+        layouts = {n: self._model_layout(n, w) for n, w in self.weights.items()}
+        full = {n: w.expand(self.masks * self.k, *w.shape) for n, w in layouts.items()}
         run = call_vmap if self.path == "vmap" else call_sequential
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             outputs = run(self.model, full, self.others, chunks)
