@@ -163,19 +163,21 @@ def test_random_scores_are_reproducible_and_give_exact_sizes_per_tensor():
 def test_every_bad_input_is_refused_with_its_fix():
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
     ids = [(torch.randint(0, 10, (6,)), torch.randint(0, 3, (6,)))]
+    pair = nn.Bilinear(4, 4, 3)
     with pytest.raises(ValueError, match="unknown baseline 'snip'.*magnitude.*wanda.*taylor.*random"):
         importance(model, "snip", ["1.weight"])
     with pytest.raises(ValueError, match=r"unknown parameter name\(s\) \['2.weight'\]"):
         importance(model, "magnitude", ["2.weight"])
-    with pytest.raises(ValueError, match=r"wanda cannot score 1 parameter\(s\): 0.weight \(Embedding\).*nn.Linear.*"
+    with pytest.raises(ValueError, match=r"importance\('wanda'\): modmask cannot tell what 1 parameter\(s\) multiply: "
+                                         r"weight \(Bilinear\).*nn.Linear.*"
                                          r"Use 'magnitude' or 'taylor' for those, or leave them out of `names`"):
-        importance(model, "wanda", ["0.weight", "1.weight"], ids)
+        importance(pair, "wanda", ["weight"], [((torch.randn(8, 4), torch.randn(8, 4)), None)])
     with pytest.raises(ValueError, match="importance\\('wanda'\\) needs `batches`"):
         importance(model, "wanda", ["1.weight"])
     with pytest.raises(ValueError, match="importance\\('taylor'\\) needs `loss_fn"):
         importance(model, "taylor", ["1.weight"], ids)
     for batches in (ids[:1], iter(ids[:1])):  # counted before the work for a list, after it otherwise
-        with pytest.raises(ValueError, match=r"saw 6 example\(s\).*min_examples=8.*pass more evaluation batches"):
+        with pytest.raises(ValueError, match=r"saw 6 example\(s\).*min_examples=8.*pass more batches"):
             importance(model, "wanda", ["1.weight"], batches)
     with pytest.raises(ValueError, match="got no batch"):
         importance(model, "taylor", ["1.weight"], iter([]), lambda o, t: o.sum())

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .batches import as_arguments, to_device, unpack_batch, without_cache
-from .masking import call_masked, model_mode
+from .masking import call_masked, mean_reference, model_mode
+from .removal import as_reference, removal_modes
 from .masks import Masks, check_fits, random_masks
 from .stats import summarize
 
@@ -25,20 +26,26 @@ MetricFn = Callable[[Any, Any], torch.Tensor]
 
 @torch.no_grad()
 def collect(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, batches: Iterable,
-            fn: MetricFn, mode: str = "eval") -> torch.Tensor:
+            fn: MetricFn, mode: str = "eval", removal: str = "zero", reference=None) -> torch.Tensor:
     """fn(outputs, targets) -> [b, ...] per batch, concatenated along dim 0 (on the CPU). Batches
     as in train_mask: (inputs, targets), inputs a tensor, tuple or dict of keyword arguments, or a
     dict alone (targets None); models that take `use_cache` are called with use_cache=False.
-    Masks made for another model are refused before the first batch (check_fits)."""
+    Masks made for another model are refused before the first batch (check_fits).
+    removal: 'zero' (the paper's), 'mean' or rules per tensor (core/removal.py); under mean removal
+    the means are read through the unmasked model on `reference` (batches, or a Reference from
+    mean_inputs, which saves reading them again; default: `batches` themselves)."""
     masks = masks or {}
     check_fits(masks, model)
+    if removal != "zero" and reference is None:
+        batches = list(batches) if iter(batches) is batches else batches  # read twice: the means, then the metric
+    mean = mean_reference(model, masks, removal, batches if reference is None else reference, mode)
     device = next(model.parameters()).device
     parts = []
     with model_mode(model, mode):
         for batch in batches:
             inputs, targets = unpack_batch(batch)
             args, kwargs = to_device(as_arguments(inputs), device)
-            outputs = call_masked(model, masks, args, without_cache(model, kwargs))
+            outputs = call_masked(model, masks, args, without_cache(model, kwargs), mean)
             parts.append(fn(outputs, to_device(targets, device)).cpu())
     if not parts:
         raise ValueError("no batch to evaluate on")
@@ -46,9 +53,10 @@ def collect(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, batches:
 
 
 def evaluate(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, batches: Iterable,
-             metric: MetricFn, mode: str = "eval") -> float:
-    """Mean of a per-example metric (e.g. 1.0 for a correct prediction) under the masks."""
-    return collect(model, masks, batches, metric, mode).float().mean().item()
+             metric: MetricFn, mode: str = "eval", removal: str = "zero", reference=None) -> float:
+    """Mean of a per-example metric (e.g. 1.0 for a correct prediction) under the masks (removal and
+    reference as in collect)."""
+    return collect(model, masks, batches, metric, mode, removal, reference).float().mean().item()
 
 
 def inverse(masks: Masks, full: Masks | None = None, keep_full_on: Sequence[str] = ()) -> Masks:
@@ -66,7 +74,7 @@ def inverse(masks: Masks, full: Masks | None = None, keep_full_on: Sequence[str]
 def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: MetricFn, draws: int = 5,
                    seed: int = 0, keep: bool = False, full: Masks | None = None,
                    keep_full_on: Sequence[str] = (), within: Masks | None = None, mode: str = "eval",
-                   match: str = "tensor") -> dict:
+                   match: str = "tensor", removal: str = "zero", reference=None) -> dict:
     """The metric with random weights removed (or kept) instead of the mask's: the control of an
     inverse-mask (or mask) result. Returns {"mean", "std", "values", "draws", "match"} over `draws`
     random masks with as many weights as `masks`; std is the sample std (None for one draw). Draw r
@@ -88,6 +96,7 @@ def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: Me
     within: draw the random weights only among those `within` keeps (e.g. the Full mask: remove
         as many weights the network uses as the mask does, a stricter control than anywhere).
     batches: re-iterable (a list or a DataLoader), since every draw evaluates all of it.
+    removal, reference: as in collect (the means are read once, for every draw).
     """
     if draws < 1:
         raise ValueError(f"draws must be at least 1 (the number of random masks R), got {draws}")
@@ -102,6 +111,9 @@ def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: Me
         check_fits(full, model, source="the full mask")
     generator = torch.Generator().manual_seed(seed)
     removed = [n for n in masks if n not in set(keep_full_on)]
+    if removal != "zero":
+        names = [n for n, m in removal_modes(removal, list(masks)).items() if m == "mean"]
+        reference = as_reference(model, batches if reference is None else reference, names, mode)
 
     def draw() -> Masks:
         if match == "pooled" and keep_full_on:  # the inverse keeps the Full mask there: pool over the others
@@ -113,7 +125,7 @@ def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: Me
     for _ in range(draws):
         drawn = draw()
         condition = drawn if keep else inverse(drawn, full, keep_full_on)
-        values.append(evaluate(model, condition, batches, metric, mode))
+        values.append(evaluate(model, condition, batches, metric, mode, removal, reference))
     summary = summarize(values)
     return {"mean": summary["mean"], "std": summary["std"], "values": values, "draws": draws, "match": match}
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .memory import PRECISIONS  # precision name -> torch dtype
+from .removal import REMOVALS
+from .selection import per_tensor
 
 PATHS = ("auto", "vmap", "sequential")
 MODES = ("eval", "train")
@@ -41,7 +43,10 @@ class MaskConfig:
     fraction of the masked weights the mask should keep (None: beta alone decides); the regulariser
     then becomes the multiplier of that constraint, starting at beta (core/density.py);
     target_per_tensor: the same fraction in every masked tensor instead of over all of them.
-    early_stop: end the stage once its decisions have settled (core/density.settled)."""
+    early_stop: end the stage once its decisions have settled (core/density.settled). removal: how
+    a removed weight is removed, 'zero' (the paper's) or 'mean' (its mean contribution kept, read on
+    reference batches through the unmasked model; core/removal.py), or rules per tensor
+    'pattern=mode,...,default'; a mask means what it does in the mode it was trained in."""
 
     steps: int = 20_000
     k: int = 4
@@ -58,8 +63,10 @@ class MaskConfig:
     target_density: float | None = None
     target_per_tensor: bool = False
     early_stop: bool = False
+    removal: str = "zero"
 
     def __post_init__(self):
+        per_tensor(self.removal, [], REMOVALS, "removal")  # unknown modes fail here, before any work
         problems = _problems({
             **{f"{name} must be positive (got {getattr(self, name)})": _bad(getattr(self, name), lambda v: v > 0)
                for name in ("steps", "k", "lr")},
@@ -111,7 +118,7 @@ class Execution:
 # MaskConfig's fields in modmask 0.1, which held both records: now Execution's
 EXECUTION_SETTINGS = ("path", "compiled", "samples_per_pass", "precision", "joint")
 # keyword options of train_mask that are neither record's fields: the trainer's own
-TRAINER_OPTIONS = ("seed", "init_logits", "trainable", "fixed_masks")
+TRAINER_OPTIONS = ("seed", "init_logits", "trainable", "fixed_masks", "reference")
 
 
 def settings_from(config: MaskConfig | None, execution: Execution | None, options: dict

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from .batches import Arguments, OutputError, describe_output, flatten_output, without_cache
 from .masks import check_fits
+from .removal import Reference, as_reference, channel_first, offsets, outputs_shifted, removal_modes, split_offsets
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +144,37 @@ def call_with_tensors(model: nn.Module, slots: Mapping[str, list[str]], tensors:
     return functional_call(model, swapped, args, kwargs, tie_weights=False)
 
 
-def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, **kwargs):
+def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, removal: str = "zero",
+                reference=None, **kwargs):
     """The model's output with weights W * mask for every listed tensor, full weights elsewhere.
-    Masks made for another model (a tensor it lacks, or another shape) are refused (check_fits)."""
+    Masks made for another model (a tensor it lacks, or another shape) are refused (check_fits).
+    removal: 'zero', 'mean' or rules per tensor (removal.py); under mean removal the removed weights'
+    mean contributions are read on `reference` (batches, or a Reference from mean_inputs; default:
+    this call's own inputs)."""
     check_fits(masks, model)
-    return call_masked(model, masks, args, kwargs)
+    mean = mean_reference(model, masks, removal, [(args, kwargs)] if reference is None else reference)
+    return call_masked(model, masks, args, kwargs, mean)
 
 
-def call_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], args, kwargs):
-    """masked_call for masks already checked against the model (check_fits), e.g. once per evaluation."""
+def mean_reference(model: nn.Module, masks: Mapping[str, torch.Tensor], removal, reference,
+                   mode: str = "eval") -> Reference | None:
+    """The Reference of the tensors of `masks` that `removal` removes by their mean, or None (all zero)."""
+    names = [n for n, m in removal_modes(removal, list(masks)).items() if m == "mean"]
+    return as_reference(model, reference, names, mode).only(names) if names else None
+
+
+def call_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], args, kwargs, mean: Reference | None = None):
+    """masked_call for masks already checked against the model (check_fits), e.g. once per evaluation;
+    `mean`: the Reference of the tensors removed by their mean (mean_reference)."""
     params = frozen_parameters(model)
+    full = {name: params[name] for name in masks}
     for name, mask in masks.items():
         params[name] = params[name] * mask.to(params[name].device, params[name].dtype)
-    with parameters_restored(model):
+    outputs = {}
+    if mean is not None:
+        biases, outputs = split_offsets(offsets(mean, full, {n: params[n] for n in mean.uses}), params)
+        params.update(biases)
+    with parameters_restored(model), outputs_shifted(model, outputs, mean and channel_first(mean)):
         return call_with_tensors(model, parameter_slots(model), params, args, kwargs)
 
 
@@ -167,28 +186,33 @@ def _batched_dims(values):
 
 
 def call_vmap(model: nn.Module, weights: Mapping[str, torch.Tensor], others: Mapping[str, torch.Tensor],
-              chunks: Arguments):
+              chunks: Arguments, shifts: Mapping[str, torch.Tensor] | None = None,
+              channel_first: Mapping[str, bool] | None = None):
     """weights: name -> [k, *shape]; chunks from split_batch. Returns outputs [B, ...] (an output
-    without a batch dimension, e.g. a loss the model computes itself, comes back as [k, ...])."""
+    without a batch dimension, e.g. a loss the model computes itself, comes back as [k, ...]).
+    shifts: module path -> [k, *out], added to that module's output in sample k (removal.py's
+    offsets of layers without a bias; along dim 1 where channel_first[path])."""
     args, kwargs = chunks
     kwargs, slots = without_cache(model, kwargs), parameter_slots(model)
     rebuild: list[Callable] = []
 
-    def one_sample(sample_weights, sample_args, sample_kwargs):
-        tensors, rebuild_one = _tensors_of(call_with_tensors(model, slots, {**others, **sample_weights},
-                                                             sample_args, sample_kwargs))
+    def one_sample(sample_weights, sample_shifts, sample_args, sample_kwargs):
+        with outputs_shifted(model, sample_shifts, channel_first):
+            output = call_with_tensors(model, slots, {**others, **sample_weights}, sample_args, sample_kwargs)
+        tensors, rebuild_one = _tensors_of(output)
         rebuild[:] = [rebuild_one]
         return tuple(tensors)
 
     attention = any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
     with fused_attention_disabled(), _ContiguousAttention() if attention else contextlib.nullcontext():
-        outputs = vmap(one_sample, in_dims=(0, _batched_dims(args), _batched_dims(kwargs)),
-                       randomness="different")(dict(weights), args, kwargs)
+        outputs = vmap(one_sample, in_dims=(0, 0, _batched_dims(args), _batched_dims(kwargs)),
+                       randomness="different")(dict(weights), dict(shifts or {}), args, kwargs)
     return rebuild[0]([t.reshape(-1, *t.shape[2:]) for t in outputs])  # [k, B/k, ...] -> [B, ...]
 
 
 def call_sequential(model: nn.Module, weights: Mapping[str, torch.Tensor],
-                    others: Mapping[str, torch.Tensor], chunks: Arguments):
+                    others: Mapping[str, torch.Tensor], chunks: Arguments,
+                    shifts: Mapping[str, torch.Tensor] | None = None, channel_first: Mapping[str, bool] | None = None):
     """Same result as call_vmap, as k separate calls; for modules vmap cannot batch."""
     k = next(iter(weights.values())).shape[0]
     args, kwargs = chunks
@@ -199,7 +223,8 @@ def call_sequential(model: nn.Module, weights: Mapping[str, torch.Tensor],
             sample_args = tuple(a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args)
             sample_kwargs = {n: a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for n, a in kwargs.items()}
             sample = {**others, **{n: w[i] for n, w in weights.items()}}
-            tensors, rebuild = _tensors_of(call_with_tensors(model, slots, sample, sample_args, sample_kwargs))
+            with outputs_shifted(model, {path: s[i] for path, s in (shifts or {}).items()}, channel_first):
+                tensors, rebuild = _tensors_of(call_with_tensors(model, slots, sample, sample_args, sample_kwargs))
             parts.append(tensors)
     return rebuild([torch.cat(ts) if ts[0].dim() else torch.stack(ts) for ts in zip(*parts)])
 

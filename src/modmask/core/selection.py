@@ -17,7 +17,7 @@ HF's `Conv1D` (GPT-2) weights are [in, out] matrices and are masked like any oth
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 from torch import nn
 
@@ -92,4 +92,31 @@ def select_parameters(model: nn.Module, include: ParameterFilter = None, *, bias
     if not chosen:
         raise ValueError(f"the parameter filter {include!r} selects no parameter of the model; "
                          f"its parameters are: {list(named)}")
+    return chosen
+
+
+def per_tensor(spec, names, allowed: Sequence[str], what: str) -> dict[str, str]:
+    """name -> value of a setting given per tensor: one value for every tensor ("mean"), rules
+    "pattern=value,...,default" read left to right (the first glob that matches a name wins; a bare
+    value matches every name), or a mapping {pattern: value} in that order. Unknown values, and names
+    no rule matches, are refused with the fix."""
+    if isinstance(spec, str):
+        rules = [tuple(part.split("=", 1)) if "=" in part else ("*", part) for part in spec.split(",") if part.strip()]
+    elif isinstance(spec, Mapping):
+        rules = list(spec.items())
+    else:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}, rules 'pattern=value,...,default' or a "
+                         f"mapping of patterns to values, not {spec!r}")
+    rules = [(pattern.strip(), value.strip()) for pattern, value in rules]
+    bad = [value for _, value in rules if value not in allowed]
+    if bad or not rules:
+        raise ValueError(f"{what} {spec!r}: {bad or 'no value'} is not one of {', '.join(allowed)} (one value for "
+                         f"every tensor, or rules 'pattern=value,...,default')")
+    chosen = {}
+    for name in names:
+        value = next((v for pattern, v in rules if fnmatch.fnmatchcase(name, pattern)), None)
+        if value is None:
+            raise ValueError(f"{what} {spec!r} gives no value for {name!r}: end the rules with a default value "
+                             f"(e.g. '...,{allowed[0]}')")
+        chosen[name] = value
     return chosen

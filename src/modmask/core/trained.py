@@ -23,12 +23,15 @@ class TrainedMask:
     """The learned logits of one mask (parameter name -> [*shape]) and the training history; with
     weights that trained jointly with the mask (MaskTrainer's `trainable`), also the masked tensors'
     final weights (name -> [*shape]), which saving leaves out. diagnosis: the stage's verdict on the
-    mask (core/density.diagnose: settled, on its target, function kept, with the fixes), kept in the file."""
+    mask (core/density.diagnose: settled, on its target, function kept, with the fixes), kept in the file.
+    removal: the removal mode it was trained in ('zero', 'mean' or rules per tensor), kept in the file:
+    a mask means what it does in that mode (evaluate it with removal=trained.removal)."""
 
     logits: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
     weights: dict[str, torch.Tensor] | None = None
     diagnosis: dict | None = None
+    removal: str = "zero"
 
     @property
     def masks(self) -> Masks:
@@ -51,6 +54,7 @@ class TrainedMask:
         tmp = path.with_name(path.name + ".tmp")
         save_file({n: t.detach().contiguous().cpu() for n, t in self.logits.items()}, str(tmp),
                   metadata={"format": LOGITS_FORMAT, "names": json.dumps(list(self.logits)),
+                            "removal": self.removal,
                             **({"diagnosis": json.dumps(self.diagnosis)} if self.diagnosis else {})})
         os.replace(tmp, path)
 
@@ -64,4 +68,5 @@ class TrainedMask:
         if model is not None:
             check_fits(tensors, model, source=str(path))
         diagnosis = json.loads(meta["diagnosis"]) if "diagnosis" in meta else None
-        return cls({n: tensors[n] for n in json.loads(meta["names"])}, diagnosis=diagnosis)
+        return cls({n: tensors[n] for n in json.loads(meta["names"])}, diagnosis=diagnosis,
+                   removal=meta.get("removal", "zero"))  # (files before modmask 0.4: zero)

@@ -41,6 +41,7 @@ from .gumbel import UniformSource, keep_thresholds, sample_masked_weights
 from .mask_config import Execution, MaskConfig, settings_from
 from .masking import call_sequential, call_vmap, choose_path, frozen_parameters, model_mode, parameters_restored
 from .masks import check_fits
+from .removal import Reference, as_reference, channel_first, offsets, removal_modes, split_offsets
 from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_samples_per_pass, fp32_outputs, free_memory,
                      low_precision, memory_plan)
 from .optim import adam
@@ -66,7 +67,7 @@ class MaskTrainer:
                  | None = None, execution: Execution | None = None, *, seed: int | Sequence[int] = 0,
                  init_logits: Mapping[str, torch.Tensor] | None = None,
                  trainable: Mapping[str, torch.Tensor] | None = None,
-                 fixed_masks: Mapping[str, torch.Tensor] | None = None):
+                 fixed_masks: Mapping[str, torch.Tensor] | None = None, reference=None):
         self.loss_fns, self.configs, self.seeds = _per_mask(loss_fn, config or MaskConfig(), seed)
         self.model, self.execution = model, execution or Execution()
         first = self.configs[0]
@@ -85,6 +86,11 @@ class MaskTrainer:
         if not names:
             raise ValueError("every selected parameter has a fixed mask: there is nothing to train")
         params = frozen_parameters(model)
+        modes = removal_modes(first.removal, [*names, *fixed_masks])
+        self.mean_removed = [n for n in (*names, *fixed_masks) if modes[n] == "mean"]
+        self.full = {n: params[n] for n in self.mean_removed}  # the model's own tensors (mean removal's W)
+        self.dims = {n: p.dim() for n, p in params.items()}
+        self.reference, self.mean = reference, None  # mean removal's batches; their Reference after prepare
         for name, mask in fixed_masks.items():  # e.g. CIFAR's output layer kept from the reference mask
             params[name] = params[name] * mask.to(params[name].device)
         self.device = params[names[0]].device
@@ -161,8 +167,30 @@ class MaskTrainer:
             self.path = choose_path(self.model, full, self.others, group, self.execution.path)
         low = self.dtype != torch.float32 and not self.configs[0].original_clipping
         self.forward_others = low_precision(self.others, self.dtype, self.path) if low else self.others
+        if self.mean_removed:
+            self.mean = self._mean_reference(batches)
         self.full_losses = self._full_losses(batches)
         return self
+
+    def _mean_reference(self, batches: Sequence) -> Reference:
+        """Mean removal's Reference, each mask's means ([M, ...]) read through the unmasked model on its
+        reference: `reference` (one for every mask, or a list with one per mask), or its first batch."""
+        given = self.reference
+        per_mask = given if isinstance(given, list) and len(given) == self.masks and self.masks > 1 else [given] * self.masks
+        references = [as_reference(self.model, [batch] if r is None else r, self.mean_removed, self.configs[0].mode)
+                      for r, batch in zip(per_mask, batches)]
+        return references[0].stacked(references)
+
+    def _shifts(self, masked: dict, rows: int) -> dict:
+        """Mean removal: each mean-removed tensor's offset folded into its layer's bias (which then joins
+        `masked`, [rows, ...]) or returned as a shift of its layer's output (path -> [rows, *out])."""
+        if self.mean is None:
+            return {}
+        current = {n: masked[n] if n in masked else self.others[n] for n in self.mean_removed}
+        biases, outputs = split_offsets(offsets(self.mean.repeated(rows // self.masks), self.full, current),
+                                        {**self.forward_others, **masked})
+        masked.update({n: b if b.dim() > self.dims[n] else b.expand(rows, *b.shape) for n, b in biases.items()})
+        return outputs
 
     @torch.no_grad()
     def _full_losses(self, batches: Sequence) -> list[float]:
@@ -173,9 +201,10 @@ class MaskTrainer:
         chunks = joined([p[0] for p in parts], 0, self.k, self.k)
         layouts = {n: self._model_layout(n, w) for n, w in self.weights.items()}
         full = {n: w.expand(self.masks * self.k, *w.shape) for n, w in layouts.items()}
+        shifts = self._shifts(full, self.masks * self.k)  # (only fixed masks remove anything here)
         run = call_vmap if self.path == "vmap" else call_sequential
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            outputs = run(self.model, full, self.others, chunks)
+            outputs = run(self.model, full, self.others, chunks, shifts, self.mean and channel_first(self.mean))
         rows = [size for _, _, size in parts]
         return [float(self._loss(m, output, targets)) for m, (output, (_, targets, _)) in
                 enumerate(zip(split_outputs(outputs, rows, self.k), parts))]
@@ -248,7 +277,9 @@ class MaskTrainer:
         chunks = joined([p[0] for p in parts], lo, hi, self.k)
         run = call_vmap if self.path == "vmap" else call_sequential
         with autocast(self.device, self.dtype):
-            outputs = run(self.model, self._masked(noise, thresholds, lo, hi, low), self.forward_others, chunks)
+            masked = self._masked(noise, thresholds, lo, hi, low)
+            shifts = self._shifts(masked, self.masks * (hi - lo))
+            outputs = run(self.model, masked, self.forward_others, chunks, shifts, self.mean and channel_first(self.mean))
         outputs = fp32_outputs(outputs) if low else outputs
         rows = [size * (hi - lo) // self.k for _, _, size in parts]
         losses = []
@@ -330,7 +361,7 @@ class MaskTrainer:
         weights = {n: self._model_layout(n, w) for n, w in self.weights.items()} if self.frozen_entries else None
         diagnosis = diagnose(history, self.full_losses[m], self.configs[m].target_density) if history else None
         return TrainedMask({n: self._model_layout(n, l[m]).clone() for n, l in self.logits.items()}, history or [],
-                           weights, diagnosis)
+                           weights, diagnosis, self.configs[m].removal)
 
     def state_dict(self) -> dict:
         """Logits, optimiser, noise-source and trainable weights' states (for a checkpoint inside a stage)."""
@@ -376,7 +407,7 @@ def _check_shared(configs: list[MaskConfig], trainable) -> None:
     """The settings every mask of one trainer must share, with what to do otherwise."""
     first = configs[0]
     for m, config in enumerate(configs[1:], 1):
-        differ = [f for f in ("k", "parameters", "biases", "norms", "mode")
+        differ = [f for f in ("k", "parameters", "biases", "norms", "mode", "removal")
                   if getattr(config, f) != getattr(first, f)]
         if differ:
             raise ValueError(f"mask {m} has another {', '.join(differ)} than mask 0: the masks of one trainer share "
