@@ -2,7 +2,7 @@
 
     python benchmarks/mask_step.py [--models mlp-800x4,lstm,hf-gpt2] [--steps 20] [--compiled] [--device cuda]
         [--group-model gpt-512x4 --samples-per-pass 4,2,1 --bf16] [--joint mlp-400-400-200:3,cnn:11]
-        [--ladder mlp-400-400-200:7]
+        [--ladder mlp-400-400-200:7] [--removal mlp-400-400-200,transformer,cnn]
 
 Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=.. plain_peak_mb=..
 mask_peak_mb=.. peak_ratio=.. runtime_mb=.. plan_mb=.. plan_err=..` (K=4, batch 128), then one line
@@ -14,7 +14,10 @@ is one mask's step with M K samples on the M batches: the per-sample work of the
 its per-mask work, so `bound` (one_mask_mk_ms / separate_ms) is the ratio a joint step could reach.
 Then one line per `--ladder` model: `model=mlp-400-400-200 ladder=7 ladder_ms=.. one_mask_ms=..
 ratio=.. per_density=..`, one step of the masks of a density ladder (the curves' first 7 densities
-as target_density, one MaskTrainer) against one mask's step: what training the curve's masks costs. A plain step is forward, backward, clipping and an Adam update of all weights, in
+as target_density, one MaskTrainer) against one mask's step: what training the curve's masks costs.
+Then one line per `--removal` model: `model=cnn removal=mean mean_ms=.. zero_ms=.. ratio=..`, one mask
+step under mean removal (the removed weights' mean contributions put back, core/removal.py) against
+one under zero removal, alternating rounds as above. A plain step is forward, backward, clipping and an Adam update of all weights, in
 eval mode, with the same call the mask step makes; a mask step is modmask's MaskTrainer.step (K
 samples, straight-through, Adam on the logits).
 
@@ -326,6 +329,25 @@ def ladder_line(args, spec: str) -> str:
             f"ratio={ladder_ms / one_ms:.2f} per_density={ladder_ms / one_ms / count:.2f}")
 
 
+def removal_line(args, name: str) -> str:
+    """One mask step under mean removal against one under zero removal (median ms of alternating
+    rounds, as joint_line), each on the same batches."""
+    device = torch.device(args.device)
+    model, _, _, loss_fn = make(name, args.batch)
+    model = model.to(device).eval()
+    batches = [tuple(t.to(device) for t in make(name, args.batch)[1:3]) for _ in range(4)]
+    execution = Execution(compiled=args.compiled)
+    trainers = {mode: MaskTrainer(model, loss_fn, MaskConfig(k=args.k, removal=mode), execution).prepare([batches[0]])
+                for mode in ("mean", "zero")}
+    times = {mode: [] for mode in trainers}
+    steps = max(args.steps // 5, 1)
+    for round in range(6):  # round 0 warms up
+        for mode, trainer in trainers.items():
+            times[mode].append(time_steps(lambda: [trainer.step([batches[i % 4]]) for i in range(steps)], 1, device, 0))
+    mean_ms, zero_ms = (statistics.median(times[m][1:]) / steps for m in trainers)
+    return f"model={name} removal=mean mean_ms={mean_ms:.1f} zero_ms={zero_ms:.1f} ratio={mean_ms / zero_ms:.2f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated; '' for none")
@@ -337,6 +359,8 @@ def main():
                         help="model:masks lines of joint against separate mask steps; '' for none")
     parser.add_argument("--ladder", default="mlp-400-400-200:7",
                         help="model:densities lines of a ladder of target-density masks against one mask; '' for none")
+    parser.add_argument("--removal", default="mlp-400-400-200,transformer,cnn",
+                        help="model lines of a mean-removal mask step against a zero-removal one; '' for none")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
@@ -364,6 +388,8 @@ def main():
         print(joint_line(args, spec), flush=True)
     for spec in filter(None, args.ladder.split(",")):
         print(ladder_line(args, spec), flush=True)
+    for name in filter(None, args.removal.split(",")):
+        print(removal_line(args, name), flush=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from .batches import Arguments, OutputError, describe_output, flatten_output, without_cache
 from .masks import check_fits
-from .removal import Reference, as_reference, channel_first, offsets, outputs_shifted, removal_modes, split_offsets
+from .removal import Reference, as_reference, channel_first, offsets, removal_modes, shifted
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,11 @@ def call_masked(model: nn.Module, masks: Mapping[str, torch.Tensor], args, kwarg
     full = {name: params[name] for name in masks}
     for name, mask in masks.items():
         params[name] = params[name] * mask.to(params[name].device, params[name].dtype)
-    outputs = {}
+    shifts = None
     if mean is not None:
-        biases, outputs = split_offsets(offsets(mean, full, {n: params[n] for n in mean.uses}), params)
+        biases, shifts = offsets(mean, full, {n: params[n] for n in mean.uses}, params)
         params.update(biases)
-    with parameters_restored(model), outputs_shifted(model, outputs, mean and channel_first(mean)):
+    with parameters_restored(model), shifted(model, shifts, mean and channel_first(mean)):
         return call_with_tensors(model, parameter_slots(model), params, args, kwargs)
 
 
@@ -190,14 +190,13 @@ def call_vmap(model: nn.Module, weights: Mapping[str, torch.Tensor], others: Map
               channel_first: Mapping[str, bool] | None = None):
     """weights: name -> [k, *shape]; chunks from split_batch. Returns outputs [B, ...] (an output
     without a batch dimension, e.g. a loss the model computes itself, comes back as [k, ...]).
-    shifts: module path -> [k, *out], added to that module's output in sample k (removal.py's
-    offsets of layers without a bias; along dim 1 where channel_first[path])."""
+    shifts: removal.offsets' shifts of mean removal, each [k, ...] (one per sample)."""
     args, kwargs = chunks
     kwargs, slots = without_cache(model, kwargs), parameter_slots(model)
     rebuild: list[Callable] = []
 
     def one_sample(sample_weights, sample_shifts, sample_args, sample_kwargs):
-        with outputs_shifted(model, sample_shifts, channel_first):
+        with shifted(model, sample_shifts, channel_first):
             output = call_with_tensors(model, slots, {**others, **sample_weights}, sample_args, sample_kwargs)
         tensors, rebuild_one = _tensors_of(output)
         rebuild[:] = [rebuild_one]
@@ -223,7 +222,8 @@ def call_sequential(model: nn.Module, weights: Mapping[str, torch.Tensor],
             sample_args = tuple(a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args)
             sample_kwargs = {n: a[i] if isinstance(a, torch.Tensor) and a.dim() > 1 else a for n, a in kwargs.items()}
             sample = {**others, **{n: w[i] for n, w in weights.items()}}
-            with outputs_shifted(model, {path: s[i] for path, s in (shifts or {}).items()}, channel_first):
+            sample_shifts = {kind: {path: s[i] for path, s in by_path.items()} for kind, by_path in (shifts or {}).items()}
+            with shifted(model, sample_shifts, channel_first):
                 tensors, rebuild = _tensors_of(call_with_tensors(model, slots, sample, sample_args, sample_kwargs))
             parts.append(tensors)
     return rebuild([torch.cat(ts) if ts[0].dim() else torch.stack(ts) for ts in zip(*parts)])

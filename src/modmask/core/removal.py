@@ -31,6 +31,7 @@ e.g. `"lstm.*=zero,mean"` for zero removal where the inputs cannot be read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -58,6 +59,14 @@ class Use:
     channel_first: bool        # the output's features run along dim 1 (convolutions, BatchNorm, GroupNorm)
     groups: int = 1            # a convolution's groups
     spatial: int = 0           # a convolution's kernel dims
+    module: str = ""           # the path of the layer (a Linear or Conv1D: its input is shifted, see offsets)
+
+    @property
+    def shifts_input(self) -> bool:
+        """Whether the layer's input is shifted instead of its removed weights' contribution computed:
+        W_m x + (W - W_m) E[x] = W_m (x - E[x]) + W E[x], so a Linear (or Conv1D) fed x - E[x] with
+        the constant W E[x] added gives the same output with no work over the masked weights."""
+        return self.kind in ("linear", "conv1d_hf") and bool(self.module)
 
     def contribution(self, weights: torch.Tensor) -> torch.Tensor:
         """weights [..., *shape] (the model's layout) -> what they add to the output at the mean
@@ -96,15 +105,15 @@ class Reference:
 
     def stacked(self, references: Sequence["Reference"]) -> "Reference":
         """One reference whose means hold each of `references`' as a leading dim [M, ...] (one per mask)."""
-        uses = {n: Use(u.kind, None if u.mean is None else torch.stack([r.uses[n].mean for r in references]),
-                       u.target, u.to_bias, u.channel_first, u.groups, u.spatial) for n, u in self.uses.items()}
+        uses = {n: dataclasses.replace(u, mean=None if u.mean is None else torch.stack([r.uses[n].mean for r in references]))
+                for n, u in self.uses.items()}
         return Reference(uses, sum(r.examples for r in references))
 
     def repeated(self, rows: int) -> "Reference":
         """Each per-mask mean repeated `rows` times along its leading dim (mask m's samples are rows
         m rows .. m rows + rows - 1 of a call)."""
-        uses = {n: Use(u.kind, None if u.mean is None else u.mean.repeat_interleave(rows, dim=0), u.target,
-                       u.to_bias, u.channel_first, u.groups, u.spatial) for n, u in self.uses.items()}
+        uses = {n: dataclasses.replace(u, mean=None if u.mean is None else u.mean.repeat_interleave(rows, dim=0))
+                for n, u in self.uses.items()}
         return Reference(uses, self.examples)
 
 
@@ -155,7 +164,8 @@ def mean_inputs(model: nn.Module, batches: Iterable, names: Sequence[str] | None
                              f"removed weights{fix}")
         uses[name] = Use(kind, mean.to(params[name].device), prefix + bias if has_bias else prefix.rstrip("."),
                          has_bias, channel_first, getattr(owner, "groups", 1),
-                         len(getattr(owner, "kernel_size", ())) if kind == "conv" else 0)
+                         len(getattr(owner, "kernel_size", ())) if kind == "conv" else 0,
+                         prefix.rstrip(".") if kind in ("linear", "conv1d_hf") else "")
     return Reference(uses, sum(seen.rows.values()))
 
 
@@ -174,41 +184,52 @@ def as_reference(model: nn.Module, reference, names: Sequence[str], mode: str = 
     return mean_inputs(model, reference, names, mode=mode)
 
 
-def offsets(reference: Reference, full: Mapping[str, torch.Tensor], masked: Mapping[str, torch.Tensor]
-            ) -> dict[tuple[str, bool], torch.Tensor]:
-    """(target, to_bias) -> the summed offset of every mean-removed tensor in `masked` (name ->
-    [..., *shape] in the model's layout; `full` its unmasked weights [*shape]): [..., *out]."""
-    shifts: dict[tuple[str, bool], torch.Tensor] = {}
+def offsets(reference: Reference, full: Mapping[str, torch.Tensor], masked: Mapping[str, torch.Tensor],
+            tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """What mean removal changes in a call, for every mean-removed tensor of `masked` (name ->
+    [..., *shape] in the model's layout; `full`: its unmasked weights [*shape]; `tensors`: the call's
+    tensors, whose biases take the offsets): (biases: name -> bias + offsets [..., *out],
+    shifts: {"outputs": module path -> offset [..., *out] of a layer without a bias, "inputs":
+    module path -> E[x] [..., in], subtracted from a Linear's or Conv1D's input}). The leading dims
+    (samples) of `masked` and of the means broadcast."""
+    added: dict[tuple[str, bool], torch.Tensor] = {}
+    inputs = {}
     for name, weights in masked.items():
         use = reference.uses[name]
         if use.kind == "bias":
             shift = full[name] - weights
+        elif use.shifts_input:
+            shift, inputs[use.module] = use.contribution(full[name]), use.mean
         else:
             shift = use.contribution(full[name]) - use.contribution(weights)
         key = (use.target, use.to_bias)
-        shifts[key] = shifts[key] + shift if key in shifts else shift
-    return shifts
-
-
-def split_offsets(shifts: Mapping[tuple[str, bool], torch.Tensor], tensors: Mapping[str, torch.Tensor]
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(biases: name -> tensors[name] + offset, outputs: module path -> offset)."""
-    biases = {target: tensors[target] + shift for (target, to_bias), shift in shifts.items() if to_bias}
-    outputs = {target: shift for (target, to_bias), shift in shifts.items() if not to_bias}
-    return biases, outputs
+        added[key] = added[key] + shift if key in added else shift
+    biases = {target: tensors[target] + shift for (target, to_bias), shift in added.items() if to_bias}
+    outputs = {target: shift for (target, to_bias), shift in added.items() if not to_bias}
+    return biases, {"outputs": outputs, "inputs": inputs}
 
 
 @contextlib.contextmanager
-def outputs_shifted(model: nn.Module, outputs: Mapping[str, torch.Tensor], channel_first: Mapping[str, bool] | None):
-    """Forward hooks that add outputs[path] (the offsets of layers without a bias) to those modules'
-    outputs, along dim 1 where channel_first[path], else the trailing dims."""
-    def hook(offset, first):
-        def add(_, __, output):
+def shifted(model: nn.Module, shifts: Mapping[str, Mapping[str, torch.Tensor]] | None,
+            channel_first: Mapping[str, bool] | None):
+    """Hooks that apply `offsets`' shifts while the model runs: outputs[path] added to that module's
+    output (along dim 1 where channel_first[path], else the trailing dims), inputs[path] subtracted
+    from its first input."""
+    def add(offset, first):
+        def hook(_, __, output):
             return output + (offset.view(*offset.shape, *[1] * (output.dim() - 2)) if first else offset)
-        return add
+        return hook
 
-    handles = [model.get_submodule(path).register_forward_hook(hook(offset, (channel_first or {}).get(path, False)))
-               for path, offset in outputs.items()]
+    def subtract(mean):
+        def hook(_, args):
+            return (args[0] - mean.to(args[0].dtype), *args[1:])
+        return hook
+
+    shifts = shifts or {}
+    handles = [model.get_submodule(path).register_forward_hook(add(offset, (channel_first or {}).get(path, False)))
+               for path, offset in shifts.get("outputs", {}).items()]
+    handles += [model.get_submodule(path).register_forward_pre_hook(subtract(mean))
+                for path, mean in shifts.get("inputs", {}).items()]
     try:
         yield
     finally:

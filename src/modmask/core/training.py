@@ -41,7 +41,7 @@ from .gumbel import UniformSource, keep_thresholds, sample_masked_weights
 from .mask_config import Execution, MaskConfig, settings_from
 from .masking import call_sequential, call_vmap, choose_path, frozen_parameters, model_mode, parameters_restored
 from .masks import check_fits
-from .removal import Reference, as_reference, channel_first, offsets, removal_modes, split_offsets
+from .removal import Reference, as_reference, channel_first, offsets, removal_modes
 from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_samples_per_pass, fp32_outputs, free_memory,
                      low_precision, memory_plan)
 from .optim import adam
@@ -183,14 +183,14 @@ class MaskTrainer:
 
     def _shifts(self, masked: dict, rows: int) -> dict:
         """Mean removal: each mean-removed tensor's offset folded into its layer's bias (which then joins
-        `masked`, [rows, ...]) or returned as a shift of its layer's output (path -> [rows, *out])."""
+        `masked`, [rows, ...]) or returned as a shift of its layer's output or input (removal.offsets)."""
         if self.mean is None:
             return {}
         current = {n: masked[n] if n in masked else self.others[n] for n in self.mean_removed}
-        biases, outputs = split_offsets(offsets(self.mean.repeated(rows // self.masks), self.full, current),
-                                        {**self.forward_others, **masked})
+        biases, shifts = offsets(self.mean.repeated(rows // self.masks), self.full, current,
+                                 {**self.forward_others, **masked})
         masked.update({n: b if b.dim() > self.dims[n] else b.expand(rows, *b.shape) for n, b in biases.items()})
-        return outputs
+        return shifts
 
     @torch.no_grad()
     def _full_losses(self, batches: Sequence) -> list[float]:
