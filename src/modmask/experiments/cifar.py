@@ -304,8 +304,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     early = ([n for n in reference if n.startswith(("convs.0.", "convs.1.", "convs.2."))]
              if config.model == "cnn" else None)
     results = {"classes": cifar["classes"], "reference_confusion": c_ref.tolist(), "removal": removal,
-               "removal_modes": removal_in_modes(model, reference, without, valid, cifar["classes"], config.random_draws,
-                                                 seed, config.mask.removal, removal),
+               "removal_modes": removal_in_modes(model, reference, without, valid, cifar["classes"],
+                                                 config.random_draws, seed, config.mask.removal, removal),
                "overlap": overlap_matrix(class_masks),
                "model": config.model, "evaluated_on": "test" if config.model == "resnet" else "iid",
                "stability_iou": stability, "stability_iou_chance": stability_chance,

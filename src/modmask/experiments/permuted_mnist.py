@@ -169,7 +169,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     valid = [PermutedMNIST(valid_x, labels[valid_idx], order) for order in orders]
     def accuracies(removal: str) -> list[float]:
-        """Every task with its own mask and first layer, at the end [%], the removed weights removed as `removal` says."""
+        """Every task with its own mask and first layer, at the end [%], removed as `removal` says."""
         return [evaluate(with_first_layer(model, first_layers[task]), masks[task], fixed_batches(valid[task], 2000),
                          lambda out, y: out.argmax(-1) == y, removal=removal) * 100 for task in range(config.tasks)]
 
@@ -184,7 +184,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         mine = masks[task]
         sharing.append({n: int((mine[n] & earlier[n]).sum()) / max(int(mine[n].sum()), 1)
                         for n in names if n.endswith("weight")})
-    results = {"accuracy": accuracy, "removal_modes": modes, "sharing": sharing, "free": free, "density": [m.densities() for m in masks]}
+    results = {"accuracy": accuracy, "removal_modes": modes, "sharing": sharing, "free": free,
+               "density": [m.densities() for m in masks]}
     if config.curves.enabled:
         train = [PermutedMNIST(train_x, labels[train_idx], order) for order in orders]
         with run_dir.timed("curves"):

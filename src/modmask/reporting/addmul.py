@@ -8,8 +8,8 @@ import numpy as np
 
 from ..core.training import TrainedMask
 from . import plots
-from .study import (costs_text, curves_section, removal_modes_section, half_mask_section, histogram_figure, overlap_section, removal_costs,
-                    save_report, versus_random)
+from .study import (costs_text, curves_section, half_mask_section, histogram_figure, overlap_section, removal_costs,
+                    removal_modes_section, save_report, versus_random)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]

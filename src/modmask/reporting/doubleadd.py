@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import (costs_text, curves_section, removal_modes_section, half_mask_section, histogram_figure, overlap_section, removal_costs,
-                    save_report, versus_random)
+from .study import (costs_text, curves_section, half_mask_section, histogram_figure, overlap_section, removal_costs,
+                    removal_modes_section, save_report, versus_random)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]

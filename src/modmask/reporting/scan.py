@@ -110,7 +110,8 @@ def write_report(out: Path, summary: dict) -> Path:
                "over the draws). The claim that the weights a split mask lacks are split-specific rests on the "
                "control that costs most.", ""] if control else []),
             *(["## Test accuracy in both removal modes [%]", "",
-               "`random X`: the random control of split X's mask on X's test set (per tensor, or pooled), as above.", "",
+               "`random X`: the random control of split X's mask on X's test set (per tensor or pooled), as above.",
+               "",
                removal_modes_section(agg["removal_modes"]), ""] if "removal_modes" in agg else []),
             *(["## Curves over density", "", CURVES_INTRO, "",
                curves_section(agg["curves"], CURVE_TITLES, figures, labels=CURVE_LABELS), ""] if "curves" in agg else []),
