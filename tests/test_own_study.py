@@ -52,7 +52,32 @@ def test_run_study_writes_masks_tables_and_report(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["masks"]["overlap"]["task0|task1"]
     assert "| not task0 |" in (tmp_path / "report.md").read_text()
     _assert_both_random_removals_are_reported(model, functions, results, tmp_path)
+    _assert_removal_in_both_modes(model, functions, results, tmp_path)
     _assert_curves_are_reported(results, tmp_path)
+
+
+def _assert_removal_in_both_modes(model, functions, results, out):
+    """results["removal_modes"]: the zero mode is the removal matrix with its controls' means, the mean
+    mode the same conditions evaluated under mean removal; both side by side in the report."""
+    from modmask import TrainedMask, evaluate, inverse, random_control
+
+    block = results["removal_modes"]
+    assert block["trained_with"] == "zero" and list(block["modes"]) == ["zero", "mean"]
+    zero, mean = block["modes"]["zero"], block["modes"]["mean"]
+    assert list(zero) == list(mean) == [*results["metric"], *results["controls"]]
+    assert zero["not task0"] == results["metric"]["not task0"]
+    assert zero["random pooled not task1"]["task1"] == results["controls"]["random pooled not task1"]["task1"]["mean"]
+    mask = TrainedMask.load(out / "masks/task0.safetensors").masks
+    task0 = functions[0]
+    assert mean["not task0"]["task0"] == pytest.approx(evaluate(model, inverse(mask), task0.eval, task0.metric,
+                                                                removal="mean"))
+    assert mean["random not task0"]["task0"] == pytest.approx(random_control(
+        model, mask, task0.eval, task0.metric, 5, seed=0, removal="mean")["mean"])
+    assert mean["none"] == zero["none"] and mean != zero  # the gate inputs have non-zero means: the modes differ
+    report = (out / "report.md").read_text()
+    assert "## Removal in both modes" in report and "Masks trained with `zero` removal" in report
+    assert "| condition | task0, zero | task0, mean | task1, zero | task1, mean |" in report
+    assert f"| random pooled not task1 | {zero['random pooled not task1']['task0']:.3f} |" in report
 
 
 def _assert_both_random_removals_are_reported(model, functions, results, out):

@@ -207,3 +207,30 @@ def test_bad_inputs_are_refused_before_any_evaluation(monkeypatch):
 def test_the_config_takes_lists_and_one_pattern_as_config_json_and_python_give_them():
     config = CurveConfig([0.1, 0.2], ["random"], subset="net.*")
     assert config.densities == (0.1, 0.2) and config.baselines == ("random",) and config.subset == ("net.*",)
+
+
+def test_curves_removal_mean_reads_every_point_under_mean_removal():
+    """curves.removal="mean": every point is the evaluation under mean removal (the means read once on
+    the curve's batches). On y = W1 relu(W0 x + b0) + b1 with inputs of non-zero mean and the output
+    itself as the metric, removing every weight keeps the full model's mean output (mean removal keeps
+    the means later layers see), while zero removal leaves the bias b1; the points differ."""
+    from modmask import evaluate, top_masks
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(1)) + 2.0
+    batches, metric = [(x, None)], lambda out, _: out[:, 0]
+    scores = {n: p.detach().abs() for n, p in net.named_parameters() if n.endswith("weight")}
+    settings = dict(densities=(0.25, 0.5), baselines=())
+    zero = density_curves(net, {"magnitude": scores}, batches, metric, CurveConfig(**settings))
+    mean = density_curves(net, {"magnitude": scores}, batches, metric, CurveConfig(**settings, removal="mean"))
+    assert zero["removal"] == "zero" and mean["removal"] == "mean"
+    assert mean["full"] == pytest.approx(zero["full"])  # every weight kept: nothing removed
+    assert mean["empty"] == pytest.approx(net(x).mean().item(), abs=1e-5)
+    assert zero["empty"] == pytest.approx(net[2].bias.item(), abs=1e-6)
+    half = top_masks(scores, 0.5)
+    assert mean["methods"]["magnitude"]["sufficiency"][1] == pytest.approx(
+        evaluate(net, half, batches, metric, removal="mean"))
+    assert mean["methods"]["magnitude"]["necessity"] != pytest.approx(zero["methods"]["magnitude"]["necessity"])
+    with pytest.raises(ValueError, match="curves.removal"):
+        CurveConfig(removal="median")

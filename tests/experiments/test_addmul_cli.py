@@ -135,6 +135,31 @@ def test_smoke_accuracy_rows_are_their_own_masks(tmp_path):
                  ("random pooled ¬+", "random pooled ¬*")]:
         assert row(a) != row(b), (a, b)
     assert all(accuracy[label]["+"] != accuracy[label]["*"] for label in CONDITIONS)  # columns tell apart too
+    _assert_removal_in_both_modes(tmp_path, draws=2)
+
+
+def _assert_removal_in_both_modes(out, draws):
+    """results["removal_modes"]: the accuracy table in zero mode as it is, and its rows and controls
+    evaluated under mean removal in the mean mode; both side by side in the report."""
+    from modmask import evaluate, inverse, random_control
+    from modmask.data.arithmetic import digits_correct
+
+    model, masks, columns = _saved_model_masks_and_columns(out)
+    agg = json.loads((out / "results.json").read_text())["aggregate"]
+    block = agg["removal_modes"]
+    assert block["trained_with"] == "zero" and list(block["modes"]) == ["zero", "mean"]
+    zero, mean = block["modes"]["zero"], block["modes"]["mean"]
+    assert zero == agg["accuracy"] and list(mean) == list(zero)
+    for op, batches in columns.items():
+        expected = evaluate(model, inverse(masks["add"]), batches, digits_correct, removal="mean") * 100
+        assert mean["¬+"][op]["mean"] == pytest.approx(expected, rel=1e-6), op
+        control = random_control(model, masks["mul"], batches, digits_correct, draws, seed=2, match="pooled",
+                                 removal="mean")
+        assert mean["random pooled ¬*"][op]["mean"] == pytest.approx(control["mean"] * 100, rel=1e-6), op
+    assert mean != zero
+    report = (out / "report.md").read_text()
+    assert "## Accuracy in both removal modes [%]" in report and "Masks trained with `zero` removal" in report
+    assert "| condition | +, zero | +, mean | *, zero | *, mean | iid, zero | iid, mean |" in report
 
 
 def _run_files(out):

@@ -36,6 +36,15 @@ def test_cifar_smoke_end_to_end(image_folder, tmp_path):
     masks = TrainedMask.load(tmp_path / "seed-0/masks/without-3.safetensors").logits
     assert "output.weight" not in masks and "convs.0.weight" in masks
     assert all({"random_target_drop", "random_pooled_target_drop"} <= set(row) for row in agg["removal"])
+    # the class-removal table in both removal modes: the zero mode is the removal rows' drops as they are
+    block = agg["removal_modes"]
+    assert block["trained_with"] == "zero" and list(block["modes"]) == ["zero", "mean"]
+    drops = ["target_drop", "random_target_drop", "random_pooled_target_drop", "other_over_target"]
+    assert block["modes"]["zero"] == {row["class"]: {key: row[key] for key in drops} for row in agg["removal"]}
+    assert list(block["modes"]["mean"]) == CLASSES and all(list(v) == drops for v in block["modes"]["mean"].values())
+    report = (tmp_path / "report.md").read_text()
+    assert "## Class removal in both removal modes [%]" in report
+    assert "| condition | relative drop, zero | relative drop, mean | random removal drop, zero |" in report
     _assert_class_curves(tmp_path, image_folder, agg)
 
 

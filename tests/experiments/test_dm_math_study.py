@@ -33,6 +33,13 @@ def test_dm_math_smoke_end_to_end_on_generated_data(tmp_path, monkeypatch):
     assert (tmp_path / "data/dm_math_generated/seed0-train80-test20/train-hard/arithmetic__add_or_sub.txt").exists()
     assert (tmp_path / "run/figures/accuracy_hard.png").exists()
     assert "mask trained on train-easy" in (tmp_path / "run/report.md").read_text()
+    # the accuracies in both removal modes: the tied Transformer's masked tensors (no embedding) all read their means
+    block = summary["aggregate"]["modules"]["arithmetic__add_or_sub"]["removal_modes"]
+    assert block["trained_with"] == "zero" and block["modes"]["zero"] == accuracy
+    assert list(block["modes"]["mean"]) == ["pretrained", "control", "easy"]
+    assert block["modes"]["mean"]["pretrained"] == accuracy["pretrained"]  # nothing removed
+    report = (tmp_path / "run/report.md").read_text()
+    assert "## Accuracy in both removal modes [%]" in report and "| condition | easy test, zero | easy test, mean |" in report
     _assert_module_curves(tmp_path / "run", summary, [0.01, 0.1, 0.5])
     _assert_curve_recomputes_them_without_training(tmp_path / "run")
 

@@ -46,8 +46,10 @@ def test_io_layers():
 
 def test_doubleadd_smoke_end_to_end(tmp_path):
     # masks trained hard enough to drop weights (the smoke run's keep every one), so the Full mask differs from all
+    # the masks train under mean removal: the report says so beside the removal table of both modes
     assert cli.main(["run", "doubleadd", "--preset", "smoke", "--out", str(tmp_path), "--quiet",
-                     "--set", "mask.lr=0.3", "--set", "mask.beta=0.01", "--set", "curves.train=true"]) == 0
+                     "--set", "mask.lr=0.3", "--set", "mask.beta=0.01", "--set", "curves.train=true",
+                     "--set", "mask.removal=mean"]) == 0
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
     assert set(agg["accuracy"]) >= {"Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"}
     assert set(agg["accuracy"]["Full"]) == {"pair 1", "pair 2"}
@@ -59,6 +61,34 @@ def test_doubleadd_smoke_end_to_end(tmp_path):
         assert (tmp_path / name).exists(), name
     _assert_curves_of_the_pair_masks(tmp_path, agg)
     assert "random ¬Pair 1 | random pooled ¬Pair 1 |" in (tmp_path / "report.md").read_text()
+    _assert_removal_in_both_modes(tmp_path, agg)
+
+
+def _assert_removal_in_both_modes(out, agg):
+    """The accuracy table (zero removal) as it is and under mean removal, the mode the masks trained in named."""
+    from safetensors.torch import load_model
+
+    from modmask import TrainedMask, evaluate, inverse, random_control
+    from modmask.data.arithmetic import DoubleAddData
+    from modmask.data.sampling import fixed_batches
+    from modmask.experiments.doubleadd import Config, _pair_correct, build_model
+
+    block = agg["removal_modes"]
+    assert block["trained_with"] == "mean" and list(block["modes"]) == ["zero", "mean"]
+    zero, mean = block["modes"]["zero"], block["modes"]["mean"]
+    assert zero == agg["accuracy"] and list(mean) == list(zero) and mean != zero
+    model = build_model(Config(hidden=(32, 32)), seed=0)
+    load_model(model, str(out / "seed-0/checkpoints/pretrained.safetensors"))
+    pair1 = TrainedMask.load(out / "seed-0/masks/pair1.safetensors", model)
+    assert pair1.removal == "mean"
+    valid = fixed_batches(DoubleAddData.generate("valid", 1_000), 1000)
+    assert mean["¬Pair 1"]["pair 1"]["mean"] == pytest.approx(
+        evaluate(model, inverse(pair1.masks), valid, _pair_correct(0), removal="mean") * 100)
+    assert mean["random pooled ¬Pair 1"]["pair 2"]["mean"] == pytest.approx(random_control(
+        model, pair1.masks, valid, _pair_correct(1), 5, seed=0, match="pooled", removal="mean")["mean"] * 100)
+    report = (out / "report.md").read_text()
+    assert "### Per-pair accuracy in both removal modes [%]" in report and "Masks trained with `mean` removal" in report
+    assert "| condition | pair 1, zero | pair 1, mean | pair 2, zero | pair 2, mean |" in report
 
 
 def _assert_curves_of_the_pair_masks(out, agg):

@@ -59,6 +59,14 @@ def test_protocol_freezes_used_weights_and_relearns_the_rest(tiny_mnist, tmp_pat
     assert set(results["sharing"][0]) == {"layers.0.weight", "layers.1.weight", "layers.2.weight",
                                           "layers.3.weight"}
     assert (tmp_path / "figures/sharing.png").exists() and (tmp_path / "report.md").exists()
+    # every task's accuracy with its mask in both removal modes (the masks removed weights: the modes differ)
+    block = results["removal_modes"]
+    assert block["trained_with"] == "zero" and list(block["modes"]) == ["zero", "mean"]
+    assert [row["accuracy"] for row in block["modes"]["zero"].values()] == results["accuracy"]
+    assert list(block["modes"]["mean"]) == ["T1", "T2", "T3"] and block["modes"]["mean"] != block["modes"]["zero"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## The same in both removal modes [%]" in report
+    assert "| condition | accuracy with its mask, zero | accuracy with its mask, mean |\n|---|---|---|\n| T1 mask |" in report
     _assert_task_curves(tmp_path, tiny_mnist, results)
 
 

@@ -166,6 +166,15 @@ def test_scan_smoke_end_to_end(tmp_path, preset):
     report = (tmp_path / "run/report.md").read_text()
     assert "Against the random control: on jump" in report and "| random pooled control |" in report
     assert (tmp_path / "run/figures/accuracy.png").exists() and (tmp_path / "run/report.md").exists()
+    # the accuracy table and the split controls in both removal modes (every smoke value is 0: the shape is pinned)
+    block = agg["removal_modes"]
+    assert block["trained_with"] == "zero" and list(block["modes"]) == ["zero", "mean"]
+    zero, mean = block["modes"]["zero"], block["modes"]["mean"]
+    assert list(zero) == list(mean) == [*agg["accuracy"], "random jump", "random length", "random turn_left",
+                                        "random pooled jump", "random pooled length", "random pooled turn_left"]
+    assert zero["jump"] == agg["accuracy"]["jump"] and zero["random pooled jump"] == {"jump": agg["control_pooled"]["jump"]}
+    assert set(mean["simple"]) == set(scan.SPLITS) and set(mean["random length"]) == {"length"}
+    assert "## Test accuracy in both removal modes [%]" in report and "| random pooled turn_left |" in report
     _assert_scan_curves(tmp_path / "run", root, agg, preset)
 
 

@@ -21,6 +21,10 @@ def test_sharing_smoke_end_to_end(tmp_path, sweep):
     agg = json.loads((tmp_path / "results.json").read_text())["aggregate"]
     assert len(agg["points"]) == 2 and 0 <= agg["points"][0]["shared_add"]["mean"] <= 1
     assert not any("curves" in p for p in agg["points"])  # off by default: the sweep reads overlaps
+    for point in agg["points"]:  # each point's accuracies in both removal modes (addmul's), side by side
+        assert list(point["removal_modes"]["modes"]) == ["zero", "mean"] and "¬+" in point["removal_modes"]["modes"]["mean"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Accuracy in both removal modes, per point [%]" in report and "| ¬+ |" in report
     if sweep == "size":  # on, through modmask curve: every point's masks ranked, no retraining
         masks = sorted((tmp_path / "seed-0").glob("point-*/masks/*.safetensors"))
         before = [m.stat().st_mtime_ns for m in masks]

@@ -139,3 +139,22 @@ def test_the_studies_read_split_class_and_difficulty_specific_weights_from_suffi
     assert "the control mask's top weights carry the hard test set +0.50 in sufficiency area beyond the easy-trained " \
            "mask's, the easy test set +0.05: hard problems need weights" in dm_math.curves_gap("m", hard)
     assert "reach sufficiency area 0.60, the easy-trained mask's 0.10" in dm_math.curves_gap("m", {"hard": hard["hard"]})
+
+
+def test_removal_modes_section_puts_both_modes_side_by_side_for_one_run_and_over_seeds(tmp_path):
+    """Rows: conditions (every mode's, in order); columns: each function in zero then mean; a value a
+    mode lacks is '–'; aggregated values show their spread over seeds; the trained mode is named."""
+    from modmask.reporting.study import removal_modes_section
+    from modmask.runs import aggregate
+
+    def block(shift):
+        return {"trained_with": "mean", "modes": {
+            "zero": {"+": {"add": 90.0 + shift, "mul": 80.0}, "random jump": {"jump": 10.0}},
+            "mean": {"+": {"add": 95.0, "mul": 85.0 + shift}, "random jump": {"jump": 40.0}}}}
+
+    one = removal_modes_section(block(0), {"add": "addition"}, {"+": "+ mask"})
+    assert "Masks trained with `mean` removal" in one
+    assert "| condition | addition, zero | addition, mean | mul, zero | mul, mean | jump, zero | jump, mean |" in one
+    assert "| + mask | 90.0 | 95.0 | 80.0 | 85.0 | – | – |" in one and "| random jump | – | – | – | – | 10.0 | 40.0 |" in one
+    seeds = removal_modes_section(aggregate([block(0), block(2)]), digits=2)
+    assert "Masks trained with `mean` removal" in seeds and "| + | 91.00 ± 1.41 | 95.00 | 80.00 | 86.00 ± 1.41 |" in seeds

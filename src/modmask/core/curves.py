@@ -34,6 +34,8 @@ from torch import nn
 from .baselines import BASELINES, importance
 from .evaluation import evaluate
 from .masks import Masks, check_fits, check_same_tensors, top_masks_ladder
+from .removal import REMOVALS, mean_inputs, removal_modes
+from .selection import per_tensor
 from .stats import summarize
 
 DENSITIES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
@@ -56,6 +58,8 @@ class CurveConfig:
     function's curves on at most this many of its evaluation examples (0: all of them), since a
     curve evaluates the model 2 x densities times per method. functions: None (every function of the
     study) or names / glob patterns of the functions that get curves (e.g. "cat*" in cifar).
+    removal: how every point removes the weights it does not keep, 'zero' (the paper's) or 'mean'
+    (or rules per tensor; core/removal.py), the means read once on each function's evaluation batches.
     """
 
     densities: tuple[float, ...] = DENSITIES
@@ -66,8 +70,10 @@ class CurveConfig:
     train: bool = False
     examples: int = 0
     functions: tuple[str, ...] | None = None
+    removal: str = "zero"
 
     def __post_init__(self):
+        per_tensor(self.removal, [], REMOVALS, "curves.removal")  # an unknown mode fails here, before any work
         # config.json and Python callers give lists (or one pattern as a string): stored as tuples
         as_tuple = lambda v: (v,) if isinstance(v, str) else tuple(v)  # noqa: E731
         object.__setattr__(self, "densities", tuple(float(d) for d in as_tuple(self.densities)))
@@ -150,7 +156,8 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
     "methods": {method: {"sufficiency": [...], "necessity": [...], ("sufficiency_std",
     "necessity_std": [...] for random with 2+ draws; "kept": [...] for trained masks, the fraction
     of the subset's weights each keeps), "sufficiency_area": a, "necessity_area": b}},
-    "random_draws": n (with random), "note": text (only where full == empty: areas None)}.
+    "random_draws": n (with random), "removal": config.removal, "note": text (only where full == empty:
+    areas None)}. Under mean removal the means are read once on `batches`, for every point.
     Every input is checked before the first evaluation.
     """
     rankings, trained = dict(rankings), dict(trained or {})
@@ -188,10 +195,12 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
                              f"that covers every masked tensor (e.g. the Full mask), or rest=None for full weights")
         check_fits(rest, model, source="the rest mask")
     kept_outside = {n: rest[n] for n in outside} if rest is not None else {}
+    means = [n for n, m in removal_modes(config.removal, names).items() if m == "mean"]
+    read = mean_inputs(model, batches, means, mode=mode) if means else None  # the means, read once for every point
 
     def measured(kept: Masks | None) -> float:
         """The metric with the subset's weights as `kept` keeps them (None: all of them)."""
-        return evaluate(model, {**kept_outside, **(kept or {})}, batches, metric, mode)
+        return evaluate(model, {**kept_outside, **(kept or {})}, batches, metric, mode, config.removal, read)
 
     def curve(ladder: list[Masks]) -> dict[str, list[float]]:
         return {"sufficiency": [measured(top) for top in ladder],
@@ -215,7 +224,8 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
     for values in methods.values():
         for side in ("sufficiency", "necessity"):
             values[f"{side}_area"] = normalised_area(densities, values[side], full, empty, side)
-    result = {"densities": densities, "subset": subset, "full": full, "empty": empty, "methods": methods}
+    result = {"densities": densities, "subset": subset, "full": full, "empty": empty, "methods": methods,
+              "removal": config.removal}
     if RANDOM in config.baselines:
         result["random_draws"] = config.random_draws
     if _undefined(full, empty):

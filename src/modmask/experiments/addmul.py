@@ -26,7 +26,7 @@ from ..models import MLP, RepeatLSTMClassifier
 from .pretrain import pretrain
 from ..runs import RunDir
 from ..runs.study import (Function, density_masks, function_masks, half_mask_test, mask_statistics, removal_controls,
-                          removal_matrix, study_curves)
+                          removal_in_modes, removal_matrix, study_curves)
 
 DESCRIPTION = "addition/multiplication: do networks specialise? (FNN or LSTM)"
 
@@ -117,14 +117,19 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
 
     metric = removal_matrix(model, functions, trained)
     controls = removal_controls(model, functions, trained, config.random_draws, seed)
+    modes = removal_in_modes(model, functions, trained, config.random_draws, seed, config.mask.removal,
+                             done={"zero": (metric, controls)})
     base = {"none": "No mask", "full": "Full", "add": "+", "not add": "¬+", "mul": "*", "not mul": "¬*",
             "not full": "¬Full"}
     labels = {**base, **{f"random {c}": f"random {label}" for c, label in base.items() if c != "none"},
               **{f"random pooled {c}": f"random pooled {label}" for c, label in base.items() if c.startswith("not ")}}
     columns = {"+": "add", "*": "mul", "iid": "full"}
-    accuracy = {labels[c]: {op: metric[c][f] * 100 for op, f in columns.items()} for c in metric}
-    # the controls: mean over the random draws, and their spread in `control_std`
-    accuracy.update({labels[c]: {op: v[f]["mean"] * 100 for op, f in columns.items()} for c, v in controls.items()})
+
+    def as_accuracy(table: dict) -> dict:
+        """condition -> function -> metric (controls: their mean) as the accuracy table: label -> column -> %."""
+        return {labels[c]: {op: table[c][f] * 100 for op, f in columns.items()} for c in table}
+
+    accuracy = as_accuracy(modes["modes"]["zero"])  # the controls: mean over the random draws, spread in control_std
     control_std = {labels[c]: {op: v[f]["std"] * 100 for op, f in columns.items()} for c, v in controls.items()}
 
     confusion = {}
@@ -135,6 +140,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     half = half_mask_test(model, masks["full"], fixed_batches(valid, 1000), digits_correct, "ceil")
 
     results = {"accuracy": accuracy, "control_std": control_std, "random_draws": config.random_draws,
+               "removal_modes": {**modes, "modes": {m: as_accuracy(t) for m, t in modes["modes"].items()}},
                "confusion": confusion, "half_mask": half, "masks": mask_statistics(trained, compare=["add", "mul"])}
     if config.curves.enabled:
         trained_at = None

@@ -36,7 +36,7 @@ from ..models import CifarResNet, SimpleCNN
 from ..runs import RunDir
 from .pretrain import pretrain
 from ..runs.stage import Stage, mask_stages
-from ..runs.study import Function, check_no_density_masks, half_mask_test, study_curves
+from ..runs.study import Function, check_no_density_masks, half_mask_test, removal_reference, study_curves
 
 DESCRIPTION = "CIFAR-10 simple CNN or ResNet-110: class-exclusive weights and confusion changes"
 
@@ -117,9 +117,11 @@ PRESETS = {
 OUTPUT = ("output.weight", "output.bias")
 
 
-def confusion(model, masks, batches, classes: int) -> torch.Tensor:
-    """Row-normalised confusion C[true, predicted] in %, float [classes, classes]."""
-    pairs = collect(model, masks, batches, lambda out, y: torch.stack([y, out.argmax(-1)], -1))
+def confusion(model, masks, batches, classes: int, removal: str = "zero", read=None) -> torch.Tensor:
+    """Row-normalised confusion C[true, predicted] in %, float [classes, classes], the removed weights
+    removed as `removal` says (read: the Reference of `batches` for mean removal)."""
+    pairs = collect(model, masks, batches, lambda out, y: torch.stack([y, out.argmax(-1)], -1), removal=removal,
+                    reference=read)
     counts = torch.zeros(classes, classes).index_put_(tuple(pairs.t()), torch.ones(len(pairs)), accumulate=True)
     return counts / counts.sum(1, keepdim=True).clamp_min(1) * 100
 
@@ -137,12 +139,12 @@ def drops(reference: torch.Tensor, removed: torch.Tensor, k: int) -> dict:
 
 
 def random_removal(model, mask: Masks, reference: Masks, batches, c_ref: torch.Tensor, k: int, draws: int,
-                   seed: int) -> dict:
+                   seed: int, removal: str = "zero", read=None) -> dict:
     """The control of class k's drop: the reference mask with as many of its weights removed at
     random as the class-k mask lacks of it (the count of mask & reference drawn within the
     reference): per tensor ("random_target_drop"), and in total over the tensors
     ("random_pooled_target_drop"), where a small tensor (a bias, a BatchNorm gain) may lose more of
-    its weights. The removed class's relative drop, mean over `draws` each."""
+    its weights. The removed class's relative drop, mean over `draws` each (removal, read: as in confusion)."""
     if not draws:
         return {}
     kept = mask & reference
@@ -150,9 +152,39 @@ def random_removal(model, mask: Masks, reference: Masks, batches, c_ref: torch.T
     for match, key in (("tensor", "random_target_drop"), ("pooled", "random_pooled_target_drop")):
         generator = torch.Generator().manual_seed(seed * 100 + k)  # the per-tensor draws as before the pooled ones
         results = [drops(c_ref, confusion(model, random_masks(kept, generator, within=reference, match=match), batches,
-                                          len(c_ref)), k) for _ in range(draws)]
+                                          len(c_ref), removal, read), k) for _ in range(draws)]
         controls[key] = sum(r["target_drop"] for r in results) / draws
     return controls
+
+
+def class_removal(model, reference: Masks, without: list[Masks], batches, classes: int, draws: int, seed: int,
+                  removal: str = "zero") -> tuple[torch.Tensor, list[tuple[torch.Tensor, dict, dict]]]:
+    """In one removal mode: the reference mask's confusion [classes, classes] and, for each class k,
+    (the confusion under the mask without k, its drops, their random controls: random_removal), all
+    on `batches`, whose means are read once under mean removal."""
+    read = removal_reference(model, batches, list(reference), removal)
+    c_ref = confusion(model, reference, batches, classes, removal, read)
+    per_class = []
+    for k, mask in enumerate(without):
+        c_k = confusion(model, mask, batches, classes, removal, read)
+        per_class.append((c_k, drops(c_ref, c_k, k),
+                          random_removal(model, mask, reference, batches, c_ref, k, draws, seed, removal, read)))
+    return c_ref, per_class
+
+
+DROPS = ("target_drop", "random_target_drop", "random_pooled_target_drop", "other_over_target")
+
+
+def removal_in_modes(model, reference: Masks, without: list[Masks], batches, class_names: list[str], draws: int,
+                     seed: int, trained_with: str, zero: list[dict]) -> dict:
+    """The class-removal table in both removal modes ({"trained_with", "modes": {mode: {class: {drop:
+    value [%]}}}}, the drops of DROPS, each against the reference mask in the same mode); zero: the
+    study's removal rows in zero mode, as computed already."""
+    _, per_class = class_removal(model, reference, without, batches, len(class_names), draws, seed, "mean")
+    mean = [{**d, **controls} for _, d, controls in per_class]
+    return {"trained_with": trained_with, "modes": {
+        mode: {name: {key: row[key] for key in DROPS if key in row} for name, row in zip(class_names, rows)}
+        for mode, rows in (("zero", zero), ("mean", mean))}}
 
 
 def class_curve_functions(eval_set: ImageClassData, train_labels: torch.Tensor, train_idx: torch.Tensor,
@@ -252,19 +284,16 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     reference_trained = train([("reference", train_idx, seed * 100)])["reference"]
     reference = reference_trained.masks
     kept_output = reference.only(OUTPUT)
-    c_ref = confusion(model, reference, valid, classes)
     # the class-removed masks depend on the reference only: one joint stage
     without_trained = train([(f"without-{k}", train_idx[train_labels != k], seed * 100 + k + 1)
                              for k in range(classes)], kept_output)
     without = [Masks({**t.masks, **kept_output}) for t in without_trained.values()]
+    c_ref, per_class = class_removal(model, reference, without, valid, classes, config.random_draws, seed)
     removal, class_masks = [], {}
-    for k, mask in enumerate(without):
+    for k, (mask, (c_k, dropped, controls)) in enumerate(zip(without, per_class)):
         class_masks[f"without {cifar['classes'][k]}"] = mask
-        c_k = confusion(model, mask, valid, classes)
-        removal.append({"class": cifar["classes"][k], **drops(c_ref, c_k, k),
-                        "difference": (c_k - c_ref).tolist(),
-                        "reference_kept": (mask & reference).count() / max(reference.count(), 1),
-                        **random_removal(model, mask, reference, valid, c_ref, k, config.random_draws, seed)})
+        removal.append({"class": cifar["classes"][k], **dropped, "difference": (c_k - c_ref).tolist(),
+                        "reference_kept": (mask & reference).count() / max(reference.count(), 1), **controls})
 
     pair = torch.isin(train_labels, torch.tensor(config.stability_classes))
     stable = [t.masks for t in train([("stability-a", train_idx[pair], seed * 100 + 50),
@@ -275,6 +304,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     early = ([n for n in reference if n.startswith(("convs.0.", "convs.1.", "convs.2."))]
              if config.model == "cnn" else None)
     results = {"classes": cifar["classes"], "reference_confusion": c_ref.tolist(), "removal": removal,
+               "removal_modes": removal_in_modes(model, reference, without, valid, cifar["classes"],
+                                                 config.random_draws, seed, config.mask.removal, removal),
                "overlap": overlap_matrix(class_masks),
                "model": config.model, "evaluated_on": "test" if config.model == "resnet" else "iid",
                "stability_iou": stability, "stability_iou_chance": stability_chance,

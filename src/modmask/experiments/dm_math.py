@@ -36,7 +36,7 @@ from ..config import fill_defaults, to_json
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
 from ..runs.stage import Stage, mask_stages
-from ..runs.study import Function, check_no_density_masks, study_curves
+from ..runs.study import Function, check_no_density_masks, removal_reference, study_curves
 
 DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
 
@@ -174,13 +174,20 @@ def prepare_module(config: Config, module: str, run_dir: RunDir, seed: int, prog
 
 
 def run_module(config: Config, run_dir: RunDir, model, trained: dict, data: dict) -> dict:
-    """The hard- and easy-test accuracies of the pretrained network and both masks of one module."""
+    """The hard- and easy-test accuracies of the pretrained network and both masks of one module, and
+    the same in both removal modes ("removal_modes"; each test set's means read once)."""
     tests = {d: eval_batches(data[f"test_{d}"], config.test_examples, 256) for d in ("easy", "hard")}
     masks = {name: t.masks for name, t in trained.items()}
+
+    def accuracies(removal: str) -> dict:
+        references = {d: removal_reference(model, tests[d], list(masks["control"]), removal) for d in tests}
+        return {name: {d: evaluate(model, mask, tests[d], correct, removal=removal, reference=references[d]) * 100
+                       for d in tests} for name, mask in {"pretrained": {}, **masks}.items()}
+
     with run_dir.timed("evaluate"):
-        accuracy = {name: {d: evaluate(model, mask, tests[d], correct) * 100 for d in tests}
-                    for name, mask in {"pretrained": {}, **masks}.items()}
-    return {"accuracy": accuracy, "densities": {s: m.density() for s, m in masks.items()},
+        accuracy = accuracies("zero")
+        modes = {"trained_with": config.mask.removal, "modes": {"zero": accuracy, "mean": accuracies("mean")}}
+    return {"accuracy": accuracy, "removal_modes": modes, "densities": {s: m.density() for s, m in masks.items()},
             "overlap": overlap_table(masks["control"], masks["easy"], ("control", "easy"), chance=True)[-1],
             "sizes": {name: len(d) for name, d in data.items()}}
 

@@ -27,7 +27,8 @@ from ..data.sampling import MappedBatches, RandomBatches, first_examples, fixed_
 from ..models import PairLSTM, PairwiseFNN
 from .pretrain import pretrain
 from ..runs import RunDir
-from ..runs.study import Function, density_masks, function_masks, half_mask_test, mask_statistics, study_curves
+from ..runs.study import (Function, density_masks, function_masks, half_mask_test, mask_statistics, removal_reference,
+                          study_curves)
 
 DESCRIPTION = "double addition: do networks reuse weights for the same function? (FNN or LSTM)"
 
@@ -126,16 +127,19 @@ def _functions(train: DoubleAddData, valid_batches, config: Config, seed: int) -
     return functions
 
 
-def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draws: int = 0, seed: int = 0) -> dict:
+def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draws: int = 0, seed: int = 0,
+                removal: str = "zero", reference=None) -> dict:
     """condition -> pair -> accuracy [%] on the validation set (inputs of both pairs shown); with
     `draws`, also 'random Pair i' (random weights with the pair mask's per-layer counts kept instead),
     'random ¬Pair i' (as many random weights removed instead in every layer) and 'random pooled
     ¬Pair i' (as many in total, over the layers the inverse removes the mask from), the I/O layers
-    treated as in the inverse; means over the draws."""
+    treated as in the inverse; means over the draws. removal: the removal mode; reference: the
+    Reference of valid_batches under mean removal (runs.study.removal_reference)."""
+    how = {"removal": removal, "reference": reference}
     conditions = {"No mask": {}, "Full": masks["full"], "Pair 1": masks["pair1"], "Pair 2": masks["pair2"],
                   "¬Pair 1": inverse(masks["pair1"], masks["full"], keep_full_on),
                   "¬Pair 2": inverse(masks["pair2"], masks["full"], keep_full_on)}
-    accuracy = {label: {PAIRS[p]: evaluate(model, m, valid_batches, _pair_correct(p)) * 100 for p in (0, 1)}
+    accuracy = {label: {PAIRS[p]: evaluate(model, m, valid_batches, _pair_correct(p), **how) * 100 for p in (0, 1)}
                 for label, m in conditions.items()}
     for index, name in enumerate(("pair1", "pair2") if draws else ()):
         for keep, match, label in ((True, "tensor", f"random Pair {index + 1}"),
@@ -144,7 +148,7 @@ def _accuracies(model, masks: dict, valid_batches, keep_full_on: list[str], draw
             options = {} if keep else {"full": masks["full"], "keep_full_on": keep_full_on}
             accuracy[label] = {PAIRS[p]: random_control(model, masks[name], valid_batches, _pair_correct(p), draws,
                                                         seed=seed * 1000 + index, keep=keep, match=match,
-                                                        **options)["mean"] * 100
+                                                        **options, **how)["mean"] * 100
                                for p in (0, 1)}
     return accuracy
 
@@ -192,7 +196,12 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     trained = _study(model, run_dir, "", config, seed, train, valid, progress)
     masks = {name: t.masks for name, t in trained.items()}
     io = io_layers(model, list(masks["full"]))
-    results = {"accuracy": _accuracies(model, masks, valid, [], config.random_draws, seed),
+    accuracy = _accuracies(model, masks, valid, [], config.random_draws, seed)
+    mean_read = removal_reference(model, valid, list(masks["full"]), "mean")
+    results = {"accuracy": accuracy,
+               "removal_modes": {"trained_with": config.mask.removal, "modes": {
+                   "zero": accuracy,
+                   "mean": _accuracies(model, masks, valid, [], config.random_draws, seed, "mean", mean_read)}},
                "accuracy_io_from_full": _accuracies(model, masks, valid, io, config.random_draws, seed),
                "io_layers": io,
                "masks": mask_statistics(trained, compare=["pair1", "pair2"])}

@@ -168,10 +168,15 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         free.append({n: 1 - used.densities()[n] for n in names if n.endswith("weight")})
 
     valid = [PermutedMNIST(valid_x, labels[valid_idx], order) for order in orders]
-    accuracy = []
-    for task in range(config.tasks):  # every task with its own mask and first layer, at the end
-        accuracy.append(evaluate(with_first_layer(model, first_layers[task]), masks[task], fixed_batches(valid[task], 2000),
-                                 lambda out, y: out.argmax(-1) == y) * 100)
+    def accuracies(removal: str) -> list[float]:
+        """Every task with its own mask and first layer, at the end [%], removed as `removal` says."""
+        return [evaluate(with_first_layer(model, first_layers[task]), masks[task], fixed_batches(valid[task], 2000),
+                         lambda out, y: out.argmax(-1) == y, removal=removal) * 100 for task in range(config.tasks)]
+
+    accuracy = accuracies("zero")
+    modes = {"trained_with": config.mask.removal,  # task -> its accuracy, as the accuracy table
+             "modes": {removal: {f"T{task + 1}": {"accuracy": value} for task, value in enumerate(values)}
+                       for removal, values in (("zero", accuracy), ("mean", accuracies("mean")))}}
 
     sharing = []
     for task in range(1, config.tasks):
@@ -179,7 +184,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
         mine = masks[task]
         sharing.append({n: int((mine[n] & earlier[n]).sum()) / max(int(mine[n].sum()), 1)
                         for n in names if n.endswith("weight")})
-    results = {"accuracy": accuracy, "sharing": sharing, "free": free, "density": [m.densities() for m in masks]}
+    results = {"accuracy": accuracy, "removal_modes": modes, "sharing": sharing, "free": free,
+               "density": [m.densities() for m in masks]}
     if config.curves.enabled:
         train = [PermutedMNIST(train_x, labels[train_idx], order) for order in orders]
         with run_dir.timed("curves"):

@@ -30,7 +30,7 @@ from ..runs import RunDir
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
 from ..runs.stage import Stage, mask_stages
-from ..runs.study import Function, check_no_density_masks, study_curves
+from ..runs.study import Function, check_no_density_masks, removal_reference, study_curves
 
 DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
 
@@ -119,18 +119,49 @@ def _model(config: Config, vocab: ScanVocabulary, seed: int) -> torch.nn.Module:
         return LSTMEncoderDecoder(*sizes, config.embedding, config.hidden, dropout=config.dropout)
 
 
-def split_controls(model, masks: dict, test: dict, draws: int, seed: int, match: str = "tensor") -> dict[str, float]:
+def accuracies(model, masks: dict, test: dict, removal: str = "zero", references: dict | None = None) -> dict:
+    """Condition -> split -> accuracy [%] on the split's test set: 'no mask' and every mask, removed
+    as `removal` says (references: split -> the Reference of its test set, runs.study.removal_reference)."""
+    return {name: {s: evaluate(model, mask, test[s], correct, removal=removal,
+                               reference=(references or {}).get(s)) * 100 for s in SPLITS}
+            for name, mask in {"no mask": {}, **masks}.items()}
+
+
+def removal_in_modes(model, masks: dict, test: dict, draws: int, seed: int, trained_with: str, zero: dict) -> dict:
+    """The accuracy table and the split controls in both removal modes ({"trained_with", "modes": {mode:
+    {condition: {split: accuracy [%]}}}}): the conditions of `accuracies`, and 'random <split>' and
+    'random pooled <split>' (split_controls, on the split's test set). zero: the zero-mode table, as
+    computed already; the mean mode reads each test set's means once."""
+    names = list(masks["simple"])
+    references = {s: removal_reference(model, test[s], names, "mean") for s in SPLITS}
+    mean = with_controls(accuracies(model, masks, test, "mean", references),
+                         *(split_controls(model, masks, test, draws, seed, match, "mean", references)
+                           for match in ("tensor", "pooled")))
+    return {"trained_with": trained_with, "modes": {"zero": zero, "mean": mean}}
+
+
+def with_controls(accuracy: dict, control: dict, pooled: dict) -> dict:
+    """The accuracy table with the split controls as rows 'random <split>' and 'random pooled <split>'
+    (each in its split's column only)."""
+    return {**accuracy, **{f"random{label} {split}": {split: value} for label, values in (("", control),
+                                                                                      (" pooled", pooled))
+                           for split, value in values.items()}}
+
+
+def split_controls(model, masks: dict, test: dict, draws: int, seed: int, match: str = "tensor", removal: str = "zero",
+                   references: dict | None = None) -> dict[str, float]:
     """Split -> the accuracy [%] on its test set of the full-problem mask with as many of its
     weights removed at random as the split's mask lacks of it (a random subset of the simple mask
     with the count of split & simple: per tensor, or in total over the tensors with match="pooled"),
     mean over `draws`. The split mask should do worse than this if the weights it lacks are
-    split-specific, not merely as many."""
+    split-specific, not merely as many. removal, references: as in `accuracies`."""
     if not draws:
         return {}
     generator = torch.Generator().manual_seed(seed)
     full = masks["simple"]
     return {split: sum(evaluate(model, random_masks(masks[split] & full, generator, within=full, match=match),
-                                test[split], correct) for _ in range(draws)) / draws * 100 for split in SPLITS[1:]}
+                                test[split], correct, removal=removal, reference=(references or {}).get(split))
+                       for _ in range(draws)) / draws * 100 for split in SPLITS[1:]}
 
 
 def curve_functions(test: dict[str, ScanData], config: Config, seed: int, batches: int = 8) -> dict[str, Function]:
@@ -190,9 +221,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                           checkpoint_every=config.checkpoint_every, collate=padded_alike(vocab))
     masks = {name: t.masks for name, t in trained.items()}
 
-    accuracy = {"no mask": {s: evaluate(model, {}, test[s], correct) * 100 for s in SPLITS}}
-    for name, mask in masks.items():
-        accuracy[name] = {s: evaluate(model, mask, test[s], correct) * 100 for s in SPLITS}
+    accuracy = accuracies(model, masks, test)
 
     rows = {word: i for i, word in enumerate(vocab.out_words)} | {"EOS": len(vocab.out_words)}
     simple, jump = masks["simple"]["output.weight"], masks["jump"]["output.weight"]
@@ -209,7 +238,10 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                 pretrain(scratch, SequenceBatches(train[split], config.batch_size, seed, teacher),
                          loss, run_dir.child(f"baseline-{split}"), steps=config.pretrain_steps, **settings)
             baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
+    zero = with_controls(accuracy, control, control_pooled)
     results = {"accuracy": accuracy, "output_removed": removed, "baseline": baseline, "control": control,
+               "removal_modes": removal_in_modes(model, masks, test, config.random_draws, seed, config.mask.removal,
+                                                 zero),
                "control_pooled": control_pooled, "densities": {name: m.density() for name, m in masks.items()},
                "overlap": overlap_matrix(masks)}
     if config.curves.enabled:

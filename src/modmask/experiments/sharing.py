@@ -126,6 +126,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
                         "iou_chance": total["iou_chance"], "shared_add_chance": total["shared_add_chance"],
                         "shared_mul_chance": total["shared_mul_chance"],
                         "weights_add": total["count_add"], "weights_mul": total["count_mul"],
+                        "removal_modes": outcome["removal_modes"],  # the point's accuracies, both modes
                         **({"curves": outcome["curves"]} if "curves" in outcome else {})})
         for phase, seconds in outcome["timings"].items():  # summed over the points
             timings[phase] = timings.get(phase, 0.0) + seconds

@@ -9,7 +9,7 @@ import numpy as np
 from ..core.training import TrainedMask
 from . import plots
 from .study import (costs_text, curves_section, half_mask_section, histogram_figure, overlap_section, removal_costs,
-                    save_report, versus_random)
+                    removal_modes_section, save_report, versus_random)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "+", "¬+", "*", "¬*"]
@@ -144,6 +144,8 @@ def write_report(out: Path, summary: dict) -> Path:
            f"cheaper.", ""] if conditions is not CONDITIONS else []),
         "![accuracy](figures/accuracy.png)", "",
         f"Without any mask: + {fmt(acc['No mask']['+'])}, * {fmt(acc['No mask']['*'])}.", "",
+        *(["## Accuracy in both removal modes [%]", "", removal_modes_section(agg["removal_modes"]), ""]
+          if "removal_modes" in agg else []),
         *(["## Curves over density", "", CURVES_INTRO, "",
            curves_section(agg["curves"], {"add": "addition", "mul": "multiplication"}, figures, labels=CURVE_LABELS),
            ""] if "curves" in agg else []),

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .study import (MARGIN, curves_section, half_mask_section, matrix_section, save_report, strictest,
-                    sufficiency_gaps)
+from .study import (MARGIN, curves_section, half_mask_section, matrix_section, removal_modes_section, save_report,
+                    strictest, sufficiency_gaps)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 PAPER_FINDING = ("The paper (poster): CNNs on CIFAR-10 rely heavily on class-exclusive weights; removing "
@@ -77,6 +77,10 @@ def curves_specificity(curves: dict, classes: list[str]) -> str:
     return ("Read as rankings: " + "; ".join(parts) + ".") if parts else ""
 
 
+MODE_COLUMNS = {"target_drop": "relative drop", "random_target_drop": "random removal drop",
+                "random_pooled_target_drop": "random pooled drop", "other_over_target": "largest other / target"}
+
+
 def write_report(out: Path, summary: dict) -> Path:
     figures = out / "figures"
     agg = summary["aggregate"]
@@ -124,6 +128,10 @@ def write_report(out: Path, summary: dict) -> Path:
             "lacks of it, in every tensor (per tensor) or in total over its tensors (pooled: a small tensor such as "
             "a bias may lose more of its weights); means over the draws. The claim that class-exclusive weights "
             "matter more than random ones rests on the costlier.", "",
+            *(["## Class removal in both removal modes [%]", "",
+               "Each drop against the reference mask in the same mode; random: the controls above.", "",
+               removal_modes_section(agg["removal_modes"], MODE_COLUMNS, unit="relative drops [%]"), ""]
+              if "removal_modes" in agg else []),
             *(["## Curves over density", "", CURVES_INTRO, "",
                curves_section(agg["curves"], {c: f"{c}" for c in classes}
                               | {f"{c}-others": f"the classes other than {c}" for c in classes}, figures,

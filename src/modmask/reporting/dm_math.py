@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import MARGIN, curves_section, save_report, sufficiency_gaps
+from .study import MARGIN, curves_section, removal_modes_section, save_report, sufficiency_gaps
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 BARS = {"pretrained": "train (no mask)", "control": "control (mask on all train data)",
@@ -70,6 +70,11 @@ def write_report(out: Path, summary: dict) -> Path:
             "## Accuracy on the hard test set (easy test set in brackets) [%]", "",
             table(["module", *BARS.values(), "control density", "easy density"], rows), "",
             "![accuracy](figures/accuracy_hard.png)", ""]
+    moded = [m for m in names if modules[m].get("removal_modes")]  # modules evaluated before it have none
+    if moded:
+        text += ["## Accuracy in both removal modes [%]", "",
+                 *(line for m in moded for line in (f"### {m}", "", removal_modes_section(
+                     modules[m]["removal_modes"], {"hard": "hard test", "easy": "easy test"}), ""))]
     overlaps = {m: modules[m]["overlap"] for m in names if modules[m].get("overlap")}
     if overlaps:
         text += ["## Overlap of the control and easy-trained masks", "",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import plots
 from .study import (costs_text, curves_section, half_mask_section, histogram_figure, overlap_section, removal_costs,
-                    save_report, versus_random)
+                    removal_modes_section, save_report, versus_random)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 CONDITIONS = ["Full", "Pair 1", "¬Pair 1", "Pair 2", "¬Pair 2"]
@@ -98,6 +98,8 @@ def write_report(out: Path, summary: dict) -> Path:
         "## Finding", "", PAPER_FINDING, "", finding(agg), "",
         "## Per-pair accuracy under each mask [%]", "",
         _accuracy_section(agg["accuracy"], figures / "accuracy.png", "Per-pair accuracy"), "",
+        *(["### Per-pair accuracy in both removal modes [%]", "", removal_modes_section(agg["removal_modes"]), ""]
+          if "removal_modes" in agg else []),
         *(["### Curves over density", "", CURVES_INTRO, "",
            curves_section(agg["curves"], CURVE_TITLES, figures, labels=CURVE_LABELS), ""] if "curves" in agg else []),
         f"With the input and output layers ({', '.join(agg['io_layers'])}) kept from the Full mask in the "

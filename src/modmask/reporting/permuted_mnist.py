@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import curves_section, save_report
+from .study import curves_section, removal_modes_section, save_report
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 PAPER_FINDING = ("The poster: \"no weight sharing up until there are enough free weights\": each new task's "
@@ -66,6 +66,10 @@ def write_report(out: Path, summary: dict) -> Path:
             "![sharing](figures/sharing.png)", "", "![free](figures/free.png)", "",
             "## Accuracy of every task with its own mask, after all tasks [%]", "",
             table(["task", "accuracy"], accuracy_rows), "",
+            *(["## The same in both removal modes [%]", "",
+               removal_modes_section(agg["removal_modes"], {"accuracy": "accuracy with its mask"},
+                                     {t: f"{t} mask" for t in agg["removal_modes"]["modes"]["zero"]}), ""]
+              if "removal_modes" in agg else []),
             *(["## Curves over density", "", CURVES_INTRO, "",
                curves_section(agg["curves"], {f: f"T{int(f.removeprefix('task-')) + 1}" for f in agg["curves"]},
                               figures, labels={f"mask {f}": f"T{int(f.removeprefix('task-')) + 1} mask"

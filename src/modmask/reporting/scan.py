@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import MARGIN, curves_section, matrix_section, save_report, sufficiency_gaps, versus_random
+from .study import (MARGIN, curves_section, matrix_section, removal_modes_section, save_report, sufficiency_gaps,
+                    versus_random)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 SPLITS = ("simple", "jump", "length", "turn_left")
@@ -108,6 +109,10 @@ def write_report(out: Path, summary: dict) -> Path:
                "tensor, as the split mask lacks of it; pooled: as many in total, drawn over all its tensors (means "
                "over the draws). The claim that the weights a split mask lacks are split-specific rests on the "
                "control that costs most.", ""] if control else []),
+            *(["## Test accuracy in both removal modes [%]", "",
+               "`random X`: the random control of split X's mask on X's test set (per tensor or pooled), as above.",
+               "",
+               removal_modes_section(agg["removal_modes"]), ""] if "removal_modes" in agg else []),
             *(["## Curves over density", "", CURVES_INTRO, "",
                curves_section(agg["curves"], CURVE_TITLES, figures, labels=CURVE_LABELS), ""] if "curves" in agg else []),
             "## Output tokens", "", "![removed](figures/output_removed.png)", ""]

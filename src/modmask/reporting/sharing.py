@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import plots
 from .addmul import CURVE_LABELS
-from .study import curves_section, save_report
+from .study import curves_section, removal_modes_section, save_report
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 SHARING = {"shared (+ mask)": "shared_add", "shared (* mask)": "shared_mul", "IoU": "iou"}
@@ -64,6 +64,12 @@ def write_report(out: Path, summary: dict) -> Path:
             sharing_plot(figures / name, [mean(p["beta"]) for p in mine], mine, xlabel="beta",
                          title=f"Network {size}", logx=True, accuracy=True)
             text += [f"![beta {size}](figures/{name})", ""]
+    if any("removal_modes" in p for p in points):
+        text += ["## Accuracy in both removal modes, per point [%]", ""]
+        for p in points:
+            if "removal_modes" in p:
+                text += [f"### Network {p['size']}, beta {mean(p['beta']):g}", "",
+                         removal_modes_section(p["removal_modes"]), ""]
     if any("curves" in p for p in points):
         text += ["## Curves over density, per point", "",
                  "Each point's masks read as rankings of their logits (no extra training), on addition and on "

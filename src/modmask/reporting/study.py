@@ -34,6 +34,31 @@ def removal_section(metric: dict, titles: dict, figure: Path | None = None, cont
     return text
 
 
+MODES_NOTE = ("`zero`: a removed weight is 0 (the paper's), which also shifts the means that later layers see; "
+              "`mean`: a removed weight contributes its weight times its input's mean (read through the unmasked "
+              "model on the evaluated data), so those means are kept and only what varies with the input is "
+              "removed. Where a mask's effect holds in both modes it is not the mean shift alone.")
+
+
+def removal_modes_section(block: dict, titles: dict | None = None, labels: dict | None = None,
+                          unit: str = "accuracy [%]", digits: int = 1) -> str:
+    """A study's "removal_modes" block ({"trained_with": mode, "modes": {mode: {condition: {column:
+    value}}}}, runs.study.removal_in_modes or a study's own table in that form; one run's, or
+    aggregated over seeds) in markdown: the mode the masks trained in, then one row per condition
+    and, for every column (a function, or a study's measure), its value in each mode side by side.
+    Controls hold their mean over the random draws. titles: column -> its title; labels: condition
+    -> its row label; unit: what the values are (they are shown as stored); a missing value is '–'."""
+    titles, labels, modes = titles or {}, labels or {}, block["modes"]
+    conditions = list(dict.fromkeys(c for table in modes.values() for c in table))
+    columns = list(dict.fromkeys(f for table in modes.values() for row in table.values() for f in row))
+    cell = lambda mode, c, f: fmt(modes[mode][c][f], digits) if f in modes[mode].get(c, {}) else "–"  # noqa: E731
+    rows = [[labels.get(c, c)] + [cell(m, c, f) for f in columns for m in modes] for c in conditions]
+    header = ["condition"] + [f"{titles.get(f, f)}, {m}" for f in columns for m in modes]
+    return (f"Masks trained with `{block['trained_with']}` removal; a mask means what it does in the mode it was "
+            f"trained in. Each column in both removal modes side by side ({unit}; random controls: the mean over "
+            f"their draws).\n\n" + table(header, rows) + "\n\n" + MODES_NOTE)
+
+
 CLAIMS = ("more", "less")
 
 
@@ -192,7 +217,9 @@ CURVES_CAPTION = (
     "the layer sizes, the reference for which weights a ranking picks within each layer. Each verdict names the "
     "random control it rests on: the stricter of the two (the higher area) on that side. Lines: mean over the "
     "random draws "
-    f"(shaded: their std); a difference of areas under {MARGIN} counts as about the same.")
+    f"(shaded: their std); a difference of areas under {MARGIN} counts as about the same. Every point removes weights "
+    "in the removal mode each function's line names (`zero`: set to 0; `mean`: replaced by their contribution at "
+    "their inputs' means); `modmask curve RUN --set curves.removal=mean` recomputes the curves in the other mode.")
 
 
 def _method_label(method: str, labels: dict | None) -> str:
@@ -303,7 +330,7 @@ def curves_section(curves: dict, titles: dict | None, figures: Path, base: Path 
         kept = [f"{_method_label(m, labels)} kept {', '.join(f'{100 * mean(k):.3g}%' for k in v['kept'])}"
                 for m, v in methods.items() if "kept" in v]  # masks trained to each density may miss it
         parts.append(f"**{title}** (tensors: {tensors}; metric {fmt(curve['full'], 3)} with all their weights, "
-                     f"{fmt(curve['empty'], 3)} with none)\n\n"
+                     f"{fmt(curve['empty'], 3)} with none; {curve.get('removal', 'zero')} removal)\n\n"
                      + table(["method", "sufficiency area", "necessity area"], rows)
                      + (f"\n\nMasks trained to the densities {', '.join(f'{100 * d:.3g}%' for d in densities)}: "
                         + "; ".join(kept) + "." if kept else "")
@@ -332,6 +359,9 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
             "X means something only where it exceeds both random removals; the verdict rests on the costlier.",
             *(["", removal_finding(results["metric"], results["controls"], results["functions"])]
               if results.get("controls") else []),
+            *(["", "## Removal in both modes", "",
+               removal_modes_section(results["removal_modes"], results["functions"], unit="metric", digits=3)]
+              if "removal_modes" in results else []),
             *(["", "## Curves over density", "", curves_section(results["curves"], results["functions"], figures,
                                                              labels={f"mask {n}": f"mask {t}" for n, t in
                                                                      results["functions"].items()})]

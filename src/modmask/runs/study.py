@@ -25,6 +25,7 @@ from ..core.curves import CurveConfig, baseline_rankings, density_curves
 from ..core.evaluation import evaluate, half_masks, inverse, random_control, split_layers
 from ..core.mask_config import Execution, MaskConfig, settings_from
 from ..core.masks import Masks
+from ..core.removal import REMOVALS, Reference, mean_inputs, removal_modes
 from ..core.trained import TrainedMask
 from .rundir import RunDir, write_json
 from .stage import Stage, mask_diagnoses, mask_stages
@@ -62,25 +63,29 @@ def function_masks(model: nn.Module, functions: Sequence[Function], run: RunDir,
 
 
 def removal_matrix(model: nn.Module, functions: Sequence[Function], trained: dict[str, TrainedMask],
-                   mode: str = "eval") -> dict[str, dict[str, float]]:
+                   mode: str = "eval", removal: str = "zero",
+                   references: Mapping[str, Reference] | None = None) -> dict[str, dict[str, float]]:
     """condition -> function -> metric, for conditions 'none' (no mask), each mask and each
-    inverse mask ('not <name>')."""
+    inverse mask ('not <name>'), removed as `removal` says (core/removal.py); references: function
+    name -> the Reference of its eval batches (mean removal; default: read in every evaluation)."""
     conditions = {"none": {}}
     for name, mask in trained.items():
         conditions[name] = mask.masks
         conditions[f"not {name}"] = inverse(mask.masks)
-    return {label: {f.name: evaluate(model, masks, f.eval, f.metric, mode) for f in functions}
+    return {label: {f.name: evaluate(model, masks, f.eval, f.metric, mode, removal, (references or {}).get(f.name))
+                    for f in functions}
             for label, masks in conditions.items()}
 
 
 def removal_controls(model: nn.Module, functions: Sequence[Function], trained: dict[str, TrainedMask],
-                     draws: int, seed: int = 0, mode: str = "eval") -> dict[str, dict[str, dict[str, float]]]:
+                     draws: int, seed: int = 0, mode: str = "eval", removal: str = "zero",
+                     references: Mapping[str, Reference] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """The random controls of removal_matrix (docs/controls.md), condition -> function ->
     {"mean", "std"} over `draws` random masks: 'random <name>' keeps random weights with the
     mask's per-layer counts instead of the mask; 'random not <name>' removes as many random weights
     per layer instead of the mask's, and 'random pooled not <name>' as many in total, drawn over
     all the masked tensors (the stricter control of whole-network removal where a small layer is
-    fragile). Empty for draws=0."""
+    fragile). Empty for draws=0. removal, references: as in removal_matrix."""
     if draws < 0:
         raise ValueError(f"random draws must be 0 (no controls) or more, got {draws}")
     variants = ((True, "tensor", "{name}"), (False, "tensor", "not {name}"), (False, "pooled", "pooled not {name}"))
@@ -89,9 +94,47 @@ def removal_controls(model: nn.Module, functions: Sequence[Function], trained: d
         for keep, match, label in variants:
             controls[f"random {label.format(name=name)}"] = {
                 f.name: _mean_std(random_control(model, mask.masks, list(f.eval), f.metric, draws,
-                                                 seed=seed * 1000 + index, keep=keep, mode=mode, match=match))
+                                                 seed=seed * 1000 + index, keep=keep, mode=mode, match=match,
+                                                 removal=removal, reference=(references or {}).get(f.name)))
                 for f in functions}
     return controls
+
+
+def removal_reference(model: nn.Module, batches: Iterable, names: Sequence[str], removal: str,
+                      mode: str = "eval") -> Reference | None:
+    """The Reference of `batches` (re-iterable) for the tensors `names` that `removal` removes by
+    their mean, read once to serve every evaluation on those batches; None where none is."""
+    means = [n for n, m in removal_modes(removal, list(names)).items() if m == "mean"]
+    return mean_inputs(model, batches, means, mode=mode) if means else None
+
+
+def eval_references(model: nn.Module, functions: Sequence[Function], names: Sequence[str], removal: str,
+                    mode: str = "eval") -> dict[str, Reference | None]:
+    """Function name -> removal_reference of its eval batches."""
+    return {f.name: removal_reference(model, list(f.eval), names, removal, mode) for f in functions}
+
+
+def removal_in_modes(model: nn.Module, functions: Sequence[Function], trained: dict[str, TrainedMask], draws: int,
+                     seed: int = 0, trained_with: str = "zero", mode: str = "eval",
+                     done: Mapping[str, tuple[dict, dict]] | None = None) -> dict:
+    """The removal results (removal_matrix and removal_controls, labelled as they label them) in
+    both removal modes, to read side by side: {"trained_with": the masks' removal mode, "modes":
+    {"zero": {condition: {function: metric}}, "mean": {...}}}, each control as its mean over the
+    draws. A mask means what it does in the mode it trained in; the other mode says how much of
+    its effect is the shift of downstream means that zero removal causes (docs/controls.md).
+    done: removal -> (matrix, controls) already computed in that mode (e.g. a study's zero-mode
+    tables), used as they are. The mean mode reads each function's means once (eval_references)."""
+    names = list(next(iter(trained.values())).logits)
+    modes = {}
+    for removal in REMOVALS:
+        if done and removal in done:
+            metric, controls = done[removal]
+        else:
+            references = eval_references(model, functions, names, removal, mode)
+            metric = removal_matrix(model, functions, trained, mode, removal, references)
+            controls = removal_controls(model, functions, trained, draws, seed, mode, removal, references)
+        modes[removal] = {**metric, **{c: {f: v["mean"] for f, v in row.items()} for c, row in controls.items()}}
+    return {"trained_with": trained_with, "modes": modes}
 
 
 def _mean_std(control: dict) -> dict[str, float]:
@@ -245,10 +288,14 @@ def run_study(model: nn.Module, functions: Sequence[Function], out, *, seed: int
     if len(set(names)) != len(names):
         raise ValueError(f"function names must be unique, got {names}")
     trained = function_masks(model, functions, run, options, execution, seed, progress, checkpoint_every, collate)
+    metric = removal_matrix(model, functions, trained, options.mode)
+    controls = removal_controls(model, functions, trained, random_draws, seed, options.mode)
     results = {
         "functions": {f.name: f.title for f in functions},
-        "metric": removal_matrix(model, functions, trained, options.mode),
-        "controls": removal_controls(model, functions, trained, random_draws, seed, options.mode),
+        "metric": metric,
+        "controls": controls,
+        "removal_modes": removal_in_modes(model, functions, trained, random_draws, seed, options.removal, options.mode,
+                                          done={"zero": (metric, controls)}),
         "masks": mask_statistics(trained, compare),
     }
     if curves is not None and curves.enabled:
