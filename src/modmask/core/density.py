@@ -59,9 +59,12 @@ class DensityControl:
     """The multipliers of M masks' density constraints: each tensor's weight in the regulariser
     (the multiplier of its group, or beta where it has no target) and their update after a step."""
 
-    def __init__(self, configs: Sequence, sizes: Sequence[int], device: torch.device):
+    def __init__(self, configs: Sequence, sizes: Sequence[int], device: torch.device,
+                 entry_weights: Sequence[float] | None = None):
         self.groups = [target_groups(c.target_density, c.target_per_tensor, len(sizes)) for c in configs]
-        self.sizes = torch.tensor(sizes, dtype=torch.float64)
+        # a tensor's entries stand for entry_weights weights each (a unit mask's logit: the weights it covers)
+        self.entry_weights = torch.tensor(entry_weights or [1.0] * len(sizes), dtype=torch.float64)
+        self.sizes = torch.tensor(sizes, dtype=torch.float64) * self.entry_weights
         self.rates = [c.lr / (2 * max(abs(c.init_logit), 1.0)) for c in configs]
         self.start = [1 / (1 + math.exp(-c.init_logit)) for c in configs]
         self.warmup = [c.steps * WARMUP for c in configs]
@@ -92,7 +95,7 @@ class DensityControl:
     def expected(self, logits: Sequence[torch.Tensor]) -> list[list[float]]:
         """Each mask's expected density in each of its groups, mean sigmoid(logits) over the group."""
         kept = torch.stack([torch.sigmoid(l.detach().float()).flatten(1).sum(1, dtype=torch.float64)
-                            for l in logits], 1).cpu()  # [M, T]
+                            for l in logits], 1).cpu() * self.entry_weights  # [M, T] weights expected kept
         return [[float(kept[m, i].sum() / self.sizes[i].sum()) for i, _ in groups]
                 for m, groups in enumerate(self.groups)]
 

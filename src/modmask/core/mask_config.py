@@ -16,6 +16,7 @@ from typing import Any
 
 from .memory import PRECISIONS  # precision name -> torch dtype
 from .removal import REMOVALS
+from .units import GRANULARITIES
 from .selection import per_tensor
 
 PATHS = ("auto", "vmap", "sequential")
@@ -46,7 +47,9 @@ class MaskConfig:
     early_stop: end the stage once its decisions have settled (core/density.settled). removal: how
     a removed weight is removed, 'zero' (the paper's) or 'mean' (its mean contribution kept, read on
     reference batches through the unmasked model; core/removal.py), or rules per tensor
-    'pattern=mode,...,default'; a mask means what it does in the mode it was trained in."""
+    'pattern=mode,...,default'; a mask means what it does in the mode it was trained in. granularity:
+    what one logit stands for, 'weight' (the paper's), 'row', 'column', 'head' or 'neuron', or rules
+    per tensor (core/units.py); heads: the attention heads per layer where the model does not say."""
 
     steps: int = 20_000
     k: int = 4
@@ -64,9 +67,12 @@ class MaskConfig:
     target_per_tensor: bool = False
     early_stop: bool = False
     removal: str = "zero"
+    granularity: str = "weight"
+    heads: int | None = None
 
     def __post_init__(self):
         per_tensor(self.removal, [], REMOVALS, "removal")  # unknown modes fail here, before any work
+        per_tensor(self.granularity, [], GRANULARITIES, "granularity")
         problems = _problems({
             **{f"{name} must be positive (got {getattr(self, name)})": _bad(getattr(self, name), lambda v: v > 0)
                for name in ("steps", "k", "lr")},

@@ -214,7 +214,8 @@ def shifted(model: nn.Module, shifts: Mapping[str, Mapping[str, torch.Tensor]] |
             channel_first: Mapping[str, bool] | None):
     """Hooks that apply `offsets`' shifts while the model runs: outputs[path] added to that module's
     output (along dim 1 where channel_first[path], else the trailing dims), inputs[path] subtracted
-    from its first input."""
+    from its first input; and the samples of unit masks: gates[path] multiplied into its first input
+    (with gate_means[path]: x g + E[x] (1 - g))."""
     def add(offset, first):
         def hook(_, __, output):
             return output + (offset.view(*offset.shape, *[1] * (output.dim() - 2)) if first else offset)
@@ -225,11 +226,22 @@ def shifted(model: nn.Module, shifts: Mapping[str, Mapping[str, torch.Tensor]] |
             return (args[0] - mean.to(args[0].dtype), *args[1:])
         return hook
 
+    def gate(kept, mean):
+        def hook(_, args):
+            x = args[0]
+            gated = x * kept.to(x.dtype) if mean is None else torch.lerp(mean.to(x.dtype), x, kept.to(x.dtype))
+            return (gated, *args[1:])
+        return hook
+
     shifts = shifts or {}
     handles = [model.get_submodule(path).register_forward_hook(add(offset, (channel_first or {}).get(path, False)))
                for path, offset in shifts.get("outputs", {}).items()]
     handles += [model.get_submodule(path).register_forward_pre_hook(subtract(mean))
                 for path, mean in shifts.get("inputs", {}).items()]
+    # unit masks of heads and neurons (core/units.py): the input times each feature's sample, or under
+    # mean removal x g + E[x] (1 - g)
+    handles += [model.get_submodule(path).register_forward_pre_hook(gate(kept, shifts.get("gate_means", {}).get(path)))
+                for path, kept in shifts.get("gates", {}).items()]
     try:
         yield
     finally:

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .masks import Masks, check_fits, read_metadata, top_masks
+from .units import Units, expand_masks, units_from_json, units_to_json
 
 LOGITS_FORMAT = "modmask.logits/1"
 
@@ -25,18 +26,26 @@ class TrainedMask:
     final weights (name -> [*shape]), which saving leaves out. diagnosis: the stage's verdict on the
     mask (core/density.diagnose: settled, on its target, function kept, with the fixes), kept in the file.
     removal: the removal mode it was trained in ('zero', 'mean' or rules per tensor), kept in the file:
-    a mask means what it does in that mode (evaluate it with removal=trained.removal)."""
+    a mask means what it does in that mode (evaluate it with removal=trained.removal). units: its
+    unit masks (core/units.py), whose logits are keyed by unit name; `masks` reads them as weights."""
 
     logits: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
     weights: dict[str, torch.Tensor] | None = None
     diagnosis: dict | None = None
     removal: str = "zero"
+    units: list[Units] = field(default_factory=list)
 
     @property
     def masks(self) -> Masks:
-        """The final binary mask, logit > 0."""
-        return Masks.from_logits({n: l.detach().cpu() for n, l in self.logits.items()})  # analysis on the CPU
+        """The final binary mask over weights, logit > 0 (a unit's decision on every weight it covers)."""
+        logits = {n: l.detach().cpu() for n, l in self.logits.items()}  # analysis on the CPU
+        return Masks(expand_masks(logits, self.units)) if self.units else Masks.from_logits(logits)
+
+    @property
+    def unit_masks(self) -> Masks:
+        """The unit masks' decisions, unit set name (or parameter name, for rows and columns) -> bool [count]."""
+        return Masks.from_logits({u.name: self.logits[u.name].detach().cpu() for u in self.units})
 
     def at_density(self, density: float, per_layer: bool = False) -> Masks:
         """The mask of a chosen size: the top `density` fraction of the logits, kept regardless of
@@ -54,7 +63,7 @@ class TrainedMask:
         tmp = path.with_name(path.name + ".tmp")
         save_file({n: t.detach().contiguous().cpu() for n, t in self.logits.items()}, str(tmp),
                   metadata={"format": LOGITS_FORMAT, "names": json.dumps(list(self.logits)),
-                            "removal": self.removal,
+                            "removal": self.removal, **({"units": units_to_json(self.units)} if self.units else {}),
                             **({"diagnosis": json.dumps(self.diagnosis)} if self.diagnosis else {})})
         os.replace(tmp, path)
 
@@ -65,8 +74,10 @@ class TrainedMask:
         if meta.get("format") != LOGITS_FORMAT:
             raise ValueError(f"{path} is not a modmask logits file (format {meta.get('format')!r})")
         tensors = load_file(str(path))
+        units = units_from_json(meta["units"]) if "units" in meta else []
         if model is not None:
-            check_fits(tensors, model, source=str(path))
+            unit_names = {u.name for u in units}
+            check_fits({n: t for n, t in tensors.items() if n not in unit_names}, model, source=str(path))
         diagnosis = json.loads(meta["diagnosis"]) if "diagnosis" in meta else None
         return cls({n: tensors[n] for n in json.loads(meta["names"])}, diagnosis=diagnosis,
-                   removal=meta.get("removal", "zero"))  # (files before modmask 0.4: zero)
+                   removal=meta.get("removal", "zero"), units=units)  # (files before modmask 0.4: zero, weights)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .batches import (as_arguments, describe_output, joined, split_batch, split_outputs, target_rows, to_device,
                       unpack_batch)
 from .density import DensityControl, Decisions, diagnose, settled
-from .gumbel import UniformSource, keep_thresholds, sample_masked_weights
+from .gumbel import UniformSource, keep_thresholds, sample_masked_weights, uniform_values
 from .mask_config import Execution, MaskConfig, settings_from
 from .masking import call_sequential, call_vmap, choose_path, frozen_parameters, model_mode, parameters_restored
 from .masks import check_fits
@@ -47,6 +47,7 @@ from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_sample
 from .optim import adam
 from .selection import owners, select_parameters
 from .trained import TrainedMask
+from .units import plan_units
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 log = logging.getLogger(__name__)
@@ -86,8 +87,17 @@ class MaskTrainer:
         if not names:
             raise ValueError("every selected parameter has a fixed mask: there is nothing to train")
         params = frozen_parameters(model)
+        weight_names, self.units = plan_units(model, names, first.granularity, first.heads)
+        if self.units and (trainable or first.original_clipping or init_logits):
+            raise ValueError("unit masks (granularity other than 'weight') train without trainable weights, "
+                             "original_clipping or init_logits")
+        # heads and neurons multiply their projection's input ("gates"), so their tensors are never copied
+        gated = {s.name for u in self.units if u.gate for s in u.spans}
+        self.broadcast = {s.name for u in self.units if not u.gate for s in u.spans}
         modes = removal_modes(first.removal, [*names, *fixed_masks])
-        self.mean_removed = [n for n in (*names, *fixed_masks) if modes[n] == "mean"]
+        self.mean_removed = [n for n in (*names, *fixed_masks) if modes[n] == "mean" and n not in gated]
+        self.gate_means = {u.gate[0]: f"{u.gate[0]}.weight" for u in self.units
+                           if u.gate and modes[f"{u.gate[0]}.weight"] == "mean"}  # module -> its weight's E[x]
         self.full = {n: params[n] for n in self.mean_removed}  # the model's own tensors (mean removal's W)
         self.dims = {n: p.dim() for n, p in params.items()}
         self.reference, self.mean = reference, None  # mean removal's batches; their Reference after prepare
@@ -98,12 +108,18 @@ class MaskTrainer:
         # `x @ W.t()` arrives in that layout, so the backward reads it without a copy. Hugging Face's
         # Conv1D (GPT-2) already stores [in, out] and computes `x @ W`: its weights stay as they are.
         holders = owners(model)
-        self.transposed = {n for n in names if params[n].dim() == 2 and type(holders.get(n)).__name__ != "Conv1D"}
-        self.weights = {n: self._physical(n, params[n]) for n in names}
+        self.transposed = {n for n in weight_names if params[n].dim() == 2
+                           and type(holders.get(n)).__name__ != "Conv1D"}
+        self.weights = {n: self._physical(n, params[n]) for n in weight_names}
         self.others = {n: p for n, p in params.items() if n not in self.weights}
         self.logits = {n: torch.stack([self._physical(n, init_logits[n]).to(w) if init_logits and n in init_logits
                                        else torch.full_like(w, float(c.init_logit)) for c in self.configs])
                        .requires_grad_(True) for n, w in self.weights.items()}
+        for unit in self.units:  # one logit per unit, [M, count], after the weights' (their noise comes after too)
+            self.logits[unit.name] = torch.stack([torch.full((unit.count,), float(c.init_logit), device=self.device)
+                                                  for c in self.configs]).requires_grad_(True)
+        # what one entry of each logits tensor stands for in the regulariser and the density: 1 weight, or a unit's
+        self.entry_weights = [1.0] * len(self.weights) + [float(u.covered) for u in self.units]
         # Trainable weights are copies, so the model is not changed; their frozen entries get no update.
         self.frozen_entries = {}
         for name, where in (trainable or {}).items():
@@ -123,7 +139,8 @@ class MaskTrainer:
             self.clipped_with_first += frozen
         autocast(self.device, self.dtype)  # bf16 on a device without it fails here, not at the first step
         self.sources = [UniformSource(s, self.device) for s in self.seeds]
-        self.control = DensityControl(self.configs, [w.numel() for w in self.weights.values()], self.device)
+        self.control = DensityControl(self.configs, [l[0].numel() for l in self.logits.values()], self.device,
+                                      self.entry_weights)
         self.decisions = Decisions(list(self.logits.values()))
         self.full_losses: list[float | None] = [None] * self.masks  # the unmasked model's, on the first batches
         self.steps_done = 0
@@ -152,8 +169,9 @@ class MaskTrainer:
         chunks = joined([p[0] for p in parts], 0, self.k, self.k)
         groups = self.execution.samples_per_pass
         fixed = self.k if groups in (None, "auto") else groups
+        copied = [*self.weights, *sorted(self.broadcast)] or [f"{u.gate[0]}.weight" for u in self.units[:1]]
         plan = dataclasses.replace(memory_plan(self.model, k=self.masks * self.k, chunks=chunks, dtype=self.dtype,
-                                               parameters=list(self.logits), samples_per_pass=self.masks * fixed),
+                                               parameters=copied, samples_per_pass=self.masks * fixed),
                                    masks=self.masks)
         free = free_memory(self.device)
         self.samples_per_pass = fit_samples_per_pass(plan, free) if groups == "auto" else fixed
@@ -161,13 +179,12 @@ class MaskTrainer:
         log.info("modmask: %s", self.plan.summary())
         check_fits_device(self.plan, self.device, free)
         group = joined([p[0] for p in parts], 0, self.samples_per_pass, self.k)
-        full = {n: w.expand(self.masks * self.samples_per_pass, *w.shape)
-                for n, w in frozen_parameters(self.model).items() if n in self.weights}
+        full = self._unmasked(self.masks * self.samples_per_pass)
         with parameters_restored(self.model), torch.no_grad():  # the paths compared in fp32
             self.path = choose_path(self.model, full, self.others, group, self.execution.path)
         low = self.dtype != torch.float32 and not self.configs[0].original_clipping
         self.forward_others = low_precision(self.others, self.dtype, self.path) if low else self.others
-        if self.mean_removed:
+        if self.mean_removed or self.gate_means:
             self.mean = self._mean_reference(batches)
         self.full_losses = self._full_losses(batches)
         return self
@@ -177,20 +194,32 @@ class MaskTrainer:
         reference: `reference` (one for every mask, or a list with one per mask), or its first batch."""
         given = self.reference
         per_mask = given if isinstance(given, list) and len(given) == self.masks and self.masks > 1 else [given] * self.masks
-        references = [as_reference(self.model, [batch] if r is None else r, self.mean_removed, self.configs[0].mode)
+        names = [*self.mean_removed, *self.gate_means.values()]
+        references = [as_reference(self.model, [batch] if r is None else r, names, self.configs[0].mode)
                       for r, batch in zip(per_mask, batches)]
         return references[0].stacked(references)
 
     def _shifts(self, masked: dict, rows: int) -> dict:
         """Mean removal: each mean-removed tensor's offset folded into its layer's bias (which then joins
         `masked`, [rows, ...]) or returned as a shift of its layer's output or input (removal.offsets)."""
-        if self.mean is None:
+        if self.mean is None or not self.mean_removed:
             return {}
         current = {n: masked[n] if n in masked else self.others[n] for n in self.mean_removed}
-        biases, shifts = offsets(self.mean.repeated(rows // self.masks), self.full, current,
+        biases, shifts = offsets(self.mean.only(self.mean_removed).repeated(rows // self.masks), self.full, current,
                                  {**self.forward_others, **masked})
         masked.update({n: b if b.dim() > self.dims[n] else b.expand(rows, *b.shape) for n, b in biases.items()})
         return shifts
+
+    def _unmasked(self, rows: int) -> dict[str, torch.Tensor]:
+        """The trained tensors with every weight kept, [rows, *shape] in the model's layout (views): the
+        weights' and the rows' and columns'; with heads and neurons only, one tensor, since a call
+        needs one with a sample dim."""
+        tensors = {**{n: self._model_layout(n, w) for n, w in self.weights.items()},  # (trainable: their values now)
+                   **{n: self.others[n] for n in sorted(self.broadcast)}}
+        if not tensors:
+            name = next(iter(self.others))
+            tensors = {name: self.others[name]}
+        return {n: t.expand(rows, *t.shape) for n, t in tensors.items()}
 
     @torch.no_grad()
     def _full_losses(self, batches: Sequence) -> list[float]:
@@ -199,8 +228,7 @@ class MaskTrainer:
         the model on the chosen path, drawing no randomness the stage sees."""
         parts = self._parts(batches)
         chunks = joined([p[0] for p in parts], 0, self.k, self.k)
-        layouts = {n: self._model_layout(n, w) for n, w in self.weights.items()}
-        full = {n: w.expand(self.masks * self.k, *w.shape) for n, w in layouts.items()}
+        full = self._unmasked(self.masks * self.k)
         shifts = self._shifts(full, self.masks * self.k)  # (only fixed masks remove anything here)
         run = call_vmap if self.path == "vmap" else call_sequential
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -222,9 +250,9 @@ class MaskTrainer:
             raise RuntimeError("call trainer.prepare(batches) with the first step's batches before step()")
         parts = self._parts(batches)
         k, s = self.k, self.samples_per_pass
-        noise = [source.reserve(k, [w.shape for w in self.weights.values()]) for source in self.sources]
+        noise = [source.reserve(k, [l.shape[1:] for l in self.logits.values()]) for source in self.sources]
         # groups share the per-weight thresholds of this step (int16, 2 bytes a weight)
-        thresholds = {n: keep_thresholds(l) for n, l in self.logits.items()} if s < k else {}
+        thresholds = {n: keep_thresholds(self.logits[n]) for n in self.weights} if s < k else {}
         self.optimizer.zero_grad(set_to_none=True)  # trainable weights; the views get theirs below
         for logits in self.logits.values():
             logits.grad = None
@@ -236,12 +264,14 @@ class MaskTrainer:
         if self.control.active:  # each tensor's sum weighted by its constraint's multiplier (or beta)
             sizes = torch.tensor([float(c.reg_batch_size or b) for c, (_, _, b) in zip(self.configs, parts)],
                                  device=self.device)
-            sums = torch.stack([l.flatten(1).sum(1) for l in self.logits.values()], 1)  # [M, T]
+            sums = torch.stack([l.flatten(1).sum(1) * w for l, w in zip(self.logits.values(), self.entry_weights)],
+                               1)  # [M, T]
             regularisers = (self.control.coefficients() / sizes[:, None] * sums).sum(1)
         else:
             scale = torch.tensor([c.beta / (c.reg_batch_size or b) for c, (_, _, b) in zip(self.configs, parts)],
                                  device=self.device)
-            regularisers = scale * sum(l.flatten(1).sum(1) for l in self.logits.values())  # [M]
+            regularisers = scale * sum(l.flatten(1).sum(1) * w for l, w in zip(self.logits.values(),
+                                                                                 self.entry_weights))  # [M]
         regularisers.sum().backward()
         for name, frozen in self.frozen_entries.items():
             self.weights[name].grad[frozen] = 0.0
@@ -277,8 +307,8 @@ class MaskTrainer:
         chunks = joined([p[0] for p in parts], lo, hi, self.k)
         run = call_vmap if self.path == "vmap" else call_sequential
         with autocast(self.device, self.dtype):
-            masked = self._masked(noise, thresholds, lo, hi, low)
-            shifts = self._shifts(masked, self.masks * (hi - lo))
+            masked, gates = self._masked(noise, thresholds, lo, hi, low)
+            shifts = {**self._shifts(masked, self.masks * (hi - lo)), **gates}
             outputs = run(self.model, masked, self.forward_others, chunks, shifts, self.mean and channel_first(self.mean))
         outputs = fp32_outputs(outputs) if low else outputs
         rows = [size * (hi - lo) // self.k for _, _, size in parts]
@@ -303,7 +333,22 @@ class MaskTrainer:
             sample = sample_masked_weights(self.logits[name], weights, uniforms, self.execution.compiled, dtype,
                                            thresholds.get(name))
             masked[name] = sample.transpose(-1, -2) if name in self.transposed else sample
-        return masked
+        gates, gate_means = {}, {}
+        for index, unit in enumerate(self.units, len(self.weights)):
+            uniforms = torch.cat([n.take(index, lo, hi) for n in noise])  # [M (hi - lo), count]
+            logits = self.logits[unit.name].repeat_interleave(hi - lo, dim=0)
+            soft = torch.sigmoid(logits + torch.logit(uniform_values(uniforms)))
+            sample = (soft > 0.5).to(soft.dtype) - soft.detach() + soft  # straight-through, as the weights'
+            if unit.gate:
+                module, size = unit.gate
+                gates[module] = sample.repeat_interleave(size, dim=-1)  # [M (hi - lo), features]
+                if module in self.gate_means:
+                    gate_means[module] = self.mean.uses[self.gate_means[module]].mean.repeat_interleave(hi - lo, 0)
+            else:
+                for name, kept in unit.expand(sample).items():
+                    weights = self.others[name]
+                    masked[name] = weights * kept.to(low or weights.dtype)
+        return masked, ({"gates": gates, "gate_means": gate_means} if gates else {})
 
     def _share_loss(self, m: int, outputs, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
         """Mask m's task loss of samples lo..hi-1 (their outputs, the batch's targets), times their share of the batch."""
@@ -352,16 +397,16 @@ class MaskTrainer:
                 for m, changes in enumerate(self.decisions.record(logits))]
 
     def density(self, m: int = 0) -> float:
-        """Fraction of mask m's weights with logit > 0."""
-        kept = sum(int((l[m].detach() > 0).sum()) for l in self.logits.values())
-        return kept / sum(l[m].numel() for l in self.logits.values())
+        """Fraction of mask m's weights kept (logit > 0; a unit counts the weights it covers)."""
+        kept = sum(float((l[m].detach() > 0).sum()) * w for l, w in zip(self.logits.values(), self.entry_weights))
+        return kept / sum(l[m].numel() * w for l, w in zip(self.logits.values(), self.entry_weights))
 
     def result(self, m: int = 0, history: list[dict] | None = None) -> TrainedMask:
         """Mask m as a TrainedMask (logits in the model's layout; with trainable weights, those too)."""
         weights = {n: self._model_layout(n, w) for n, w in self.weights.items()} if self.frozen_entries else None
         diagnosis = diagnose(history, self.full_losses[m], self.configs[m].target_density) if history else None
         return TrainedMask({n: self._model_layout(n, l[m]).clone() for n, l in self.logits.items()}, history or [],
-                           weights, diagnosis, self.configs[m].removal)
+                           weights, diagnosis, self.configs[m].removal, list(self.units))
 
     def state_dict(self) -> dict:
         """Logits, optimiser, noise-source and trainable weights' states (for a checkpoint inside a stage)."""
@@ -407,7 +452,7 @@ def _check_shared(configs: list[MaskConfig], trainable) -> None:
     """The settings every mask of one trainer must share, with what to do otherwise."""
     first = configs[0]
     for m, config in enumerate(configs[1:], 1):
-        differ = [f for f in ("k", "parameters", "biases", "norms", "mode", "removal")
+        differ = [f for f in ("k", "parameters", "biases", "norms", "mode", "removal", "granularity", "heads")
                   if getattr(config, f) != getattr(first, f)]
         if differ:
             raise ValueError(f"mask {m} has another {', '.join(differ)} than mask 0: the masks of one trainer share "
