@@ -17,6 +17,7 @@ from .core.objectives import kl_to_full, with_full_outputs
 from .core.memory import MemoryPlan, memory_plan
 from .core.stats import mean_std_text, summarize
 from .core.selection import select_parameters
+from .core.structure import Slice, UnitSet, attention_heads, mlp_neurons
 from .core.trained import TrainedMask
 from .core.training import MaskTrainer, train_mask, train_masks
 
@@ -32,4 +33,5 @@ __all__ = [
     "overlap_chance", "overlap_matrix", "shared_fraction_chance", "check_comparable", "random_masks", "top_masks",
     "random_control", "summarize", "mean_std_text", "importance", "BASELINES",
     "kl_to_full", "with_full_outputs", "CurveConfig", "density_curves", "DENSITIES",
+    "Slice", "UnitSet", "attention_heads", "mlp_neurons",
 ]
