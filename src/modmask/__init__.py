@@ -10,6 +10,7 @@ from .core.analysis import (check_comparable, exclusive, iomin, iou, overlap_cha
 from .core.baselines import BASELINES, importance
 from .core.curves import DENSITIES, CurveConfig, density_curves
 from .core.evaluation import collect, evaluate, half_masks, inverse, random_control, split_layers
+from .core.export import export_pruned, mib_circuit, node_scores, pruned_parameters
 from .core.masking import masked_call
 from .core.mask_config import Execution, MaskConfig
 from .core.masks import Masks, random_masks, top_masks
@@ -34,4 +35,5 @@ __all__ = [
     "random_control", "summarize", "mean_std_text", "importance", "BASELINES",
     "kl_to_full", "with_full_outputs", "CurveConfig", "density_curves", "DENSITIES",
     "Slice", "UnitSet", "attention_heads", "mlp_neurons",
+    "export_pruned", "pruned_parameters", "node_scores", "mib_circuit",
 ]
