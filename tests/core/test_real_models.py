@@ -346,20 +346,43 @@ def test_a_model_vmap_cannot_batch_gets_a_one_line_reason(caplog):
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
 
 
-def test_transformer_lens_bridge_trains_on_the_vmap_path_and_stays_untouched():
-    # TransformerLens 4 removed HookedTransformer; its TransformerBridge (here over its native model,
-    # no download) reaches each component under two names, which torch's tie handling would not restore.
+def _bridge(source):
+    """(bridge, plain) for TransformerLens 4's TransformerBridge, built without a download: over its
+    native model, or wrapped around a tiny random-config Hugging Face GPT-2 (`plain`: an unwrapped copy
+    of that model; the bridge replaces the submodules of the model it wraps)."""
     sources = pytest.importorskip("transformer_lens.model_bridge.sources")
-    bridge = sources.boot_native(dict(n_layers=2, d_model=16, n_ctx=8, d_head=8, n_heads=2, d_mlp=32,
-                                      d_vocab=50, act_fn="gelu", seed=0)).eval()
+    if source == "native":
+        return sources.boot_native(dict(n_layers=2, d_model=16, n_ctx=8, d_head=8, n_heads=2, d_mlp=32,
+                                        d_vocab=50, act_fn="gelu", seed=0)).eval(), None
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    plain = copy.deepcopy(model)
+    return sources.build_bridge_from_module(model, "GPT2LMHeadModel", hf_config=config).eval(), plain
+
+
+@pytest.mark.parametrize("source", ["native", "hf-gpt2"])
+def test_transformer_lens_bridge_trains_on_the_vmap_path_and_stays_untouched(source):
+    # TransformerLens 4 removed HookedTransformer; its TransformerBridge reaches each component under
+    # two names, which torch's tie handling would not restore.
+    bridge, plain = _bridge(source)
     held = {n: p for n, p in bridge.named_parameters()}
     before = {n: p.detach().clone() for n, p in held.items()}
     ids = torch.randint(0, 50, (B, 5))
     chosen = select_parameters(bridge)
-    assert not [n for n in chosen if "embed" in n or n.startswith("pos.")]  # token and position tables
+    assert not [n for n in chosen if "embed" in n or n.startswith("pos.") or ".wte." in n or ".wpe." in n]
     ones = Masks({n: torch.ones_like(held[n], dtype=torch.bool) for n in chosen})
     with torch.no_grad():
         assert torch.allclose(collect(bridge, ones, [(ids, ids)], lambda out, _: out), bridge(ids), atol=1e-6)
+    if plain is not None:  # masked_call through the bridge = the plain HF model with that weight zeroed
+        name = next(n for n in chosen if ".mlp." in n and "c_fc" in n and n.endswith("weight"))
+        mask = torch.ones_like(held[name], dtype=torch.bool)
+        mask[3, 5] = False
+        with torch.no_grad():
+            plain.transformer.h[0].mlp.c_fc.weight[3, 5] = 0.0
+            expected = plain(input_ids=ids).logits
+            assert not torch.allclose(expected, bridge(ids), atol=1e-5), "the weight should matter"
+            assert torch.allclose(masked_call(bridge, Masks({name: mask}), ids), expected, atol=1e-5)
     _assert_paths_agree(bridge, ids, ids, "vmap")
     train_mask(bridge, [(ids, ids)], _loss, steps=2, k=4, progress=False)
     assert all(p is held[n] and torch.equal(p, before[n]) and p.grad is None for n, p in bridge.named_parameters())
