@@ -76,3 +76,78 @@ def test_granularities_that_do_not_fit_are_refused():
         MaskConfig(granularity="unit")
     with pytest.raises(ValueError, match=r"row masks need a matrix.*granularity 'weight'"):
         plan_units(model, ["0.weight", "1.weight"], "row")
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def _gpt2(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=20, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def _lm_loss(out, ids):
+    return F.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+
+
+@pytest.mark.parametrize("removal", ["zero", "mean"])
+def test_a_head_or_neuron_gate_is_its_weights_removed(removal):
+    """What training runs (a head's samples on its projection's input) and what evaluation reads
+    (every weight of the head removed) are one function, in both removal modes."""
+    from modmask import masked_call
+    from modmask.core.removal import mean_inputs, shifted
+
+    model = _gpt2()
+    ids = torch.randint(0, 20, (8, 10))
+    names = [n for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n]
+    _, units = plan_units(model, names, "*.attn.*=head,*.mlp.*=neuron")
+    assert [u.kind for u in units] == ["head", "head", "neuron", "neuron"]
+    assert units[0].unit_names()[:2] == ["layer 0 head 0", "layer 0 head 1"]
+    generator = torch.Generator().manual_seed(1)
+    kept = {u.name: torch.rand(u.count, generator=generator) > 0.5 for u in units}
+    weights = {}
+    for u in units:
+        weights.update(u.expand(kept[u.name]))
+    expected = masked_call(model, weights, input_ids=ids, removal=removal).logits
+    gates = {u.gate[0]: kept[u.name].float().repeat_interleave(u.gate[1]) for u in units}
+    means = {}
+    if removal == "mean":
+        reference = mean_inputs(model, [{"input_ids": ids}], [f"{m}.weight" for m in gates])
+        means = {m: reference.uses[f"{m}.weight"].mean for m in gates}
+    with torch.no_grad(), shifted(model, {"gates": gates, "gate_means": means}, None):
+        gated = model(input_ids=ids).logits
+    assert torch.allclose(gated, expected, atol=1e-5)
+
+
+def test_head_masks_train_on_a_gpt2_and_read_as_heads(tmp_path):
+    model = _gpt2(1)
+    ids = torch.randint(0, 20, (16, 10))
+    batches = [({"input_ids": ids}, ids)]
+    runs = {path: train_mask(model, batches, _lm_loss, steps=6, granularity="*.attn.*=head,weight",
+                             parameters="transformer.h.*.weight", norms=False, path=path, progress=False)
+            for path in ("vmap", "sequential")}
+    trained = runs["vmap"]
+    heads = [u for u in trained.units if u.kind == "head"]
+    assert [u.name for u in heads] == ["transformer.h.0.attn.c_proj:heads", "transformer.h.1.attn.c_proj:heads"]
+    assert all(trained.logits[u.name].shape == (4,) for u in heads)
+    for name in trained.logits:
+        assert torch.allclose(trained.logits[name], runs["sequential"].logits[name], atol=1e-5)
+    masks = trained.masks  # read as weights: c_attn's q/k/v columns and c_proj's rows of each head
+    assert masks["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)
+    assert "transformer.h.0.mlp.c_fc.weight" in masks  # weights elsewhere
+    mean = train_mask(model, batches, _lm_loss, steps=4, granularity="*.attn.*=head,weight", removal="mean",
+                      parameters="transformer.h.*.weight", norms=False, progress=False)
+    assert all(torch.isfinite(l).all() for l in mean.logits.values())
+    trained.save(tmp_path / "heads.safetensors")
+    assert TrainedMask.load(tmp_path / "heads.safetensors", model).units == trained.units
+
+
+def test_head_granularity_where_there_are_no_heads_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"granularity 'head' does not fit \['0.weight'\].*attention projection"):
+        plan_units(model, ["0.weight", "2.weight"], "0.*=head,weight")
+    gpt = _gpt2()
+    with pytest.raises(ValueError, match=r"\['transformer.h.0.attn.c_proj.weight'\] are selected with another granularity"):
+        plan_units(gpt, ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight"],
+                   "*.c_attn.*=head,weight")

@@ -152,7 +152,12 @@ def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, remo
     mean contributions are read on `reference` (batches, or a Reference from mean_inputs; default:
     this call's own inputs)."""
     check_fits(masks, model)
-    mean = mean_reference(model, masks, removal, [(args, kwargs)] if reference is None else reference)
+    if reference is None and removal != "zero":  # this call's inputs, as one batch
+        if args and kwargs:
+            raise ValueError("mean removal reads its means on reference batches: pass reference=[batch] for a call "
+                             "with both positional and keyword arguments")
+        reference = [(kwargs, None)] if kwargs else [(args[0] if len(args) == 1 else tuple(args), None)]
+    mean = mean_reference(model, masks, removal, reference)
     return call_masked(model, masks, args, kwargs, mean)
 
 

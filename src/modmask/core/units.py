@@ -38,6 +38,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from . import structure
 from .selection import owners, per_tensor
 
 GRANULARITIES = ("weight", "row", "column", "head", "neuron")
@@ -139,7 +140,7 @@ def plan_units(model: nn.Module, names: Sequence[str], granularity, heads: int |
         wanted = [n for n in names if modes[n] == kind]
         if not wanted:
             continue
-        from . import structure  # (the model's attention and MLP layout)
+
         sets = structure.attention_heads(model, heads) if kind == "head" else structure.mlp_neurons(model)
         claimed = set()
         for unit_set in sets:
