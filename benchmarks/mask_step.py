@@ -3,11 +3,14 @@
     python benchmarks/mask_step.py [--models mlp-800x4,lstm,hf-gpt2] [--steps 20] [--compiled] [--device cuda]
         [--group-model gpt-512x4 --samples-per-pass 4,2,1 --bf16] [--joint mlp-400-400-200:3,cnn:11]
         [--ladder mlp-400-400-200:7] [--removal mlp-400-400-200,transformer,cnn]
+        [--granularity head,neuron,head+neuron] [--models hf-gpt2,hf-gpt2-1024x8 --units]
 
 Prints one line per model: `model=mlp-800x4 plain_ms=.. mask_ms=.. ratio=.. plain_peak_mb=..
 mask_peak_mb=.. peak_ratio=.. runtime_mb=.. plan_mb=.. plan_err=..` (K=4, batch 128), then one line
 per samples_per_pass value of the group model (`--group-model`: gpt-<d>x<layers> or any model name,
-e.g. hf-gpt2), then one line per `--joint` model: `model=mlp-400-400-200 masks=3 joint_ms=..
+e.g. hf-gpt2) and one per `--granularity` (`granularity=head`: the attention tensors masked by head,
+`neuron`: the MLP tensors by neuron, `head+neuron`: both; core/units.py; with `--units` also for
+every `--models` line, e.g. hf-gpt2 (d 512 x 4) and hf-gpt2-1024x8), then one line per `--joint` model: `model=mlp-400-400-200 masks=3 joint_ms=..
 separate_ms=.. ratio=.. one_mask_mk_ms=.. bound=..`, one step of one MaskTrainer of M masks (each
 mask on its own batch) against M separate mask steps, in this process, the kinds' steps interleaved so all see the same machine (ratio below 1: the joint step is faster). one_mask_mk_ms
 is one mask's step with M K samples on the M batches: the per-sample work of the joint step without
@@ -121,6 +124,9 @@ def language_model(name: str, tokens: int = 64, d: int = 512, layers: int = 4, h
         vocab, heads = 8192, max(d // 64, 1)
     else:
         vocab = 4096
+        if name.startswith("hf-gpt2-"):  # hf-gpt2-<d>x<layers>
+            d, layers = map(int, name[len("hf-gpt2-"):].split("x"))
+            heads, name = max(d // 64, 1), "hf-gpt2"
     ids = torch.randint(0, vocab, (8, tokens + 1), generator=torch.Generator().manual_seed(0))
     inputs, targets = ids[:, :-1], ids[:, 1:]
     if name.startswith("gpt-"):
@@ -205,6 +211,18 @@ def warm_up(device: torch.device, model_name: str) -> None:
     MaskTrainer(model, F.cross_entropy).prepare([(x, y)]).step([(x, y)])
 
 
+def unit_settings(model: nn.Module, granularity: str) -> dict:
+    """MaskConfig fields of a unit-mask line: 'head' masks the attention tensors by head, 'neuron'
+    the MLP tensors by neuron, 'head+neuron' both (core/structure.py finds them); nothing else is
+    masked, so the line measures the units alone."""
+    from modmask.core.structure import attention_heads, mlp_neurons
+
+    sets = {"head": attention_heads(model) if "head" in granularity else [],
+            "neuron": mlp_neurons(model) if "neuron" in granularity else []}
+    rules = {s.name: kind for kind, found in sets.items() for u in found for s in u.slices if s.name.endswith("weight")}
+    return {"parameters": list(rules), "granularity": ",".join(f"{n}={kind}" for n, kind in rules.items())}
+
+
 def measure(args) -> dict:
     """One step kind in this process: its median ms, peak MB and (mask steps) the memory plan."""
     device = torch.device(args.device)
@@ -226,7 +244,8 @@ def measure(args) -> dict:
     else:
         execution = Execution(compiled=args.compiled, precision=args.precision,
                               samples_per_pass=args.child_samples or None)
-        trainer = MaskTrainer(model, loss_fn, MaskConfig(k=args.k), execution).prepare([(x, y)])
+        units = unit_settings(model, args.child_granularity) if args.child_granularity != "weight" else {}
+        trainer = MaskTrainer(model, loss_fn, MaskConfig(k=args.k, **units), execution).prepare([(x, y)])
         step = lambda: trainer.step([(x, y)])  # noqa: E731
     result["ms"] = time_steps(step, args.steps, device)
     result["peak_mb"] = peak_mb(device)
@@ -235,9 +254,11 @@ def measure(args) -> dict:
     return result
 
 
-def run_child(args, kind: str, model: str, samples: int = 0, precision: str = "fp32") -> dict:
+def run_child(args, kind: str, model: str, samples: int = 0, precision: str = "fp32", granularity: str = "weight"
+              ) -> dict:
     """measure() of one step kind in a fresh process; a RuntimeError with its error's last line if it fails."""
     command = [sys.executable, __file__, "--child", kind, "--child-model", model, "--child-samples", str(samples),
+               "--child-granularity", granularity,
                "--precision", precision, "--steps", str(args.steps), "--k", str(args.k), "--batch", str(args.batch),
                "--device", args.device, *(["--compiled"] if args.compiled else []),
                *(["--default-malloc"] if args.default_malloc else [])]
@@ -248,13 +269,15 @@ def run_child(args, kind: str, model: str, samples: int = 0, precision: str = "f
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def line(args, model: str, plain: dict | None = None, samples: int = 0, precision: str = "fp32") -> str:
+def line(args, model: str, plain: dict | None = None, samples: int = 0, precision: str = "fp32",
+         granularity: str = "weight") -> str:
     """One output line: the plain step (measured here unless given) against the mask step."""
     settings = (f" samples_per_pass={samples}" if samples else "") + (f" precision={precision}"
                                                                       if precision != "fp32" else "")
+    settings += f" granularity={granularity}" if granularity != "weight" else ""
     try:  # one failing line (e.g. out of memory) leaves the others
         plain = plain or run_child(args, "plain", model)
-        mask = run_child(args, "mask", model, samples, precision)
+        mask = run_child(args, "mask", model, samples, precision, granularity)
     except RuntimeError as error:
         return f"model={model}{settings} error={str(error)!r}"
     net = mask["peak_mb"] - mask["runtime_mb"]
@@ -277,6 +300,8 @@ def group_lines(args):
         yield line(args, args.group_model, plain, samples)
     if args.bf16:
         yield line(args, args.group_model, plain, 1, "bf16")
+    for granularity in filter(None, args.granularity.split(",")):
+        yield line(args, args.group_model, plain, granularity=granularity)
 
 
 def joint_line(args, spec: str) -> str:
@@ -371,6 +396,10 @@ def main():
     parser.add_argument("--child", choices=["plain", "mask"], help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     parser.add_argument("--child-samples", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--child-granularity", default="weight", help=argparse.SUPPRESS)
+    parser.add_argument("--granularity", default="head,neuron,head+neuron",
+                        help="unit-mask lines of the group model (and of every --models line with --units)")
+    parser.add_argument("--units", action="store_true", help="also the --granularity lines of every --models model")
     args = parser.parse_args()
     if not args.default_malloc:
         keep_freed_memory()  # as the command line does; applies to the plain and the mask step alike
@@ -381,6 +410,8 @@ def main():
           f"compiled={args.compiled}, device={args.device}", flush=True)
     for name in filter(None, args.models.split(",")):
         print(line(args, name), flush=True)
+        for granularity in filter(None, args.granularity.split(",")) if args.units else ():
+            print(line(args, name, granularity=granularity), flush=True)
     if args.group_model:
         for text in group_lines(args):
             print(text, flush=True)
