@@ -153,6 +153,7 @@ class MaskTrainer:
         groups = self.execution.samples_per_pass
         fixed = self.k if groups in (None, "auto") else groups
         plan = dataclasses.replace(memory_plan(self.model, k=self.masks * self.k, chunks=chunks, dtype=self.dtype,
+                                               path=self.execution.path,
                                                parameters=list(self.logits), samples_per_pass=self.masks * fixed),
                                    masks=self.masks)
         free = free_memory(self.device)
