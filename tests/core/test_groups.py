@@ -146,6 +146,18 @@ def test_memory_plan_parts_follow_the_formula():
         memory_plan(model, dtype="fp16")
 
 
+def test_the_activations_probe_keeps_nothing_alive():
+    import gc
+
+    model, x = MLP(10, [20], 5), torch.randn(8, 10)
+    before = {id(t) for t in gc.get_objects() if isinstance(t, torch.Tensor)}
+    for path in ("sequential", "vmap"):
+        memory_plan(model, k=4, batch=(x, None), path=path)
+    gc.collect()
+    # e.g. the ReLU's output, which its own node saves: kept by a cycle the saved-tensor hook made
+    kept = [t for t in gc.get_objects() if isinstance(t, torch.Tensor) and id(t) not in before and t.grad_fn]
+    assert not kept, [tuple(t.shape) for t in kept]
+
 def test_the_activations_probe_runs_on_the_steps_path():
     from modmask.models import CifarResNet
 

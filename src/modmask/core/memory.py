@@ -247,7 +247,10 @@ def saved_bytes(forward, exclude: set[int], leaves: set[int]):
         pointer = storage.data_ptr()
         if pointer not in exclude and not _is_weight_cast(tensor, leaves):
             seen.setdefault(pointer, storage.nbytes())
-        return tensor
+        # not the tensor itself: an output saved by its own node (relu saves its result) would hold
+        # that node through the tensor's grad_fn, a cycle in C++ that no garbage collection frees, and
+        # the probe's activations would stay for the whole training
+        return tensor.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         result = forward()
