@@ -30,7 +30,8 @@ the measured peak less the runtime. A line whose step fails (out of memory, ...)
 Models: mlp-800x4 and mlp-400-400-200 (42 inputs, 20 outputs), lstm (2 layers, hidden 256, 20
 steps), transformer (one encoder layer, d 256), cnn (the paper's simple CIFAR CNN), resnet (ResNet-20,
 BatchNorm), each on batch `--batch`, and, not in the default list, cnn-wide (the ResNet at widths 144,
-288, 576: 21.9M weights, on 8x8 inputs; e.g. `--models cnn-wide --batch 64`); and language models on 8 sequences of 64 tokens with a next-token cross-entropy
+288, 576: 21.9M weights, on 8x8 inputs; e.g. `--models cnn-wide --batch 64`); and language models
+on 8 sequences of 64 tokens with a next-token cross-entropy
 (`--batch` does not apply): gpt-<d>x<layers> (a GPT-2-shaped stack of the project's Transformer
 layers, vocabulary 8,192), and, not in the default list, 4 layers of d_model 512, 8 heads,
 vocabulary 4,096: torch-transformer (nn.TransformerEncoder), hf-gpt2 (GPT-2, causal) and hf-bert

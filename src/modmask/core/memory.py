@@ -8,9 +8,10 @@ for the backward pass, and the straight-through backward's buffers of one tensor
 once: the step has two phases, and its peak is the larger of them.
 
 - forward and backward of the model: the copies, their noise, the activations and the gradients of
-  about two of the widest at a time, and the copies' gradients, which all exist at once at the end
-  of the backward (autograd runs the straight-through nodes, made before the model's forward, only
-  after every node of the model: it orders ready nodes by creation, latest first);
+  about two of the widest at a time, and the copies' gradients, which replace the copies as the
+  backward goes (a node frees its saved copy once it has made that copy's gradient) and all exist
+  at once at its end (autograd runs the straight-through nodes, made before the model's forward,
+  only after every node of the model: it orders ready nodes by creation, latest first);
 - straight-through backward: the activations and the copies are freed by then; the copies'
   gradients and noise wait for their node, the logits' gradients fill, and the node of the largest
   tensor holds its buffers.
@@ -44,7 +45,8 @@ which the next blocks, of other sizes, mostly do not fit: measured with mallinfo
 profiler's allocation events, the straight-through buffers take new memory (the phases add up),
 and so do the backward's activation gradients and temporaries beside the activations (these
 count twice). This `heap retention` part is an observed property of the allocator, not of the
-tensors; docs/performance.md gives the measured errors. docs/scaling.md applies the formula to large models.
+tensors; docs/performance.md gives the measured errors. docs/scaling.md applies the formula to
+large models.
 """
 
 from __future__ import annotations
@@ -316,7 +318,9 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
         args, kwargs = chunks
         for batched in ((True, False) if path != "sequential" else (False,)):
             # the first sample's slice: [1, B/k, ...] for vmap, [B/k, ...] for a plain call
-            first = lambda a: (a[:1] if batched else a[0]) if isinstance(a, torch.Tensor) and a.dim() else a  # noqa: E731
+            def first(a, batched=batched):
+                return (a[:1] if batched else a[0]) if isinstance(a, torch.Tensor) and a.dim() else a
+
             try:
                 activations, largest = probe_activations(model, names, tuple(first(a) for a in args), dtype,
                                                          {n: first(a) for n, a in kwargs.items()}, batched)
