@@ -31,8 +31,10 @@ memory on a GPU. `plan_mb` is modmask's memory plan of the mask step, `plan_err`
 the measured peak less the runtime. A line whose step fails (out of memory, ...) says `error=..`.
 
 Models: mlp-800x4 and mlp-400-400-200 (42 inputs, 20 outputs), lstm (2 layers, hidden 256, 20
-steps), transformer (one encoder layer, d 256), cnn (the paper's simple CIFAR CNN), each on batch
-`--batch`; and language models on 8 sequences of 64 tokens with a next-token cross-entropy
+steps), transformer (one encoder layer, d 256), cnn (the paper's simple CIFAR CNN), resnet (ResNet-20,
+BatchNorm), each on batch `--batch`, and, not in the default list, cnn-wide (the ResNet at widths 144,
+288, 576: 21.9M weights, on 8x8 inputs; e.g. `--models cnn-wide --batch 64`); and language models
+on 8 sequences of 64 tokens with a next-token cross-entropy
 (`--batch` does not apply): gpt-<d>x<layers> (a GPT-2-shaped stack of the project's Transformer
 layers, vocabulary 8,192), and, not in the default list, 4 layers of d_model 512, 8 heads,
 vocabulary 4,096: torch-transformer (nn.TransformerEncoder), hf-gpt2 (GPT-2, causal) and hf-bert
@@ -58,9 +60,9 @@ from torch.nn import functional as F
 from modmask import Execution, MaskConfig, MaskTrainer
 from modmask.allocator import keep_freed_memory
 from modmask.core.batches import to_device, without_cache
-from modmask.models import MLP, EncoderLayer, SimpleCNN
+from modmask.models import MLP, CifarResNet, EncoderLayer, SimpleCNN
 
-DEFAULT_MODELS = "mlp-800x4,mlp-400-400-200,lstm,transformer,cnn"
+DEFAULT_MODELS = "mlp-800x4,mlp-400-400-200,lstm,transformer,cnn,resnet"
 
 
 class SequenceClassifier(nn.Module):
@@ -172,6 +174,10 @@ def make(name: str, batch: int):
         model, x = SequenceClassifier(EncoderLayer(256, 4, 1024), 256), torch.randn(batch, 20, 256, generator=g)
     elif name == "cnn":
         model, x = SimpleCNN(), torch.randn(batch, 3, 32, 32, generator=g)
+    elif name == "resnet":  # BatchNorm (eval mode: running statistics) between the convolutions
+        model, x = CifarResNet(10, blocks=3), torch.randn(batch, 3, 32, 32, generator=g)
+    elif name == "cnn-wide":  # 21.9M weights, most in 3x3 convolutions of up to 576 channels; 8x8 inputs keep it fast
+        model, x = CifarResNet(10, blocks=3, widths=(144, 288, 576)), torch.randn(batch, 3, 8, 8, generator=g)
     else:
         raise ValueError(f"unknown model {name!r}")
     return model, x, torch.randint(0, 10, (batch,), generator=g), F.cross_entropy

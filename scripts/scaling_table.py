@@ -65,7 +65,7 @@ def plan(shape: Shape, mlp: bool, samples_per_pass: int, dtype: torch.dtype) -> 
                       largest=int(shape.largest_mlp if mlp else shape.largest_all),
                       activations_per_sample=activations, k=4, samples_per_pass=samples_per_pass, dtype=dtype,
                       largest_activation=4 * shape.vocab * TOKENS_PER_SAMPLE // half,
-                      unmasked=int(shape.parameters) - masked)
+                      unmasked=int(shape.parameters) - masked, device="cuda")  # the GPU plan: the larger phase
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Sample groups (samples_per_pass) give the result of one pass over all k samples."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -122,15 +123,53 @@ def test_memory_plan_parts_follow_the_formula():
     # the batch itself is not counted) and returns 2x5 outputs, in fp32
     assert plan.activations_per_sample == 4 * (2 * 20 + 2 * 5)
     assert parts["activations"] == 2 * plan.activations_per_sample
-    assert plan.total == sum(parts.values())
+    assert plan.largest_activation == 4 * 2 * 20 and parts["activation gradients"] == 2 * 2 * 160
+    # the straight-through node of the 20x10 tensor: 4 constants per weight, 2 fp32 buffers per sample
+    assert parts["backward buffers"] == (16 + 2 * 8) * 200
+    held = 1300 + 1200 + 1200 + 2400  # model, layout copies, logits, Adam
+    forward = 2400 + 1200 + 600 + 400 + 640 + 2 * 4 * 200  # copies, noise, thresholds, activations (and
+    # their gradients), the largest copy's gradient
+    straight = 1200 + 2400 + 1200 + 600 + 6400  # logits' and copies' gradients, noise, thresholds, buffers
+    assert plan.phases(parts) == {"forward and backward": forward, "straight-through backward": straight}
+    gpu = dataclasses.replace(plan, device="cuda")
+    assert gpu.parts["heap retention"] == 0 and gpu.total == held + max(forward, straight)
+    # the CPU's resident memory: both phases, and the activations and their gradients again
+    assert plan.device == "cpu" and plan.total == held + forward + straight + 400 + 640
     half = plan.with_settings(samples_per_pass=1, dtype=torch.bfloat16)
     assert half.parts["masked copies"] == half.parts["copy gradients"] == 2 * 300 and half.parts["logits"] == 1200
+    assert half.parts["backward buffers"] == (16 + 12) * 200  # and the gradient's fp32 cast
     assert "memory plan" in plan.summary() and "samples_per_pass=2" in str(plan)
     bf16 = memory_plan(model, k=4, batch=(x, None), dtype="bf16")
     # bf16: the input's cast 2x10 is new, the ReLU output and outputs halve; weight casts are not counted
     assert bf16.activations_per_sample == 2 * (2 * 10 + 2 * 20 + 2 * 5)
     with pytest.raises(ValueError, match="precision must be one of"):
         memory_plan(model, dtype="fp16")
+
+
+def test_the_activations_probe_keeps_nothing_alive():
+    import gc
+
+    model, x = MLP(10, [20], 5), torch.randn(8, 10)
+    before = {id(t) for t in gc.get_objects() if isinstance(t, torch.Tensor)}
+    for path in ("sequential", "vmap"):
+        memory_plan(model, k=4, batch=(x, None), path=path)
+    gc.collect()
+    # e.g. the ReLU's output, which its own node saves: kept by a cycle the saved-tensor hook made
+    kept = [t for t in gc.get_objects() if isinstance(t, torch.Tensor) and id(t) not in before and t.grad_fn]
+    assert not kept, [tuple(t.shape) for t in kept]
+
+def test_the_activations_probe_runs_on_the_steps_path():
+    from modmask.models import CifarResNet
+
+    torch.manual_seed(0)
+    model, x = CifarResNet(blocks=1).eval(), torch.randn(8, 3, 8, 8)
+    vmap, plain = memory_plan(model, k=4, batch=(x, None)), memory_plan(model, k=4, batch=(x, None), path="sequential")
+    # under vmap the convolutions save their inputs in another layout as well: more than a plain call
+    assert vmap.activations_per_sample > plain.activations_per_sample > 0
+    lstm = nn.Sequential(nn.LSTM(6, 8, batch_first=True))  # vmap fails on it: the plain call's figures
+    lstm_x = torch.randn(8, 5, 6)
+    assert memory_plan(lstm, k=4, batch=(lstm_x, None)).activations_per_sample == \
+        memory_plan(lstm, k=4, batch=(lstm_x, None), path="sequential").activations_per_sample
 
 
 class KeywordModel(nn.Module):

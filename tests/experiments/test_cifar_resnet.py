@@ -42,6 +42,12 @@ def test_resnet110_shapes_and_parameter_count():
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert _count(CifarResNet(blocks=3)) == 272_474  # ResNet-20, the same sums with 3 blocks per stage
+    wide = CifarResNet(blocks=1, widths=(8, 16, 24))  # wider or narrower stages: the same sums
+    # stem 3*8*9 + BN 16; block 2 * 8*8*9 + BN 32; 8*16*9 + 16*16*9 + 64 + shortcut 8*16 + 32;
+    # 16*24*9 + 24*24*9 + 96 + 16*24 + 48; Linear 24*10 + 10
+    assert _count(wide) == 216 + 16 + 1_184 + 3_680 + 9_168 + 250
+    with torch.no_grad():
+        assert wide.eval()(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
 def test_resnet_stages_halve_the_resolution_and_init_follows_the_paper():

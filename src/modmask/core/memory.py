@@ -4,23 +4,49 @@ One mask-training step holds, besides the frozen model: a logit per masked weigh
 moments and the logits' gradient (fp32), and for the samples that run together
 (`samples_per_pass` of the K) one masked copy of every masked tensor (`samples_per_pass x |W|`)
 with its 16-bit noise codes, the gradients of those copies, the activations those samples save
-for the backward pass, and the backward's temporary buffers of one tensor. The copies' gradients
-all exist at once at the end of the backward: autograd runs the straight-through nodes, made
-before the model's forward, only after every node of the model (it orders ready nodes by creation,
-latest first). The activations are measured, not guessed: one probe forward of one sample's slice
-of the batch counts the bytes autograd saves (`torch.autograd.graph.saved_tensors_hooks`), scaled
-by the samples per pass.
+for the backward pass, and the straight-through backward's buffers of one tensor. Not all of it at
+once: the step has two phases, and its peak is the larger of them.
 
-    bytes = model + copies + |W| (4 logits + 8 Adam + 4 gradient)
-            + s |W| (2c + 2) + s (A_1 + 2 a_1) + n_max (32 + s g) [+ 2 |W| when s < K]
+- forward and backward of the model: the copies, their noise, the activations and the gradients of
+  about two of the widest at a time, and the copies' gradients, which replace the copies as the
+  backward goes (a node frees its saved copy once it has made that copy's gradient) and all exist
+  at once at its end (autograd runs the straight-through nodes, made before the model's forward,
+  only after every node of the model: it orders ready nodes by creation, latest first);
+- straight-through backward: the activations and the copies are freed by then; the copies'
+  gradients and noise wait for their node, the logits' gradients fill, and the node of the largest
+  tensor holds its buffers.
+
+The activations are measured, not guessed: one probe forward of one sample's slice of the batch,
+on the path the step takes (vmap over one sample: batching rules save other tensors than a plain
+call, e.g. convolutions), counts the bytes autograd saves (`torch.autograd.graph.saved_tensors_hooks`),
+scaled by the samples per pass.
+
+    held     = model + copies + |W| (4 logits + 8 Adam)           [+ 2 x unmasked params in bf16]
+    forward  = s |W| (c + 2) + s c n_max + s (A_1 + 2 a_1)        [+ 2 |W| when s < K]
+    straight = 4 |W| + s |W| (c + 2) + n_max (16 + g s)           [+ 2 |W| when s < K]
+    bytes    = held + max(forward, straight)                      on a GPU (allocated tensors)
+    bytes    = held + forward + straight + s (A_1 + 2 a_1)        on the CPU (resident memory)
 
 with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16; a copy and
-its gradient), A_1 one sample's saved activations, a_1 the largest of them (the backward holds the
-gradients of about two such tensors at a time), n_max the largest masked tensor, g the backward's
-bytes per weight and sample (16 in fp32, 18 in bf16), and `copies` the trainer's
-transposed copies of masked matrices (kept so their gradients arrive without a copy; see
-docs/performance.md); in bf16 also 2 bytes per unmasked float parameter. The 2 |W| are the keep
-thresholds the groups of a step share. docs/scaling.md applies the formula to large models.
+its gradient), A_1 one sample's saved activations, a_1 the largest of them, n_max the largest
+masked tensor, g the straight-through backward's bytes per weight and sample (8 in fp32: the soft
+samples' numerator and sigmoid's gradient; 12 in bf16: also the gradient's fp32 cast) besides 16
+per weight (the soft samples' four per-weight constants), and `copies` the trainer's transposed
+copies of masked matrices (kept so their gradients arrive without a copy; see docs/performance.md).
+The 2 |W| are the keep thresholds the groups of a step share. With M masks trained together the
+per-weight parts count M times (s counts the samples of all of them).
+
+The CPU and a GPU differ in what their peak counts. A GPU's caching allocator hands a freed block
+to the next request that fits in it, and `torch.cuda.max_memory_allocated` counts live tensors:
+the larger phase. On the CPU the peak is the process's resident memory, and glibc's heap (with the
+settings of modmask.allocator.keep_freed_memory; much the same with the defaults) keeps what a
+phase frees as holes between blocks that live on, the copies' gradients among the activations,
+which the next blocks, of other sizes, mostly do not fit: measured with mallinfo2 and the
+profiler's allocation events, the straight-through buffers take new memory (the phases add up),
+and so do the backward's activation gradients and temporaries beside the activations (these
+count twice). This `heap retention` part is an observed property of the allocator, not of the
+tensors; docs/performance.md gives the measured errors. docs/scaling.md applies the formula to
+large models.
 """
 
 from __future__ import annotations
@@ -35,7 +61,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from .batches import as_arguments, split_batch, unpack_batch, without_cache
-from .masking import call_with_tensors, frozen_parameters, parameter_slots
+from .masking import call_vmap, call_with_tensors, frozen_parameters, parameter_slots
 from .selection import ParameterFilter, select_parameters
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -63,15 +89,19 @@ class MemoryPlan:
     largest_activation: int = 0  # bytes of the largest tensor one sample's forward saves
     unmasked: int = 0            # elements of the unmasked float parameters (bf16 copies)
     masks: int = 1               # masks trained together (a joint stage: k counts all their samples)
+    device: str = "cpu"          # the device type: the CPU's peak also counts heap retention
 
     @property
     def parts(self) -> dict[str, int]:
+        """Bytes of each part; the phases say which of them exist at the same time."""
         s, c = self.samples_per_pass, torch.finfo(self.dtype).bits // 8
-        return {
+        g = 8 if c == 4 else 12  # bf16: the straight-through backward also casts the gradient to fp32
+        parts = {
             "frozen weights": self.model,
             "weight copies": self.copies,
             "logits": 4 * self.masks * self.masked,
             "optimizer": 8 * self.masks * self.masked,  # Adam's two moments
+            "unmasked bf16 copies": 2 * self.unmasked if self.dtype == torch.bfloat16 else 0,
             "logit gradients": 4 * self.masks * self.masked,
             "masked copies": s * c * self.masked,
             # all held at the end of the backward, until the straight-through nodes run
@@ -81,16 +111,41 @@ class MemoryPlan:
             "activations": s * (self.activations_per_sample or 0),
             # the backward's gradients of activations: about two of the widest at a time
             "activation gradients": 2 * s * self.largest_activation,
-            "unmasked bf16 copies": 2 * self.unmasked if self.dtype == torch.bfloat16 else 0,
-            # one tensor's backward: six per-weight fp32 constants, their sum and the logits' gradient,
-            # and per sample its gradient (and its fp32 cast in bf16), the soft samples (two fp32
-            # buffers) and s(1 - s)
-            "backward buffers": (32 + s * (16 if c == 4 else c + 16)) * self.largest,
+            # the largest tensor's straight-through node (gumbel._StraightThroughMask.backward): the soft
+            # samples' four fp32 constants per weight and mask, and per sample the soft samples' numerator
+            # and sigmoid's gradient (fp32; in bf16 also the gradient's fp32 cast)
+            "backward buffers": (16 * self.masks + g * s) * self.largest,
+        }
+        phases = self.phases(parts)
+        # glibc's heap keeps a phase's freed blocks as holes between blocks that live on (the copies'
+        # gradients), which the next phase's blocks mostly do not fit (see the module docstring)
+        parts["heap retention"] = (phases["straight-through backward"] + parts["activations"]
+                                   + parts["activation gradients"]) if self.device == "cpu" else 0
+        return parts
+
+    HELD = ("frozen weights", "weight copies", "logits", "optimizer", "unmasked bf16 copies")
+
+    def phases(self, parts: dict[str, int]) -> dict[str, int]:
+        """Bytes each phase of a step holds besides the parts held between steps (HELD)."""
+        s, c = self.samples_per_pass, torch.finfo(self.dtype).bits // 8
+        return {
+            # a node frees its saved copy once it has made that copy's gradient: copies and their
+            # gradients together are at most all copies and the largest one's gradient
+            "forward and backward": sum(parts[n] for n in ("masked copies", "noise", "thresholds", "activations",
+                                                          "activation gradients")) + s * c * self.largest,
+            "straight-through backward": sum(parts[n] for n in ("logit gradients", "copy gradients", "noise",
+                                                               "thresholds", "backward buffers")),
         }
 
     @property
     def total(self) -> int:
-        return sum(self.parts.values())
+        """The step's peak: what is held between steps and the larger phase; on the CPU both phases
+        and the activations again (heap retention; see the module docstring)."""
+        parts = self.parts
+        phases = self.phases(parts)
+        if self.device == "cpu":  # the phases add up, and the activations count twice (heap retention)
+            return sum(parts[name] for name in self.HELD) + phases["forward and backward"] + parts["heap retention"]
+        return sum(parts[name] for name in self.HELD) + max(phases.values())
 
     @property
     def resident(self) -> int:
@@ -114,11 +169,12 @@ class MemoryPlan:
                                    largest_activation=largest)
 
     def summary(self) -> str:
-        """One line: the total, then every non-zero part."""
+        """One line: the total, then every non-zero part and the phases."""
         parts = ", ".join(f"{name} {_megabytes(n)}" for name, n in self.parts.items() if n)
+        parts += "; peak of " + " or ".join(f"{name} {_megabytes(n)}" for name, n in self.phases(self.parts).items())
         probed = "" if self.activations_per_sample is not None else " (activations not probed: no batch)"
         masks = f"{self.masks} masks, " if self.masks > 1 else ""
-        return (f"memory plan: {_megabytes(self.total)} = {parts}; {masks}k={self.k}, "
+        return (f"memory plan: {_megabytes(self.total)} on {self.device} = {parts}; {masks}k={self.k}, "
                 f"samples_per_pass={self.samples_per_pass}, {str(self.dtype).replace('torch.', '')}, "
                 f"{self.masked:,} masked weights{probed}")
 
@@ -163,7 +219,7 @@ def fp32_outputs(outputs: Any) -> Any:
 
 
 _VIEWS = {"TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0", "ExpandBackward0",
-          "UnsqueezeBackward0", "AliasBackward0"}
+          "UnsqueezeBackward0", "AliasBackward0", "ReshapeAliasBackward0"}  # (vmap reshapes batched weights)
 
 
 def _is_weight_cast(tensor: torch.Tensor, leaves: set[int]) -> bool:
@@ -174,6 +230,8 @@ def _is_weight_cast(tensor: torch.Tensor, leaves: set[int]) -> bool:
     if node is None or type(node).__name__ != "ToCopyBackward0":
         return False
     source = node.next_functions[0][0]
+    while source is not None and type(source).__name__ in _VIEWS:  # (vmap casts a transposed view of the leaf)
+        source = source.next_functions[0][0]
     return getattr(source, "variable", None) is not None and id(source.variable) in leaves
 
 
@@ -191,7 +249,10 @@ def saved_bytes(forward, exclude: set[int], leaves: set[int]):
         pointer = storage.data_ptr()
         if pointer not in exclude and not _is_weight_cast(tensor, leaves):
             seen.setdefault(pointer, storage.nbytes())
-        return tensor
+        # not the tensor itself: an output saved by its own node (relu saves its result) would hold
+        # that node through the tensor's grad_fn, a cycle in C++ that no garbage collection frees, and
+        # the probe's activations would stay for the whole training
+        return tensor.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         result = forward()
@@ -199,13 +260,17 @@ def saved_bytes(forward, exclude: set[int], leaves: set[int]):
 
 
 def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: torch.dtype = torch.float32,
-                      kwargs: dict | None = None) -> tuple[int, int]:
+                      kwargs: dict | None = None, batched: bool = True) -> tuple[int, int]:
     """(bytes, largest tensor's bytes) one sample's forward on `args` and `kwargs` (one sample's
-    slice of the batch) saves for the backward, with gradients to the tensors `names` as in mask
-    training, plus its outputs."""
+    slice of the batch, [1, B/k, ...] when `batched`, else [B/k, ...]) saves for the backward, with
+    gradients to the tensors `names` as in mask training, plus its outputs.
+
+    batched: run it as the vmap path does, vmap over one sample with the masked tensors [1, *shape]
+    (batching rules save other tensors than a plain call: a convolution's input in another layout);
+    else one plain call, as the sequential path makes."""
     params = frozen_parameters(model)
-    for name in names:
-        params[name] = params[name].requires_grad_(True)  # detached leaves: the model gets nothing
+    for name in names:  # detached leaves: the model gets nothing; [1, *shape] views of the weights under vmap
+        params[name] = (params[name].unsqueeze(0) if batched else params[name]).requires_grad_(True)
     # weights and the batch exist before the step: not activations
     kwargs = without_cache(model, kwargs or {})
     exclude = {t.untyped_storage().data_ptr() for t in [*params.values(), *model.buffers(), *tree_leaves(args),
@@ -214,8 +279,14 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
     device = next(iter(params.values())).device
     # the model's own randomness (dropout, teacher forcing) must not see the probe
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, dtype):
-        slots = parameter_slots(model)  # tied weights set once each (as in masked calls)
-        forward = lambda: call_with_tensors(model, slots, params, args, kwargs)  # noqa: E731
+        if batched:
+            masked = {name: params.pop(name) for name in names}
+            # under bf16 the step passes bf16 copies of the unmasked tensors (low_precision), so does the probe
+            others = low_precision(params, dtype, "vmap") if dtype != torch.float32 else params
+            forward = lambda: call_vmap(model, masked, others, (args, kwargs))  # noqa: E731
+        else:
+            slots = parameter_slots(model)  # tied weights set once each (as in masked calls)
+            forward = lambda: call_with_tensors(model, slots, params, args, kwargs)  # noqa: E731
         saved, largest, outputs = saved_bytes(forward, exclude, leaves)
     outputs = [t.nbytes for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)]
     return saved + sum(outputs), max([largest, *outputs])
@@ -223,8 +294,9 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
 
 def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: ParameterFilter = None,
                 biases: bool = False, norms: bool = True, samples_per_pass: int | None = None,
-                dtype: torch.dtype | str = torch.float32, chunks=None) -> MemoryPlan:
-    """The memory one mask-training step of `model` needs, by part (see the module docstring).
+                dtype: torch.dtype | str = torch.float32, chunks=None, path: str = "auto") -> MemoryPlan:
+    """The memory one mask-training step of `model` needs, by part (see the module docstring), on the
+    device of the model's parameters.
 
     batch: an example batch as train_mask gets it ((inputs, targets), inputs a tensor [B, ...], a
         tuple or a dict of keyword arguments); one sample's slice (B/k examples) runs one probe
@@ -232,7 +304,8 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
         chunks: instead of batch, its inputs already split (split_batch).
     parameters / biases / norms: the masked tensors, as in train_mask. samples_per_pass: samples
         run together (default k). dtype: the forward's float type, torch.float32 or
-        torch.bfloat16 (or 'fp32' / 'bf16').
+        torch.bfloat16 (or 'fp32' / 'bf16'). path: the step's path ('auto' and 'vmap': the probe runs
+        under vmap, and as one plain call where vmap fails on the model; 'sequential': a plain call).
     """
     dtype = as_dtype(dtype)
     names = select_parameters(model, parameters, biases=biases, norms=norms)
@@ -242,17 +315,27 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
     if batch is not None and chunks is None:
         chunks, _ = split_batch(as_arguments(unpack_batch(batch)[0]), k)
     if chunks is not None:
-        first = lambda a: a[0] if isinstance(a, torch.Tensor) and a.dim() else a  # noqa: E731
         args, kwargs = chunks
-        activations, largest = probe_activations(model, names, tuple(first(a) for a in args), dtype,
-                                                 {n: first(a) for n, a in kwargs.items()})
+        for batched in ((True, False) if path != "sequential" else (False,)):
+            # the first sample's slice: [1, B/k, ...] for vmap, [B/k, ...] for a plain call
+            def first(a, batched=batched):
+                return (a[:1] if batched else a[0]) if isinstance(a, torch.Tensor) and a.dim() else a
+
+            try:
+                activations, largest = probe_activations(model, names, tuple(first(a) for a in args), dtype,
+                                                         {n: first(a) for n, a in kwargs.items()}, batched)
+                break
+            except Exception:  # noqa: BLE001 (vmap fails on this model: the step takes the sequential path)
+                if not batched:
+                    raise
     return MemoryPlan(
         model=sum(t.nbytes for t in [*model.parameters(), *model.buffers()]),
         copies=sum(p.nbytes for p in masked if p.dim() == 2),
         masked=sum(p.numel() for p in masked), largest=max(p.numel() for p in masked),
         activations_per_sample=activations, k=k, samples_per_pass=samples_per_pass or k, dtype=dtype,
         largest_activation=largest,
-        unmasked=sum(p.numel() for n, p in params.items() if n not in names and p.is_floating_point()))
+        unmasked=sum(p.numel() for n, p in params.items() if n not in names and p.is_floating_point()),
+        device=masked[0].device.type)
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -171,6 +171,7 @@ class MaskTrainer:
         fixed = self.k if groups in (None, "auto") else groups
         copied = [*self.weights, *sorted(self.broadcast)] or [f"{u.gate[0]}.weight" for u in self.units[:1]]
         plan = dataclasses.replace(memory_plan(self.model, k=self.masks * self.k, chunks=chunks, dtype=self.dtype,
+                                               path=self.execution.path,
                                                parameters=copied, samples_per_pass=self.masks * fixed),
                                    masks=self.masks)
         free = free_memory(self.device)

@@ -46,22 +46,24 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """[B, 3, 32, 32] -> [B, classes]. blocks: BasicBlocks per stage (18: ResNet-110, 3: ResNet-20);
     stride 2 at the start of the second and third stage. BatchNorm starts at gamma 1, beta 0
-    (PyTorch's default); the output layer keeps PyTorch's default Linear init."""
+    (PyTorch's default); the output layer keeps PyTorch's default Linear init. widths: the three
+    stages' channels (the paper's 16, 32, 64; wider ones make a large convolutional model cheaply)."""
 
-    def __init__(self, classes: int = 10, blocks: int = 18, in_channels: int = 3):
+    def __init__(self, classes: int = 10, blocks: int = 18, in_channels: int = 3,
+                 widths: tuple[int, int, int] = WIDTHS):
         super().__init__()
         if blocks < 1:
             raise ValueError(f"blocks per stage must be positive (got {blocks})")
-        self.conv = _conv(in_channels, WIDTHS[0], 3)
-        self.norm = nn.BatchNorm2d(WIDTHS[0])
-        stages, channels = [], WIDTHS[0]
-        for index, width in enumerate(WIDTHS):
+        self.conv = _conv(in_channels, widths[0], 3)
+        self.norm = nn.BatchNorm2d(widths[0])
+        stages, channels = [], widths[0]
+        for index, width in enumerate(widths):
             stride = 1 if index == 0 else 2
             stages.append(nn.Sequential(*(BasicBlock(channels if i == 0 else width, width, stride if i == 0 else 1)
                                           for i in range(blocks))))
             channels = width
         self.stages = nn.ModuleList(stages)
-        self.output = nn.Linear(WIDTHS[-1], classes)
+        self.output = nn.Linear(widths[-1], classes)
         self.depth = 6 * blocks + 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
