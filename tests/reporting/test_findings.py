@@ -158,3 +158,14 @@ def test_removal_modes_section_puts_both_modes_side_by_side_for_one_run_and_over
     assert "| + mask | 90.0 | 95.0 | 80.0 | 85.0 | – | – |" in one and "| random jump | – | – | – | – | 10.0 | 40.0 |" in one
     seeds = removal_modes_section(aggregate([block(0), block(2)]), digits=2)
     assert "Masks trained with `mean` removal" in seeds and "| + | 91.00 ± 1.41 | 95.00 | 80.00 | 86.00 ± 1.41 |" in seeds
+
+
+def test_aggregate_keeps_lists_that_differ_between_seeds():
+    """A diagnosis may list one message in one seed and two in another: kept per seed, not indexed."""
+    from modmask.runs import aggregate
+
+    seeds = [{"acc": 1.0, "messages": ["not settled"]}, {"acc": 3.0, "messages": ["not settled", "lost"]}]
+    result = aggregate(seeds)
+    assert result["acc"]["mean"] == 2.0
+    assert result["messages"] == [["not settled"], ["not settled", "lost"]]
+    assert aggregate([{"x": [1.0, 2.0]}, {"x": [3.0, 4.0]}])["x"][1]["mean"] == 3.0

@@ -19,8 +19,8 @@ def seed_finished(out: str | Path, seed: int) -> bool:
 
 def aggregate(values: list[Any]) -> Any:
     """Over seeds, leaf by leaf: numbers -> {"mean", "std", "n"} (the sample std; None for one
-    seed, so no "± 0" is shown); dicts and lists recurse; anything else (names) is taken from the
-    first seed."""
+    seed, so no "± 0" is shown); dicts and lists of one length recurse; lists whose lengths differ
+    between seeds are kept per seed; anything else (names) is taken from the first seed."""
     if not values:
         raise ValueError("nothing to aggregate: no seed has results")
     first = values[0]
@@ -34,5 +34,7 @@ def aggregate(values: list[Any]) -> Any:
     if isinstance(first, dict):
         return {k: aggregate([v.get(k) for v in values]) for k in first}
     if isinstance(first, list):
+        if any(not isinstance(v, list) or len(v) != len(first) for v in values):
+            return values  # lists that differ between seeds (e.g. a diagnosis's messages): each seed's, as they are
         return [aggregate([v[i] for v in values]) for i in range(len(first))]
     return first
