@@ -187,7 +187,9 @@ def test_each_inverse_pair_mask_has_random_removal_per_tensor_and_pooled(monkeyp
 
     calls = []
 
-    def spy(model, masks, batches, metric, draws, seed, keep, match, full=None, keep_full_on=()):
+    def spy(model, masks, batches, metric, draws, seed, keep, match, full=None, keep_full_on=(), removal="zero",
+            reference=None):
+        assert removal == "zero"  # _accuracies' default mode
         calls.append((next(n for n, m in named.items() if m is masks), keep, match, tuple(keep_full_on), seed))
         return {"mean": 0.5}
 
