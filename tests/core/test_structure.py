@@ -1,13 +1,12 @@
 """Heads and neurons as parameter slices (core/structure.py), on tiny random models of every family
 (no download): zeroing a unit's slices equals zeroing its input features of `UnitSet.module`."""
 
-import contextlib
-
 import pytest
 import torch
 from torch import nn
 
 from modmask import Masks, masked_call
+from modmask.core.masking import fused_attention_disabled
 from modmask.core.structure import Slice, UnitSet, attention_heads, mlp_neurons
 from modmask.models.transformer import TransformerEncoderDecoder
 
@@ -56,17 +55,6 @@ def _output(out):
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out
 
 
-@contextlib.contextmanager
-def _no_fast_path():
-    """nn.TransformerEncoderLayer's fused inference kernel reads linear2's weight without calling it."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
-
-
 def _zeroed(model, unit_set, unit, keep=lambda s: True):
     """Masks that zero `unit`'s slices (those `keep` accepts)."""
     params, masks = dict(model.named_parameters()), {}
@@ -78,7 +66,7 @@ def _zeroed(model, unit_set, unit, keep=lambda s: True):
 
 
 def _masked(model, masks, args, kwargs):
-    with torch.no_grad(), _no_fast_path():
+    with torch.no_grad(), fused_attention_disabled():
         return _output(masked_call(model, masks, *args, **kwargs))
 
 
@@ -95,7 +83,7 @@ def _features_zeroed(model, unit_set, unit, args, kwargs):
         return _masked(model, _zeroed(model, unit_set, unit, lambda s: s == columns), args, kwargs)
     handle = model.get_submodule(unit_set.module).register_forward_pre_hook(hook)
     try:
-        with torch.no_grad(), _no_fast_path():
+        with torch.no_grad(), fused_attention_disabled():
             return _output(model(*args, **kwargs))
     finally:
         handle.remove()
@@ -145,7 +133,7 @@ def test_the_other_families_units():
 @pytest.mark.parametrize("name", FAMILIES)
 def test_zeroing_a_units_slices_equals_zeroing_its_features(name):
     model, args, kwargs = _family(name)
-    with torch.no_grad(), _no_fast_path():
+    with torch.no_grad(), fused_attention_disabled():
         full = _output(model(*args, **kwargs))
     for unit_set in attention_heads(model) + mlp_neurons(model):
         unit = unit_set.count - 2
