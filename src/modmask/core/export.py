@@ -64,7 +64,7 @@ def pruned_parameters(model: nn.Module, masks: Mapping[str, torch.Tensor], *, re
     # only a tensor with a removed weight needs an offset; module="": fold W E[x] into the bias
     # instead of shifting the layer's input at run time (removal.Use.shifts_input)
     uses = {n: dataclasses.replace(u, module="") for n, u in mean.uses.items() if not bool(masks[n].all())}
-    biases, shifts = offsets(Reference(uses, mean.examples), {n: params[n] for n in uses},
+    biases, shifts = offsets(Reference(uses), {n: params[n] for n in uses},
                              {n: masked[n] for n in uses}, {**params, **masked})
     if shifts["outputs"]:
         tensors = [n for n, u in uses.items() if not u.to_bias]

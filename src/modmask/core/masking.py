@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -161,9 +161,10 @@ def masked_call(model: nn.Module, masks: Mapping[str, torch.Tensor], *args, remo
     return call_masked(model, masks, args, kwargs, mean)
 
 
-def mean_reference(model: nn.Module, masks: Mapping[str, torch.Tensor], removal, reference,
+def mean_reference(model: nn.Module, masks: Iterable[str], removal, reference,
                    mode: str = "eval") -> Reference | None:
-    """The Reference of the tensors of `masks` that `removal` removes by their mean, or None (all zero)."""
+    """The Reference of the tensors of `masks` (masks by name, or the names) that `removal` removes by
+    their mean, read on `reference` (batches, or a Reference), or None where it removes none by its mean."""
     names = [n for n, m in removal_modes(removal, list(masks)).items() if m == "mean"]
     return as_reference(model, reference, names, mode).only(names) if names else None
 

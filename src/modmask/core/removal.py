@@ -88,8 +88,8 @@ class Reference:
     """The mean inputs of the parameters of one model, read on reference batches (`mean_inputs`):
     what mean removal needs. `uses[name]` says how parameter `name`'s removed part is put back."""
 
-    def __init__(self, uses: dict[str, Use], examples: int):
-        self.uses, self.examples = uses, examples
+    def __init__(self, uses: dict[str, Use]):
+        self.uses = uses
 
     def check(self, names: Iterable[str]) -> None:
         missing = [n for n in names if n not in self.uses]
@@ -101,20 +101,20 @@ class Reference:
         """The reference of the named tensors only (those removed by their mean)."""
         names = list(names)
         self.check(names)
-        return Reference({n: self.uses[n] for n in names}, self.examples)
+        return Reference({n: self.uses[n] for n in names})
 
     def stacked(self, references: Sequence["Reference"]) -> "Reference":
         """One reference whose means hold each of `references`' as a leading dim [M, ...] (one per mask)."""
         uses = {n: dataclasses.replace(u, mean=None if u.mean is None else torch.stack([r.uses[n].mean for r in references]))
                 for n, u in self.uses.items()}
-        return Reference(uses, sum(r.examples for r in references))
+        return Reference(uses)
 
     def repeated(self, rows: int) -> "Reference":
         """Each per-mask mean repeated `rows` times along its leading dim (mask m's samples are rows
         m rows .. m rows + rows - 1 of a call)."""
         uses = {n: dataclasses.replace(u, mean=None if u.mean is None else u.mean.repeat_interleave(rows, dim=0))
                 for n, u in self.uses.items()}
-        return Reference(uses, self.examples)
+        return Reference(uses)
 
 
 def mean_inputs(model: nn.Module, batches: Iterable, names: Sequence[str] | None = None, *,
@@ -166,7 +166,7 @@ def mean_inputs(model: nn.Module, batches: Iterable, names: Sequence[str] | None
                          has_bias, channel_first, getattr(owner, "groups", 1),
                          len(getattr(owner, "kernel_size", ())) if kind == "conv" else 0,
                          prefix.rstrip(".") if kind in ("linear", "conv1d_hf") else "")
-    return Reference(uses, sum(seen.rows.values()))
+    return Reference(uses)
 
 
 def as_reference(model: nn.Module, reference, names: Sequence[str], mode: str = "eval") -> Reference:

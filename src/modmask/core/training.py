@@ -61,7 +61,8 @@ class MaskTrainer:
     steps run (shared). init_logits: name -> [*shape] starting logits (every mask). fixed_masks:
     name -> bool [*shape], tensors masked by a constant mask instead of a trained one. trainable:
     name -> bool [*shape], weights that train together with a single mask (the permuted-MNIST
-    protocol; the model itself is not changed). After `prepare`: `path`, `plan` (the MemoryPlan)
+    protocol; the model itself is not changed). reference: mean removal's batches (or a Reference from
+    mean_inputs), the same for every mask (default: each mask's own first batch). After `prepare`: `path`, `plan` (the MemoryPlan)
     and `samples_per_pass` (a number)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | Sequence[LossFn], config: MaskConfig | Sequence[MaskConfig]
@@ -101,6 +102,7 @@ class MaskTrainer:
         self.full = {n: params[n] for n in self.mean_removed}  # the model's own tensors (mean removal's W)
         self.dims = {n: p.dim() for n, p in params.items()}
         self.reference, self.mean = reference, None  # mean removal's batches; their Reference after prepare
+        self._rows: dict[int, Reference] = {}  # self.mean repeated for calls of that many samples (_mean_rows)
         for name, mask in fixed_masks.items():  # e.g. CIFAR's output layer kept from the reference mask
             params[name] = params[name] * mask.to(params[name].device)
         self.device = params[names[0]].device
@@ -191,14 +193,20 @@ class MaskTrainer:
         return self
 
     def _mean_reference(self, batches: Sequence) -> Reference:
-        """Mean removal's Reference, each mask's means ([M, ...]) read through the unmasked model on its
-        reference: `reference` (one for every mask, or a list with one per mask), or its first batch."""
-        given = self.reference
-        per_mask = given if isinstance(given, list) and len(given) == self.masks and self.masks > 1 else [given] * self.masks
+        """Mean removal's Reference, each mask's means ([M, ...]) read through the unmasked model on
+        `reference` (the same for every mask), or by default on the mask's own first batch."""
         names = [*self.mean_removed, *self.gate_means.values()]
-        references = [as_reference(self.model, [batch] if r is None else r, names, self.configs[0].mode)
-                      for r, batch in zip(per_mask, batches)]
+        given = None if self.reference is None else as_reference(self.model, self.reference, names,
+                                                                 self.configs[0].mode)
+        references = [given or as_reference(self.model, [batch], names, self.configs[0].mode) for batch in batches]
         return references[0].stacked(references)
+
+    def _mean_rows(self, rows: int) -> Reference:
+        """The Reference with each mask's means repeated for its samples in a call of `rows` samples (mask
+        m's are rows m rows/M ...), made once per size: a step reuses it for every group."""
+        if rows not in self._rows:
+            self._rows[rows] = self.mean.repeated(rows // self.masks)
+        return self._rows[rows]
 
     def _shifts(self, masked: dict, rows: int) -> dict:
         """Mean removal: each mean-removed tensor's offset folded into its layer's bias (which then joins
@@ -206,7 +214,7 @@ class MaskTrainer:
         if self.mean is None or not self.mean_removed:
             return {}
         current = {n: masked[n] if n in masked else self.others[n] for n in self.mean_removed}
-        biases, shifts = offsets(self.mean.only(self.mean_removed).repeated(rows // self.masks), self.full, current,
+        biases, shifts = offsets(self._mean_rows(rows).only(self.mean_removed), self.full, current,
                                  {**self.forward_others, **masked})
         masked.update({n: b if b.dim() > self.dims[n] else b.expand(rows, *b.shape) for n, b in biases.items()})
         return shifts
@@ -344,7 +352,7 @@ class MaskTrainer:
                 module, size = unit.gate
                 gates[module] = sample.repeat_interleave(size, dim=-1)  # [M (hi - lo), features]
                 if module in self.gate_means:
-                    gate_means[module] = self.mean.uses[self.gate_means[module]].mean.repeat_interleave(hi - lo, 0)
+                    gate_means[module] = self._mean_rows(self.masks * (hi - lo)).uses[self.gate_means[module]].mean
             else:
                 for name, kept in unit.expand(sample).items():
                     weights = self.others[name]

@@ -24,8 +24,9 @@ from ..core.analysis import (iou, overlap_matrix, overlap_table, probability_his
 from ..core.curves import CurveConfig, baseline_rankings, density_curves
 from ..core.evaluation import evaluate, half_masks, inverse, random_control, split_layers
 from ..core.mask_config import Execution, MaskConfig, settings_from
+from ..core.masking import mean_reference
 from ..core.masks import Masks
-from ..core.removal import REMOVALS, Reference, mean_inputs, removal_modes
+from ..core.removal import REMOVALS, Reference
 from ..core.trained import TrainedMask
 from .rundir import RunDir, write_json
 from .stage import Stage, mask_diagnoses, mask_stages
@@ -104,8 +105,7 @@ def removal_reference(model: nn.Module, batches: Iterable, names: Sequence[str],
                       mode: str = "eval") -> Reference | None:
     """The Reference of `batches` (re-iterable) for the tensors `names` that `removal` removes by
     their mean, read once to serve every evaluation on those batches; None where none is."""
-    means = [n for n, m in removal_modes(removal, list(names)).items() if m == "mean"]
-    return mean_inputs(model, batches, means, mode=mode) if means else None
+    return mean_reference(model, names, removal, batches, mode)
 
 
 def eval_references(model: nn.Module, functions: Sequence[Function], names: Sequence[str], removal: str,
