@@ -34,6 +34,7 @@ from .batches import describe_output
 from .inputs import Inputs, buffers_kept, kind_of, model_inputs, read_inputs
 from .masking import call_with_tensors, frozen_parameters, model_mode, parameter_slots, parameters_restored
 from .selection import owners, select_parameters
+from .units import Units, expand_masks, unit_scores
 
 BASELINES = ("magnitude", "wanda", "taylor", "random")
 
@@ -41,16 +42,34 @@ BASELINES = ("magnitude", "wanda", "taylor", "random")
 
 def importance(model: nn.Module, method: str, names: Sequence[str], batches: Iterable | None = None,
                loss_fn: Callable | None = None, *, seed: int = 0, mode: str = "eval",
-               min_examples: int = 8) -> dict[str, torch.Tensor]:
+               min_examples: int = 8, units: Sequence[Units] = ()) -> dict[str, torch.Tensor]:
     """parameter name -> [*shape] float32 scores on the CPU, higher = more important, for the named
-    parameters (e.g. list(trained_mask.logits) or select_parameters(model)), in the order of `names`.
+    parameters (e.g. trained_mask.names or select_parameters(model)), in the order of `names`.
 
     method: one of BASELINES. batches (wanda, taylor): the data, as collect takes it ((inputs,
     targets) or a dict of keyword arguments), iterated once; together at least `min_examples`
     examples (dim 0 of the inputs). loss_fn(outputs, targets) -> scalar mean loss (taylor).
     seed: the random scores' generator. mode: the model's mode while the data runs ('eval': no dropout).
     Parameters on a GPU are scored there.
+    units: the unit sets of a unit mask (TrainedMask.units; their parameters among `names`): the
+    baseline then ranks the same units, each unit's score (the mean of its weights' scores; random:
+    one uniform draw per unit) on all its weights, so its top fraction is whole units (but at one cut).
     """
+    if units:
+        claimed = {s.name for u in units for s in u.spans}
+        lacking = sorted(claimed - set(names))
+        if lacking:
+            raise ValueError(f"importance with units needs all their parameters; {lacking} are not in `names`")
+        if method == "random":  # one draw per unit, not the mean of its weights' draws (which would favour small units)
+            generator = torch.Generator().manual_seed(seed)
+            params = dict(model.named_parameters())
+            per_entry = {**{n: torch.rand(params[n].shape, generator=generator) for n in names if n not in claimed},
+                         **{u.name: torch.rand(u.count, generator=generator) for u in units}}
+        else:
+            per_entry = unit_scores(importance(model, method, names, batches, loss_fn, seed=seed, mode=mode,
+                                               min_examples=min_examples), units)
+        weights = expand_masks(per_entry, units)
+        return {n: weights[n] for n in names}
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose one of {BASELINES}")
     names = [names] if isinstance(names, str) else list(dict.fromkeys(names))

@@ -37,6 +37,7 @@ from .masks import Masks, check_fits, check_same_tensors, top_masks_ladder
 from .removal import REMOVALS, mean_inputs, removal_modes
 from .selection import per_tensor
 from .stats import summarize
+from .units import Units
 
 DENSITIES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 RANDOM, RANDOM_PER_TENSOR = "random", "random per tensor"  # the methods of the "random" baseline
@@ -113,11 +114,13 @@ def subset_names(names: Sequence[str], subset: Sequence[str] | None) -> list[str
 
 
 def baseline_rankings(model: nn.Module, names: Sequence[str], config: CurveConfig, batches: Iterable | None = None,
-                      loss_fn: Callable | None = None, *, seed: int = 0, mode: str = "eval") -> dict[str, dict]:
+                      loss_fn: Callable | None = None, *, seed: int = 0, mode: str = "eval",
+                      units: Sequence[Units] = ()) -> dict[str, dict]:
     """method -> (name -> [*shape] importance scores) of every baseline in config.baselines but
     "random", which density_curves draws itself. batches, loss_fn: train-like data and the loss,
-    for the baselines that need them (taylor, wanda)."""
-    return {method: importance(model, method, list(names), batches, loss_fn, seed=seed, mode=mode)
+    for the baselines that need them (taylor, wanda). units: a unit mask's unit sets, which the
+    baselines then rank as units (baselines.importance)."""
+    return {method: importance(model, method, list(names), batches, loss_fn, seed=seed, mode=mode, units=units)
             for method in config.baselines if method != RANDOM}
 
 
@@ -139,7 +142,8 @@ def normalised_area(densities: Sequence[float], values: Sequence[float], full: f
 def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.Tensor]], batches: Iterable,
                    metric: Callable, config: CurveConfig = CurveConfig(), *, rest: Masks | None = None,
                    trained: Mapping[str, Mapping[float, Masks]] | None = None,
-                   names: Sequence[str] | None = None, seed: int = 0, mode: str = "eval") -> dict[str, Any]:
+                   names: Sequence[str] | None = None, seed: int = 0, mode: str = "eval",
+                   units: Sequence[Units] = ()) -> dict[str, Any]:
     """Sufficiency and necessity of each ranking at every density of config.densities, for one
     function (its evaluation `batches`, re-iterable, and `metric(outputs, targets)` -> [B]).
 
@@ -151,6 +155,8 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
     uniform scores (draw r from seed + r), with each density's sample std. rest: the masks of the
     tensors outside config.subset (it must cover them all; None: their full weights). names: the
     masked tensors (default: the rankings' or trained masks'; needed where there are neither).
+    units: the unit sets of unit masks being ranked (TrainedMask.units): the random baselines then
+    draw units (one score per unit, on all its weights), as baselines.importance does.
 
     Returns plain JSON: {"densities": [...], "subset": [names], "full": x, "empty": y,
     "methods": {method: {"sufficiency": [...], "necessity": [...], ("sufficiency_std",
@@ -217,7 +223,9 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
         # a mask trained to a density may end below it (a function that needs fewer weights): say where it is
         methods[method] = {**curve(ladder), "kept": [m.density() for m in ladder]}
     if RANDOM in config.baselines:
-        draws = [importance(model, RANDOM, subset, seed=seed + r) for r in range(config.random_draws)]
+        # unit draws need all of a unit set's tensors; weight draws stay over the subset, as before units
+        draws = [restricted(importance(model, RANDOM, names if units else subset, seed=seed + r, units=units))
+                 for r in range(config.random_draws)]
         for method, per_tensor in ((RANDOM, False), (RANDOM_PER_TENSOR, True)):
             curves = [curve(top_masks_ladder(scores, densities, per_tensor)) for scores in draws]
             methods[method] = _mean_curve(curves)

@@ -20,6 +20,7 @@ from .masking import call_masked, mean_reference, model_mode
 from .removal import as_reference, removal_modes
 from .masks import Masks, check_fits, random_masks
 from .stats import summarize
+from .units import Units, expand_masks
 
 MetricFn = Callable[[Any, Any], torch.Tensor]
 
@@ -74,7 +75,7 @@ def inverse(masks: Masks, full: Masks | None = None, keep_full_on: Sequence[str]
 def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: MetricFn, draws: int = 5,
                    seed: int = 0, keep: bool = False, full: Masks | None = None,
                    keep_full_on: Sequence[str] = (), within: Masks | None = None, mode: str = "eval",
-                   match: str = "tensor", removal: str = "zero", reference=None) -> dict:
+                   match: str = "tensor", removal: str = "zero", reference=None, units: Sequence[Units] = ()) -> dict:
     """The metric with random weights removed (or kept) instead of the mask's: the control of an
     inverse-mask (or mask) result. Returns {"mean", "std", "values", "draws", "match"} over `draws`
     random masks with as many weights as `masks`; std is the sample std (None for one draw). Draw r
@@ -97,6 +98,9 @@ def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: Me
         as many weights the network uses as the mask does, a stricter control than anywhere).
     batches: re-iterable (a list or a DataLoader), since every draw evaluates all of it.
     removal, reference: as in collect (the means are read once, for every draw).
+    units: the unit sets of a unit mask (TrainedMask.units); `masks` and `within` are then its
+        decisions keyed like its logits (TrainedMask.decisions), so each draw keeps random *units*
+        (per unit set, or pooled over all its entries, a unit counting one) and is read as weights.
     """
     if draws < 1:
         raise ValueError(f"draws must be at least 1 (the number of random masks R), got {draws}")
@@ -106,13 +110,13 @@ def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: Me
     if iter(batches) is batches:
         raise ValueError("random_control evaluates the batches once per draw: pass a list or a "
                          "DataLoader, not an iterator or generator")
-    check_fits(masks, model)
+    check_fits(expand_masks(masks, units), model)
     if full is not None:
         check_fits(full, model, source="the full mask")
     generator = torch.Generator().manual_seed(seed)
     removed = [n for n in masks if n not in set(keep_full_on)]
     if removal != "zero":
-        names = [n for n, m in removal_modes(removal, list(masks)).items() if m == "mean"]
+        names = [n for n, m in removal_modes(removal, list(expand_masks(masks, units))).items() if m == "mean"]
         reference = as_reference(model, batches if reference is None else reference, names, mode)
 
     def draw() -> Masks:
@@ -123,7 +127,7 @@ def random_control(model: nn.Module, masks: Masks, batches: Iterable, metric: Me
 
     values = []
     for _ in range(draws):
-        drawn = draw()
+        drawn = Masks(expand_masks(draw(), units))
         condition = drawn if keep else inverse(drawn, full, keep_full_on)
         values.append(evaluate(model, condition, batches, metric, mode, removal, reference))
     summary = summarize(values)

@@ -39,19 +39,38 @@ class TrainedMask:
     @property
     def masks(self) -> Masks:
         """The final binary mask over weights, logit > 0 (a unit's decision on every weight it covers)."""
-        logits = {n: l.detach().cpu() for n, l in self.logits.items()}  # analysis on the CPU
-        return Masks(expand_masks(logits, self.units)) if self.units else Masks.from_logits(logits)
+        return Masks(expand_masks(self.decisions, self.units))
+
+    @property
+    def decisions(self) -> Masks:
+        """The decisions keyed like the logits, logit > 0: a tensor masked weight by weight [*shape], a
+        unit set [count] (the same as `masks` for weight masks). Where the unit is what a mask means
+        (random controls drawing random units, overlap of units), read this with `units`."""
+        return Masks.from_logits({n: l.detach().cpu() for n, l in self.logits.items()})  # analysis on the CPU
 
     @property
     def unit_masks(self) -> Masks:
-        """The unit masks' decisions, unit set name (or parameter name, for rows and columns) -> bool [count]."""
-        return Masks.from_logits({u.name: self.logits[u.name].detach().cpu() for u in self.units})
+        """The unit masks' decisions only, unit set name (or parameter name, for rows and columns) -> bool [count]."""
+        return self.decisions.only(u.name for u in self.units)
+
+    @property
+    def scores(self) -> dict[str, torch.Tensor]:
+        """The logits read as a ranking of the masked weights (parameter name -> [*shape]): a unit's
+        logit on every weight it covers, so the top weights are whole units (but at one cut)."""
+        return expand_masks({n: l.detach().cpu() for n, l in self.logits.items()}, self.units)
+
+    @property
+    def names(self) -> list[str]:
+        """The masked parameters (what `masks` and `scores` are keyed by), in the model's order."""
+        spans = {u.name: [s.name for s in u.spans] for u in self.units}
+        return list(dict.fromkeys(p for n in self.logits for p in spans.get(n, [n])))
 
     def at_density(self, density: float, per_layer: bool = False) -> Masks:
-        """The mask of a chosen size: the top `density` fraction of the logits, kept regardless of
-        their sign (so masks of different functions can be compared at equal size); `top_masks`
-        says how (pooled over all masked weights by default, or per_layer in every tensor)."""
-        return top_masks(self.logits, density, per_tensor=per_layer)
+        """The mask of a chosen size: the top `density` fraction of the masked weights by their logits
+        (a unit's on all its weights), kept regardless of their sign (so masks of different functions
+        can be compared at equal size); `top_masks` says how (pooled over all masked weights by
+        default, or per_layer in every tensor)."""
+        return top_masks(self.scores, density, per_tensor=per_layer)
 
     def probs(self) -> torch.Tensor:
         """[N] keep probabilities sigmoid(logits) of all masked weights, flattened."""

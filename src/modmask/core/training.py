@@ -414,7 +414,10 @@ class MaskTrainer:
         """Mask m as a TrainedMask (logits in the model's layout; with trainable weights, those too)."""
         weights = {n: self._model_layout(n, w) for n, w in self.weights.items()} if self.frozen_entries else None
         diagnosis = diagnose(history, self.full_losses[m], self.configs[m].target_density) if history else None
-        return TrainedMask({n: self._model_layout(n, l[m]).clone() for n, l in self.logits.items()}, history or [],
+        position = {n: i for i, n in enumerate(dict(self.model.named_parameters()))}
+        first = {u.name: min(position[s.name] for s in u.spans) for u in self.units}
+        keys = sorted(self.logits, key=lambda n: first.get(n, position.get(n, 0)))  # the model's order
+        return TrainedMask({n: self._model_layout(n, self.logits[n][m]).clone() for n in keys}, history or [],
                            weights, diagnosis, self.configs[m].removal, list(self.units))
 
     def state_dict(self) -> dict:

@@ -73,14 +73,14 @@ class Units:
         """Masked weights one unit covers."""
         return sum(s.size * _elements(s.shape, s.dim) for s in self.spans)
 
-    def expand(self, kept: torch.Tensor) -> dict[str, torch.Tensor]:
+    def expand(self, kept: torch.Tensor, fill: float | bool = True) -> dict[str, torch.Tensor]:
         """kept: [..., count] (bool or float) -> parameter name -> [..., *shape], each unit's value on its
-        weights and True (1) on a parameter's weights no unit of this set covers."""
+        weights and `fill` on a parameter's weights no unit of this set covers (True: kept)."""
         out = {}
         for span in self.spans:
             shape = span.shape
             lead = kept.shape[:-1]
-            full = torch.ones(*lead, *shape, dtype=kept.dtype, device=kept.device)
+            full = torch.full((*lead, *shape), fill, dtype=kept.dtype, device=kept.device)
             moved = full.movedim(len(lead) + span.dim, -1)  # a view: units along the last dim
             along = kept.repeat_interleave(span.size, dim=-1)  # [..., count size]
             view = [*lead] + [1] * (len(shape) - 1) + [along.shape[-1]]
@@ -176,13 +176,34 @@ def units_from_json(text: str) -> list[Units]:
     return [Units.from_json(v) for v in json.loads(text)]
 
 
-def expand_masks(logits: Mapping[str, torch.Tensor], units: Sequence["Units"]) -> dict[str, torch.Tensor]:
-    """Weight-level bool masks (parameter name -> [*shape]) of logits that mix weights and units:
-    a weight's logit > 0, a unit's decision on every weight it covers (where two unit masks cover
-    one weight, it is kept only if both keep it)."""
+def expand_masks(values: Mapping[str, torch.Tensor], units: Sequence["Units"]) -> dict[str, torch.Tensor]:
+    """Per-weight values (parameter name -> [*shape]) of values keyed like a unit mask's logits (a
+    tensor masked weight by weight: [*shape]; a unit set: [count]), each unit's value on every weight
+    it covers. bool (decisions): a weight two unit sets cover is kept only if both keep it; float
+    (scores, e.g. logits read as a ranking): it takes the lower score, and a weight no unit covers +inf
+    (never removed, as the decisions keep it)."""
     by_name = {u.name: u for u in units}
-    out = {n: l.detach() > 0 for n, l in logits.items() if n not in by_name}
+    out = {}
+    for key, value in values.items():  # in the values' order, a unit set's parameters where the set is
+        value, unit = value.detach(), by_name.get(key)
+        is_bool = value.dtype == torch.bool
+        expanded = unit.expand(value, True if is_bool else float("inf")) if unit else {key: value}
+        for name, v in expanded.items():
+            out[name] = ((out[name] & v) if is_bool else torch.minimum(out[name], v)) if name in out else v
+    return out
+
+
+def unit_scores(scores: Mapping[str, torch.Tensor], units: Sequence["Units"]) -> dict[str, torch.Tensor]:
+    """Weight scores (parameter name -> [*shape], e.g. a baseline's importance) read as scores of a unit
+    mask's entries: a unit set's [count] the mean score of each unit's weights, a tensor masked weight
+    by weight as it is; keyed like the unit mask's logits (expand_masks reads them back as weights)."""
+    claimed = {s.name for u in units for s in u.spans}
+    out = {n: s for n, s in scores.items() if n not in claimed}
     for unit in units:
-        for name, kept in unit.expand(logits[unit.name].detach() > 0).items():
-            out[name] = out[name] & kept if name in out else kept
+        total = torch.zeros(unit.count, dtype=torch.float64)
+        for span in unit.spans:
+            moved = scores[span.name].detach().cpu().double().movedim(span.dim, -1)  # units along the last dim
+            block = moved[..., span.start:span.start + unit.count * span.size]
+            total += block.reshape(-1, unit.count, span.size).sum((0, 2))
+        out[unit.name] = (total / unit.covered).float()
     return out

@@ -22,7 +22,9 @@ import torch
 from ..core.analysis import overlap_matrix
 from ..core.curves import CurveConfig
 from ..core.evaluation import evaluate
-from ..core.masks import random_masks
+from ..core.masks import Masks, random_masks
+from ..core.trained import TrainedMask
+from ..core.units import expand_masks
 from ..core.mask_config import Execution, MaskConfig
 from ..data.scan import ScanData, ScanVocabulary
 from ..models import LSTMEncoderDecoder, TransformerEncoderDecoder
@@ -30,7 +32,7 @@ from ..runs import RunDir
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
 from ..runs.stage import Stage, mask_stages
-from ..runs.study import Function, check_no_density_masks, removal_reference, study_curves
+from ..runs.study import Function, check_no_density_masks, removal_reference, study_curves, unit_statistics
 
 DESCRIPTION = "SCAN with an LSTM or Transformer encoder-decoder: split-specific weights"
 
@@ -127,15 +129,16 @@ def accuracies(model, masks: dict, test: dict, removal: str = "zero", references
             for name, mask in {"no mask": {}, **masks}.items()}
 
 
-def removal_in_modes(model, masks: dict, test: dict, draws: int, seed: int, trained_with: str, zero: dict) -> dict:
+def removal_in_modes(model, trained: dict[str, TrainedMask], test: dict, draws: int, seed: int, trained_with: str,
+                     zero: dict) -> dict:
     """The accuracy table and the split controls in both removal modes ({"trained_with", "modes": {mode:
     {condition: {split: accuracy [%]}}}}): the conditions of `accuracies`, and 'random <split>' and
     'random pooled <split>' (split_controls, on the split's test set). zero: the zero-mode table, as
     computed already; the mean mode reads each test set's means once."""
-    names = list(masks["simple"])
-    references = {s: removal_reference(model, test[s], names, "mean") for s in SPLITS}
+    references = {s: removal_reference(model, test[s], trained["simple"].names, "mean") for s in SPLITS}
+    masks = {name: t.masks for name, t in trained.items()}
     mean = with_controls(accuracies(model, masks, test, "mean", references),
-                         *(split_controls(model, masks, test, draws, seed, match, "mean", references)
+                         *(split_controls(model, trained, test, draws, seed, match, "mean", references)
                            for match in ("tensor", "pooled")))
     return {"trained_with": trained_with, "modes": {"zero": zero, "mean": mean}}
 
@@ -148,20 +151,25 @@ def with_controls(accuracy: dict, control: dict, pooled: dict) -> dict:
                            for split, value in values.items()}}
 
 
-def split_controls(model, masks: dict, test: dict, draws: int, seed: int, match: str = "tensor", removal: str = "zero",
-                   references: dict | None = None) -> dict[str, float]:
+def split_controls(model, trained: dict[str, TrainedMask], test: dict, draws: int, seed: int, match: str = "tensor",
+                   removal: str = "zero", references: dict | None = None) -> dict[str, float]:
     """Split -> the accuracy [%] on its test set of the full-problem mask with as many of its
     weights removed at random as the split's mask lacks of it (a random subset of the simple mask
     with the count of split & simple: per tensor, or in total over the tensors with match="pooled"),
     mean over `draws`. The split mask should do worse than this if the weights it lacks are
-    split-specific, not merely as many. removal, references: as in `accuracies`."""
+    split-specific, not merely as many. Unit masks (TrainedMask.units) draw units: a random subset of
+    the simple mask's units, as many as the split mask shares with it. removal, references: as in
+    `accuracies`."""
     if not draws:
         return {}
     generator = torch.Generator().manual_seed(seed)
-    full = masks["simple"]
-    return {split: sum(evaluate(model, random_masks(masks[split] & full, generator, within=full, match=match),
-                                test[split], correct, removal=removal, reference=(references or {}).get(split))
-                       for _ in range(draws)) / draws * 100 for split in SPLITS[1:]}
+    full, units = trained["simple"].decisions, trained["simple"].units
+    drawn = {split: [Masks(expand_masks(random_masks(trained[split].decisions & full, generator, within=full,
+                                                     match=match), units)) for _ in range(draws)]
+             for split in SPLITS[1:]}
+    return {split: sum(evaluate(model, mask, test[split], correct, removal=removal,
+                                reference=(references or {}).get(split)) for mask in drawn[split]) / draws * 100
+            for split in SPLITS[1:]}
 
 
 def curve_functions(test: dict[str, ScanData], config: Config, seed: int, batches: int = 8) -> dict[str, Function]:
@@ -228,8 +236,8 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     removed = {token: (simple[rows[token]] & ~jump[rows[token]]).sum().item()
                / max(simple[rows[token]].sum().item(), 1) * 100 for token in TOKEN_ORDER}
 
-    control = split_controls(model, masks, test, config.random_draws, seed)
-    control_pooled = split_controls(model, masks, test, config.random_draws, seed, match="pooled")
+    control = split_controls(model, trained, test, config.random_draws, seed)
+    control_pooled = split_controls(model, trained, test, config.random_draws, seed, match="pooled")
     baseline = {}
     if config.baseline:
         for split in config.baseline_splits:
@@ -240,10 +248,10 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
             baseline[split] = evaluate(scratch, {}, test[split], correct) * 100
     zero = with_controls(accuracy, control, control_pooled)
     results = {"accuracy": accuracy, "output_removed": removed, "baseline": baseline, "control": control,
-               "removal_modes": removal_in_modes(model, masks, test, config.random_draws, seed, config.mask.removal,
+               "removal_modes": removal_in_modes(model, trained, test, config.random_draws, seed, config.mask.removal,
                                                  zero),
                "control_pooled": control_pooled, "densities": {name: m.density() for name, m in masks.items()},
-               "overlap": overlap_matrix(masks)}
+               "overlap": overlap_matrix(masks), "units": unit_statistics(trained)}
     if config.curves.enabled:
         with run_dir.timed("curves"):
             results["curves"] = scan_curves(model, trained, test_data, config, seed)

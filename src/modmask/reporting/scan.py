@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import (MARGIN, curves_section, matrix_section, removal_modes_section, save_report, sufficiency_gaps,
+from .study import (MARGIN, curves_section, matrix_section, removal_modes_section, save_report, sufficiency_gaps, units_section,
                     versus_random)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
@@ -123,5 +123,9 @@ def write_report(out: Path, summary: dict) -> Path:
                  "Each pair's IoU and IoMin beside the chance level of random masks with the same number of "
                  "weights in every tensor: split-specific weights show as an overlap below the masks' own size "
                  "but still far above chance.", "", matrix_section(agg["overlap"], figures, out), ""]
+    if agg.get("units"):
+        text += ["## Units", "", "With unit masks the random controls above draw units, not weights: as many of "
+                 "the full-problem mask's units (per unit set, or pooled) as the split mask lacks of it.", "",
+                 units_section(agg["units"], figures, out), ""]
     text += [*timings_section(agg["timings"])]
     return save_report(out, text)

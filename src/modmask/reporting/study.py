@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..core.curves import BASELINE_METHODS, RANDOM, RANDOM_PER_TENSOR
 from ..runs import write_text
 from . import plots
@@ -181,6 +183,60 @@ def matrix_section(matrix: dict, figures: Path | None, base: Path | None, name: 
                               title="Overlap of the masks (below: chance)")
         text += f"\n\n![overlap matrix]({path.relative_to(base)})"
     return text
+
+
+UNITS_INTRO = ("The masks read by unit (`mask.granularity`): a unit is one head or one neuron (or row, column) "
+               "whose weights share one logit; `layer L` counts the model's attention modules (or MLP blocks) in "
+               "order. Chance levels here are those of random *units*: the same number of units in every unit set.")
+
+
+def units_section(units: dict, figures: Path | None = None, report_dir: Path | None = None) -> str:
+    """The masks read by unit (runs.study.unit_statistics; over seeds, each unit kept by a fraction of
+    the seeds): per unit set the units each mask keeps, by index (fractions of seeds in brackets), a
+    heat map of the heads (attention modules x heads, a panel per mask), the fraction of each layer's
+    neurons kept, and the overlap of the masks' units against random units, pooled and per set."""
+    sets, kept = units["sets"], units["kept"]
+    names = list(kept)
+    base = report_dir or (figures.parent if figures else None)
+
+    def fractions(mask: str, unit_set: str) -> list[float]:
+        return [mean(v) for v in kept[mask][unit_set]]
+
+    def listed(values: list[float], kind: str) -> str:
+        shown = [f"{i}" + ("" if v == 1 else f" ({v:.2g})") for i, v in enumerate(values) if v > 0]
+        return f"{sum(values):.3g}" + (f": {kind}s {', '.join(shown)}" if 0 < len(shown) <= 16 else "")
+
+    rows = [[f"{v['label']} ({v['module']})", v["kind"], fmt(v["count"], 0),
+             *[listed(fractions(n, s), v["kind"]) for n in names]] for s, v in sets.items()]
+    parts = [UNITS_INTRO, table(["unit set", "kind", "units", *[f"kept by {n}" for n in names]], rows)]
+    heads = [s for s, v in sets.items() if v["kind"] == "head"]
+    if figures and heads:
+        width = max(len(kept[names[0]][s]) for s in heads)
+        grids = {n: np.array([fractions(n, s) + [np.nan] * (width - len(kept[n][s])) for s in heads]) for n in names}
+        path = figures / "heads.png"
+        whole = all(v in (0, 1) for g in grids.values() for v in g[~np.isnan(g)])
+        plots.confusion_grid(path, grids, [f"{sets[s]['label']} ({sets[s]['module']})" for s in heads],
+                             [f"head {h}" for h in range(width)], fmt="{:.0f}" if whole else "{:.2f}",
+                             title="Heads each mask keeps (1: kept" + ("" if whole else "; fraction of seeds") + ")")
+        parts.append(f"![heads]({path.relative_to(base)})")
+    neurons = [s for s, v in sets.items() if v["kind"] != "head"]
+    if figures and neurons:
+        path = figures / "units_per_layer.png"
+        plots.bar_groups(path, [f"{sets[s]['label']} {sets[s]['kind']}s" for s in neurons],
+                         {n: [float(np.mean(fractions(n, s))) for s in neurons] for n in names},
+                         ylabel="fraction of units kept", title="Units kept per unit set", ylim=(0, 1))
+        parts.append(f"![units per layer]({path.relative_to(base)})")
+    matrix = units.get("matrix")
+    if matrix:
+        parts.append("Overlap of the masks' units (a unit counts one), against random units of the same count "
+                     "in every set:\n\n" + matrix_section(matrix, figures, base, name="unit_overlap_matrix"))
+        pairs = [(i, j) for i in range(len(matrix["labels"])) for j in range(i + 1, len(matrix["labels"]))]
+        per_set = [[f"{sets[s]['label']} ({sets[s]['module']})",
+                    *[f"{fmt(matrix['per_layer'][s]['iou'][i][j], 2)} ({fmt(matrix['per_layer'][s]['iou_chance'][i][j], 2)})"
+                      for i, j in pairs]] for s in sets]
+        parts.append("IoU of the units per unit set (chance in brackets):\n\n" + table(
+            ["unit set", *[f"{matrix['labels'][i]} vs {matrix['labels'][j]}" for i, j in pairs]], per_set))
+    return "\n\n".join(parts)
 
 
 def histogram_figure(masks: dict, path: Path) -> str:
@@ -367,6 +423,8 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
                                                                      results["functions"].items()})]
               if "curves" in results else []),
             "", "## Masks", "", overlap_section(results["masks"], figures), "",
+            *(["## Units", "", units_section(results["masks"]["units"], figures), ""]
+              if results["masks"].get("units") else []),
             histogram_figure(results["masks"], figures / "histogram.png"), "",
             *training_section(results), *timings_section(results["timings"], "Timings")]
     return save_report(run_dir, text)

@@ -94,9 +94,10 @@ def removal_controls(model: nn.Module, functions: Sequence[Function], trained: d
     for index, (name, mask) in enumerate(trained.items() if draws else ()):
         for keep, match, label in variants:
             controls[f"random {label.format(name=name)}"] = {
-                f.name: _mean_std(random_control(model, mask.masks, list(f.eval), f.metric, draws,
+                f.name: _mean_std(random_control(model, mask.decisions, list(f.eval), f.metric, draws,
                                                  seed=seed * 1000 + index, keep=keep, mode=mode, match=match,
-                                                 removal=removal, reference=(references or {}).get(f.name)))
+                                                 removal=removal, reference=(references or {}).get(f.name),
+                                                 units=mask.units))
                 for f in functions}
     return controls
 
@@ -124,7 +125,7 @@ def removal_in_modes(model: nn.Module, functions: Sequence[Function], trained: d
     its effect is the shift of downstream means that zero removal causes (docs/controls.md).
     done: removal -> (matrix, controls) already computed in that mode (e.g. a study's zero-mode
     tables), used as they are. The mean mode reads each function's means once (eval_references)."""
-    names = list(next(iter(trained.values())).logits)
+    names = next(iter(trained.values())).names
     modes = {}
     for removal in REMOVALS:
         if done and removal in done:
@@ -144,7 +145,8 @@ def _mean_std(control: dict) -> dict[str, float]:
 def mask_statistics(trained: dict[str, TrainedMask], compare: Sequence[str] | None = None,
                     bins: int = 100) -> dict:
     """Weights per mask and layer, overlap of every pair with its chance level, the overlap matrix
-    of the compared masks, shared fractions and histograms."""
+    of the compared masks, shared fractions and histograms; for unit masks also the same read by
+    unit (unit_statistics, of the compared masks)."""
     masks = {name: t.masks for name, t in trained.items()}
     compare = list(compare or masks)
     compared = {n: masks[n] for n in compare}
@@ -161,7 +163,26 @@ def mask_statistics(trained: dict[str, TrainedMask], compare: Sequence[str] | No
         "iou_total": {f"{a}|{b}": iou(masks[a], masks[b]) for a, b in itertools.combinations(compare, 2)},
         "histogram": {n: dict(zip(("counts", "edges"), probability_histogram(t.probs(), bins)))
                       for n, t in trained.items()},
+        "units": unit_statistics({n: trained[n] for n in compare}),
     }
+
+
+def unit_statistics(trained: Mapping[str, TrainedMask]) -> dict | None:
+    """What unit masks keep, read by unit (None for weight masks): {"sets": {set name: {"kind",
+    "label" (e.g. 'layer 3'), "module", "count"}} (every unit set, in model order), "kept": {mask:
+    {set: [1 or 0 per unit]}} (over seeds: the fraction of seeds that keep each unit), "matrix":
+    overlap_matrix of the masks' unit decisions with per-set rows (a unit counts one; chance: random
+    units of the same count in every set)}. Weight-level tensors of a mask that mixes granularities
+    are left out here: the weight statistics cover them."""
+    first = next(iter(trained.values()))
+    if not first.units:
+        return None
+    units = {name: t.unit_masks for name, t in trained.items()}
+    return {"sets": {u.name: {"kind": u.kind, "label": f"layer {u.layer}" if u.layer is not None else u.name,
+                              "module": u.gate[0].rsplit(".", 1)[0] if u.gate else u.name, "count": u.count}
+                     for u in first.units},
+            "kept": {name: {s: m[s].int().tolist() for s in m} for name, m in units.items()},
+            "matrix": overlap_matrix(units, per_layer=True) if len(units) > 1 else None}
 
 
 def half_mask_test(model: nn.Module, full: Masks, batches: Iterable, metric: Callable,
@@ -241,16 +262,17 @@ def study_curves(model: nn.Module, functions: Sequence[Function], trained: Mappi
     unknown = sorted({m for masks in (ranked or {}).values() for m in masks} - set(trained))
     if unknown:
         raise ValueError(f"ranked names masks {unknown} that were not trained; trained masks: {list(trained)}")
-    names = list(next(iter(trained.values())).logits)
+    names, units = next(iter(trained.values())).names, next(iter(trained.values())).units
     at_density = {f"trained {name}": by_density for name, by_density in (trained_at or {}).items()}
     block = {}
     for function in selected_functions(functions, config.functions):
-        masks = {f"mask {name}": trained[name].logits for name in (ranked or {}).get(function.name, trained)}
+        masks = {f"mask {name}": trained[name].scores for name in (ranked or {}).get(function.name, trained)}
         batches = (list(itertools.islice(iter(function.train), baseline_batches))
                    if any(b in NEEDS_DATA for b in config.baselines) else None)
-        rankings = {**masks, **baseline_rankings(model, names, config, batches, function.loss, seed=seed, mode=mode)}
+        rankings = {**masks, **baseline_rankings(model, names, config, batches, function.loss, seed=seed, mode=mode,
+                                                 units=units)}
         curve = density_curves(model, rankings, list(function.eval), function.metric, config, rest=rest,
-                               trained=at_density, seed=seed * 1000, mode=mode)
+                               trained=at_density, seed=seed * 1000, mode=mode, units=units)
         order = [*masks, *at_density, *(m for m in curve["methods"] if m not in masks and m not in at_density)]
         block[function.name] = {**curve, "methods": {m: curve["methods"][m] for m in order}}  # the masks first
     return block
