@@ -27,7 +27,8 @@ def _batches(which, seed):
         yield x[idx], y[idx]
 
 
-def test_run_study_writes_masks_tables_and_report(tmp_path):
+def _trained():
+    """A network trained on both tasks, and the two tasks as Functions."""
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     mixed = [_batches(0, 1), _batches(1, 2)]
@@ -39,6 +40,11 @@ def test_run_study_writes_masks_tables_and_report(tmp_path):
     correct = lambda out, y: out.argmax(-1) == y  # noqa: E731
     functions = [Function(f"task{i}", _batches(i, 10 + i), [_task(i, seed=20 + i)], F.cross_entropy, correct)
                  for i in (0, 1)]
+    return model, functions
+
+
+def test_run_study_writes_masks_tables_and_report(tmp_path):
+    model, functions = _trained()
     results = run_study(model, functions, tmp_path, steps=300, beta=0.02, progress=False,
                         curves=CurveConfig((0.05, 0.2, 0.5), random_draws=2))
     metric = results["metric"]
@@ -140,6 +146,33 @@ def _sequences(length, seed):
 def _pad_alike(batches):
     longest = max(inputs[0].shape[1] for inputs, _ in batches)
     return [((F.pad(ids, (0, longest - ids.shape[1])), lengths), y) for (ids, lengths), y in batches]
+
+
+def test_a_study_of_unit_masks_reads_them_as_units(tmp_path, monkeypatch):
+    """Column masks on the first layer (one logit per input): each task keeps its own input and drops the
+    other's; the statistics, controls and curves read units, and the report names them."""
+    import modmask.core.evaluation as evaluation
+
+    model, functions = _trained()
+    drawn = []
+    original = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda model, masks, *a, **k: drawn.append(masks) or original(
+        model, masks, *a, **k))
+    results = run_study(model, functions, tmp_path, steps=300, beta=0.02, lr=0.05, progress=False, random_draws=2,
+                        granularity="0.weight=column,weight",
+                        curves=CurveConfig((0.3, 0.6), baselines=("magnitude", "random"), random_draws=1))
+    kept = results["masks"]["units"]["kept"]
+    assert kept["task0"]["0.weight"][0] == 1 and kept["task0"]["0.weight"][1] == 0  # its input, not the other's
+    assert kept["task1"]["0.weight"][1] == 1 and kept["task1"]["0.weight"][0] == 0
+    assert results["masks"]["units"]["matrix"]["per_layer"]["0.weight"]["iou"][0][1] < 1
+    # every random draw of the controls removes or keeps whole columns of the first layer
+    first = [m["0.weight"] for m in drawn if m and "0.weight" in m]
+    assert first and all(bool((c == c[:1]).all()) for c in first)
+    curve = results["curves"]["task0"]
+    assert {"mask task0", "magnitude", "random"} <= set(curve["methods"])
+    report = (tmp_path / "report.md").read_text()
+    assert "## Units" in report and "kept by task0" in report and "(0.weight)" in report
+    assert (tmp_path / "figures" / "units_per_layer.png").exists()
 
 
 def test_run_study_trains_functions_whose_batches_differ_in_shape_with_collate(tmp_path):

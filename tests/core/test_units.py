@@ -78,6 +78,63 @@ def test_granularities_that_do_not_fit_are_refused():
         plan_units(model, ["0.weight", "1.weight"], "row")
 
 
+def _row_mask(model, seed=0):
+    """A TrainedMask with row masks on the first layer (32 rows of 12 weights) and weights elsewhere."""
+    generator = torch.Generator().manual_seed(seed)
+    names, units = plan_units(model, ["0.weight", "2.weight"], "0.weight=row,weight")
+    logits = {"0.weight": torch.randn(32, generator=generator), "2.weight": torch.randn(2, 32, generator=generator)}
+    return TrainedMask(logits, units=units)
+
+
+def test_a_unit_mask_reads_as_a_ranking_of_whole_units():
+    model, _, _ = _toy(3)
+    trained = _row_mask(model)
+    trained.logits["2.weight"] -= 10  # below every row's logit
+    assert trained.names == ["0.weight", "2.weight"]
+    scores = trained.scores
+    assert torch.equal(scores["0.weight"], trained.logits["0.weight"][:, None].expand(32, 12))
+    # the top 5 rows' weights (60 of 448) are exactly a density of 60/448: whole rows, nothing of the rest
+    top = trained.at_density(60 / 448)["0.weight"]
+    assert top.sum() == 60 and torch.equal(top, top[:, :1].expand(32, 12))
+    assert torch.equal(top[:, 0], trained.logits["0.weight"] >= trained.logits["0.weight"].topk(5).values[-1])
+    assert torch.equal(trained.decisions["0.weight"], trained.logits["0.weight"] > 0)
+
+
+def test_baselines_rank_the_same_units():
+    from modmask.core.baselines import importance
+
+    model, x, y = _toy(4)
+    units = _row_mask(model).units
+    magnitude = importance(model, "magnitude", ["0.weight", "2.weight"], units=units)
+    rows = model[0].weight.detach().abs().mean(1)  # a row's score: the mean of its weights'
+    assert torch.allclose(magnitude["0.weight"], rows[:, None].expand(32, 12))
+    assert torch.equal(magnitude["2.weight"], model[2].weight.detach().abs())
+    random = [importance(model, "random", ["0.weight", "2.weight"], seed=s, units=units) for s in range(200)]
+    assert all(torch.equal(r["0.weight"], r["0.weight"][:, :1].expand(32, 12)) for r in random)
+    # one uniform draw per row, not the mean of 12: the spread of a uniform (std 0.29), not of a mean (0.08)
+    assert torch.stack([r["0.weight"][:, 0] for r in random]).std() > 0.25
+    with pytest.raises(ValueError, match=r"needs all their parameters.*\['0.weight'\]"):
+        importance(model, "magnitude", ["2.weight"], units=units)
+
+
+def test_random_controls_of_a_unit_mask_draw_units(monkeypatch):
+    import modmask.core.evaluation as evaluation
+
+    model, x, y = _toy(5)
+    trained = _row_mask(model, 1)
+    seen = []
+    monkeypatch.setattr(evaluation, "evaluate", lambda model, masks, *a, **k: seen.append(masks) or 0.0)
+    for keep in (True, False):
+        evaluation.random_control(model, trained.decisions, [(x, y)], lambda o, t: o[:, 0], draws=3, keep=keep,
+                                  units=trained.units)
+    rows_kept = int(trained.decisions["0.weight"].sum())
+    for index, masks in enumerate(seen):
+        rows = masks["0.weight"]
+        assert torch.equal(rows, rows[:, :1].expand(32, 12))  # whole rows
+        assert int(rows[:, 0].sum()) == (rows_kept if index < 3 else 32 - rows_kept)  # kept, then removed
+    assert not all(torch.equal(seen[0]["0.weight"], m["0.weight"]) for m in seen[1:3])  # the draws differ
+
+
 transformers = pytest.importorskip("transformers")
 
 

@@ -368,3 +368,43 @@ def overlap_heatmap(path, labels: list[str], observed: dict[str, np.ndarray], ch
         fig.colorbar(image, ax=list(axes), shrink=0.8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def unit_heatmap(path, grids: dict[str, np.ndarray], row_labels: list[str], col_labels: list[str],
+                 title: str = "", xlabel: str = "head") -> Path:
+    """Which units each mask keeps: one panel per mask, side by side with shared rows (e.g.
+    attention modules x heads), each grid [len(row_labels), len(col_labels)] of values in [0, 1]
+    (1 kept; over seeds, the fraction of seeds that keep the unit; NaN: no such unit). One fixed
+    0..1 scale for every panel; the values are written in the cells when there are few columns."""
+    shape = (len(row_labels), len(col_labels))
+    arrays = {k: _as_numpy(m).astype(float) for k, m in grids.items()}
+    for k, m in arrays.items():
+        if m.shape != shape:
+            raise ValueError(f"grid {k!r} has shape {m.shape}, labels give {shape}")
+    norm = Normalize(0.0, 1.0)
+    annotate = shape[1] <= 16
+    cell = 0.35 if annotate else 0.18
+    label_width = max((len(label) for label in row_labels), default=1) * 0.07 + 0.3  # inches, about 7 pt per char
+    fig = _new_figure(label_width + len(arrays) * (cell * shape[1] + 0.3) + 1.0, cell * shape[0] + 1.3)
+    axes = fig.subplots(1, max(len(arrays), 1), squeeze=False, sharey=True).ravel()
+    image = None
+    for index, (ax, (name, m)) in enumerate(zip(axes, arrays.items())):
+        image = ax.imshow(m, cmap="viridis", norm=norm, aspect="auto")
+        if annotate:
+            for (r, c), v in np.ndenumerate(m):
+                if not np.isnan(v):
+                    red, green, blue, _ = image.cmap(norm(v))
+                    dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on dark cells
+                    ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
+        ticks = range(0, shape[1], max(1, shape[1] // 16))
+        ax.set_xticks(list(ticks), [col_labels[i] for i in ticks], fontsize=7)
+        ax.set_xlabel(xlabel, fontsize=8)
+        if index == 0:  # the rows are shared: label them once
+            ax.set_yticks(range(shape[0]), row_labels, fontsize=7)
+        else:
+            ax.tick_params(labelleft=False)
+        ax.set_title(name, fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

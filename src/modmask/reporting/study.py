@@ -215,9 +215,9 @@ def units_section(units: dict, figures: Path | None = None, report_dir: Path | N
         grids = {n: np.array([fractions(n, s) + [np.nan] * (width - len(kept[n][s])) for s in heads]) for n in names}
         path = figures / "heads.png"
         whole = all(v in (0, 1) for g in grids.values() for v in g[~np.isnan(g)])
-        plots.confusion_grid(path, grids, [f"{sets[s]['label']} ({sets[s]['module']})" for s in heads],
-                             [f"head {h}" for h in range(width)], fmt="{:.0f}" if whole else "{:.2f}",
-                             title="Heads each mask keeps (1: kept" + ("" if whole else "; fraction of seeds") + ")")
+        plots.unit_heatmap(path, grids, [f"{sets[s]['label']} ({sets[s]['module']})" for s in heads],
+                           [str(h) for h in range(width)],
+                           title="Heads each mask keeps (1: kept" + ("" if whole else "; fraction of seeds") + ")")
         parts.append(f"![heads]({path.relative_to(base)})")
     neurons = [s for s, v in sets.items() if v["kind"] != "head"]
     if figures and neurons:
