@@ -36,7 +36,7 @@ from ..models import CifarResNet, SimpleCNN
 from ..runs import RunDir
 from .pretrain import pretrain
 from ..runs.stage import Stage, mask_stages
-from ..runs.study import Function, check_no_density_masks, half_mask_test, removal_reference, study_curves
+from ..runs.study import Function, check_no_density_masks, half_mask_test, removal_reference, study_curves, unit_statistics
 
 DESCRIPTION = "CIFAR-10 simple CNN or ResNet-110: class-exclusive weights and confusion changes"
 
@@ -217,10 +217,12 @@ def class_curves(model, reference: TrainedMask, without: dict[str, TrainedMask],
     "<class>-others") but not class k, whose exclusive weights it ranks low; the reference mask's
     carry both."""
     output = {n: reference.logits[n] for n in OUTPUT}  # the class masks' output layer is the reference's
-    trained = {"reference": reference, **{name: TrainedMask({**t.logits, **output}) for name, t in without.items()}}
+    output_units = [u for u in reference.units if u.name in output]  # unit masks: the output layer's rows
+    trained = {"reference": reference, **{name: TrainedMask({**t.logits, **output}, units=[*t.units, *output_units])
+                                          for name, t in without.items()}}
     ranked = {f"{name}{suffix}": ["reference", f"without-{k}"] for k, name in enumerate(class_names)
               for suffix in ("", "-others")}
-    subset = config.subset or tuple(n for n in reference.logits if n not in OUTPUT)
+    subset = config.subset or tuple(n for n in reference.names if n not in OUTPUT)
     return study_curves(model, functions, trained, dataclasses.replace(config, subset=subset),
                         rest=reference.masks, seed=seed, ranked=ranked)
 
@@ -306,7 +308,7 @@ def run(config: Config, run_dir: RunDir, seed: int, *, progress: bool = True, de
     results = {"classes": cifar["classes"], "reference_confusion": c_ref.tolist(), "removal": removal,
                "removal_modes": removal_in_modes(model, reference, without, valid, cifar["classes"],
                                                  config.random_draws, seed, config.mask.removal, removal),
-               "overlap": overlap_matrix(class_masks),
+               "overlap": overlap_matrix(class_masks), "units": unit_statistics(without_trained),
                "model": config.model, "evaluated_on": "test" if config.model == "resnet" else "iid",
                "stability_iou": stability, "stability_iou_chance": stability_chance,
                "stability_classes": [cifar["classes"][c] for c in config.stability_classes],

@@ -36,7 +36,7 @@ from ..config import fill_defaults, to_json
 from .pretrain import pretrain
 from .seq2seq import SequenceBatches, correct, eval_batches, loss, padded_alike
 from ..runs.stage import Stage, mask_stages
-from ..runs.study import Function, check_no_density_masks, removal_reference, study_curves
+from ..runs.study import Function, check_no_density_masks, removal_reference, study_curves, unit_statistics
 
 DESCRIPTION = "DeepMind Mathematics: does a mask trained on easy problems solve hard ones?"
 
@@ -180,7 +180,7 @@ def run_module(config: Config, run_dir: RunDir, model, trained: dict, data: dict
     masks = {name: t.masks for name, t in trained.items()}
 
     def accuracies(removal: str) -> dict:
-        references = {d: removal_reference(model, tests[d], list(masks["control"]), removal) for d in tests}
+        references = {d: removal_reference(model, tests[d], trained["control"].names, removal) for d in tests}
         return {name: {d: evaluate(model, mask, tests[d], correct, removal=removal, reference=references[d]) * 100
                        for d in tests} for name, mask in {"pretrained": {}, **masks}.items()}
 
@@ -189,7 +189,7 @@ def run_module(config: Config, run_dir: RunDir, model, trained: dict, data: dict
         modes = {"trained_with": config.mask.removal, "modes": {"zero": accuracy, "mean": accuracies("mean")}}
     return {"accuracy": accuracy, "removal_modes": modes, "densities": {s: m.density() for s, m in masks.items()},
             "overlap": overlap_table(masks["control"], masks["easy"], ("control", "easy"), chance=True)[-1],
-            "sizes": {name: len(d) for name, d in data.items()}}
+            "sizes": {name: len(d) for name, d in data.items()}, "units": unit_statistics(trained)}
 
 
 def module_curves(model, trained: dict, data: dict, config: Config, seed: int, batches: int = 8) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import plots
 from .study import (MARGIN, curves_section, half_mask_section, matrix_section, removal_modes_section, save_report,
-                    strictest, sufficiency_gaps)
+                    strictest, sufficiency_gaps, units_section)
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 PAPER_FINDING = ("The paper (poster): CNNs on CIFAR-10 rely heavily on class-exclusive weights; removing "
@@ -143,6 +143,8 @@ def write_report(out: Path, summary: dict) -> Path:
             "![reference](figures/reference_confusion.png)", "",
             *(["## Overlap of the class-removed masks", "", matrix_section(agg["overlap"], figures, out), ""]
               if agg.get("overlap") else []),
+            *(["## Units of the class-removed masks", "", units_section(agg["units"], figures, out), ""]
+              if agg.get("units") else []),
             "## Mask stability", "",
             f"IoU of two masks trained with different seeds on {' and '.join(agg['stability_classes'])}: "
             f"{fmt(agg['stability_iou'], 3)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import plots
-from .study import MARGIN, curves_section, removal_modes_section, save_report, sufficiency_gaps
+from .study import MARGIN, curves_section, removal_modes_section, save_report, sufficiency_gaps, units_section
 from .tables import fmt, mean, run_line, std, table, timings_section
 
 BARS = {"pretrained": "train (no mask)", "control": "control (mask on all train data)",
@@ -89,6 +89,9 @@ def write_report(out: Path, summary: dict) -> Path:
                  *(line for m in curved for line in (
                      f"### {m}", "", curves_section(modules[m]["curves"], CURVE_TITLES, out / "figures",
                                                     name=f"curves_{m.split('__', 1)[-1]}", labels=CURVE_LABELS), ""))]
+    for m in (m for m in names if modules[m].get("units")):
+        text += [f"## Units, {m}", "", units_section(modules[m]["units"], out / "figures", out,
+                                                    name=f"{m.split('__', 1)[-1]}_"), ""]
     for m in names:
         text += timings_section(modules[m]["timings"], f"# Timings, {m} (seconds per seed)")
     return save_report(out, text)

@@ -126,7 +126,7 @@ def removal_finding(metric: dict, controls: dict, titles: dict, margin: float = 
 def overlap_section(masks: dict, figures: Path | None = None, report_dir: Path | None = None) -> str:
     """Per-layer weights, IoU and IoMin of every compared pair, each beside its chance level where
     the results have it (random masks of the same per-layer counts, docs/controls.md); shared
-    fractions; the overlap matrix of three or more masks. Figures go to `figures`, linked relative
+    fractions; the overlap matrix of three or more masks; for unit masks, units_section. Figures go to `figures`, linked relative
     to `report_dir` (default: its parent)."""
     parts = []
     base = report_dir or (figures.parent if figures else None)
@@ -166,6 +166,8 @@ def overlap_section(masks: dict, figures: Path | None = None, report_dir: Path |
                      "(|M_i ∧ ∪ M_j| / |M_i|):\n\n" + table(["mask", "shared", *(["chance"] if chance else [])], rows))
     if masks.get("matrix") and len(masks["matrix"]["labels"]) > 2:
         parts.append(matrix_section(masks["matrix"], figures, base))
+    if masks.get("units"):  # unit masks: the same read by unit
+        parts.append("**By unit**\n\n" + units_section(masks["units"], figures, base))
     return "\n\n".join(parts)
 
 
@@ -190,14 +192,19 @@ UNITS_INTRO = ("The masks read by unit (`mask.granularity`): a unit is one head 
                "order. Chance levels here are those of random *units*: the same number of units in every unit set.")
 
 
-def units_section(units: dict, figures: Path | None = None, report_dir: Path | None = None) -> str:
+def units_section(units: dict, figures: Path | None = None, report_dir: Path | None = None, name: str = "") -> str:
     """The masks read by unit (runs.study.unit_statistics; over seeds, each unit kept by a fraction of
     the seeds): per unit set the units each mask keeps, by index (fractions of seeds in brackets), a
     heat map of the heads (attention modules x heads, a panel per mask), the fraction of each layer's
-    neurons kept, and the overlap of the masks' units against random units, pooled and per set."""
+    neurons kept, and the overlap of the masks' units against random units, pooled and per set. name: a
+    prefix of the figures' file names (several unit sections in one report)."""
     sets, kept = units["sets"], units["kept"]
     names = list(kept)
     base = report_dir or (figures.parent if figures else None)
+
+    def title(unit_set: str) -> str:
+        v = sets[unit_set]
+        return v["label"] if v["label"] == v["module"] else f"{v['label']} ({v['module']})"
 
     def fractions(mask: str, unit_set: str) -> list[float]:
         return [mean(v) for v in kept[mask][unit_set]]
@@ -206,32 +213,32 @@ def units_section(units: dict, figures: Path | None = None, report_dir: Path | N
         shown = [f"{i}" + ("" if v == 1 else f" ({v:.2g})") for i, v in enumerate(values) if v > 0]
         return f"{sum(values):.3g}" + (f": {kind}s {', '.join(shown)}" if 0 < len(shown) <= 16 else "")
 
-    rows = [[f"{v['label']} ({v['module']})", v["kind"], fmt(v["count"], 0),
+    rows = [[title(s), v["kind"], fmt(v["count"], 0),
              *[listed(fractions(n, s), v["kind"]) for n in names]] for s, v in sets.items()]
     parts = [UNITS_INTRO, table(["unit set", "kind", "units", *[f"kept by {n}" for n in names]], rows)]
     heads = [s for s, v in sets.items() if v["kind"] == "head"]
     if figures and heads:
         width = max(len(kept[names[0]][s]) for s in heads)
         grids = {n: np.array([fractions(n, s) + [np.nan] * (width - len(kept[n][s])) for s in heads]) for n in names}
-        path = figures / "heads.png"
+        path = figures / f"{name}heads.png"
         whole = all(v in (0, 1) for g in grids.values() for v in g[~np.isnan(g)])
-        plots.unit_heatmap(path, grids, [f"{sets[s]['label']} ({sets[s]['module']})" for s in heads],
+        plots.unit_heatmap(path, grids, [title(s) for s in heads],
                            [str(h) for h in range(width)],
                            title="Heads each mask keeps (1: kept" + ("" if whole else "; fraction of seeds") + ")")
         parts.append(f"![heads]({path.relative_to(base)})")
     neurons = [s for s, v in sets.items() if v["kind"] != "head"]
     if figures and neurons:
-        path = figures / "units_per_layer.png"
-        plots.bar_groups(path, [f"{sets[s]['label']} {sets[s]['kind']}s" for s in neurons],
+        path = figures / f"{name}units_per_layer.png"
+        plots.bar_groups(path, [f"{title(s)} {sets[s]['kind']}s" for s in neurons],
                          {n: [float(np.mean(fractions(n, s))) for s in neurons] for n in names},
                          ylabel="fraction of units kept", title="Units kept per unit set", ylim=(0, 1))
         parts.append(f"![units per layer]({path.relative_to(base)})")
     matrix = units.get("matrix")
     if matrix:
         parts.append("Overlap of the masks' units (a unit counts one), against random units of the same count "
-                     "in every set:\n\n" + matrix_section(matrix, figures, base, name="unit_overlap_matrix"))
+                     "in every set:\n\n" + matrix_section(matrix, figures, base, name=f"{name}unit_overlap_matrix"))
         pairs = [(i, j) for i in range(len(matrix["labels"])) for j in range(i + 1, len(matrix["labels"]))]
-        per_set = [[f"{sets[s]['label']} ({sets[s]['module']})",
+        per_set = [[title(s),
                     *[f"{fmt(matrix['per_layer'][s]['iou'][i][j], 2)} ({fmt(matrix['per_layer'][s]['iou_chance'][i][j], 2)})"
                       for i, j in pairs]] for s in sets]
         parts.append("IoU of the units per unit set (chance in brackets):\n\n" + table(
@@ -423,8 +430,6 @@ def write_study_report(run_dir: str | Path, results: dict) -> Path:
                                                                      results["functions"].items()})]
               if "curves" in results else []),
             "", "## Masks", "", overlap_section(results["masks"], figures), "",
-            *(["## Units", "", units_section(results["masks"]["units"], figures), ""]
-              if results["masks"].get("units") else []),
             histogram_figure(results["masks"], figures / "histogram.png"), "",
             *training_section(results), *timings_section(results["timings"], "Timings")]
     return save_report(run_dir, text)
