@@ -171,7 +171,7 @@ def test_a_study_of_unit_masks_reads_them_as_units(tmp_path, monkeypatch):
     curve = results["curves"]["task0"]
     assert {"mask task0", "magnitude", "random"} <= set(curve["methods"])
     report = (tmp_path / "report.md").read_text()
-    assert "## Units" in report and "kept by task0" in report and "(0.weight)" in report
+    assert "**By unit**" in report and "kept by task0" in report and "| 0.weight | column | 4 |" in report
     assert (tmp_path / "figures" / "units_per_layer.png").exists()
 
 

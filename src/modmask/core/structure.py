@@ -150,13 +150,14 @@ def _head_count(model: nn.Module, module: nn.Module, holders, path: str, heads: 
                 return value
     raise ValueError(f"the number of heads of the attention module {path!r} ({type(module).__name__}) was not "
                      f"found (no num_heads attribute, no config.num_attention_heads or config.n_head); pass "
-                     f"it: attention_heads(model, heads=N)")
+                     f"it: MaskConfig(heads=N) (--set mask.heads=N), or attention_heads(model, heads=N)")
 
 
 def _check_heads(path: str, features: int, count: int) -> int:
     if count <= 0 or features % count:
         raise ValueError(f"attention module {path!r}: {features} query features cannot be split into {count} "
-                         f"heads; pass the right count: attention_heads(model, heads=N)")
+                         f"heads; pass the right count: MaskConfig(heads=N) (--set mask.heads=N), or "
+                         f"attention_heads(model, heads=N)")
     return features // count
 
 
@@ -210,7 +211,8 @@ def _separate(model, path, module, names, heads) -> UnitSet | None:
             slices += _rows(names, k, 0, head_dim) + _rows(names, v, 0, head_dim)
         elif kv_features % head_dim or count % (kv_features // head_dim):
             raise ValueError(f"attention module {path!r}: {kv_features} key features fit no grouping of {count} "
-                             f"heads of {head_dim} features; pass the right count: attention_heads(model, heads=N)")
+                             f"heads of {head_dim} features; pass the right count: MaskConfig(heads=N) "
+                             f"(--set mask.heads=N), or attention_heads(model, heads=N)")
         slices.append(_columns(names, out, head_dim))
         prefix = f"{path}." if path else ""
         return UnitSet("head", 0, prefix + paths[3], count, head_dim, tuple(slices))

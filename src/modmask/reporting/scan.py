@@ -18,10 +18,11 @@ PAPER_FINDING = ("The paper (poster): a network pretrained on all of SCAN perfor
                  "removes most of the weights of I_JUMP.")
 
 
-def against_control(acc: dict, control: dict, pooled: dict | None = None) -> str:
+def against_control(acc: dict, control: dict, pooled: dict | None = None, what: str = "weights") -> str:
     """One sentence per split: is the split mask worse on its split than the full-problem mask with
     as many random weights removed (per tensor, and pooled over the tensors where the run has it)?
-    The claim "the weights it lacks are split-specific" rests on the random removal that costs most."""
+    The claim "the weights it lacks are split-specific" rests on the random removal that costs most.
+    what: what the controls draw ('weights'; 'units' for unit masks)."""
     parts = []
     for split, value in control.items():
         own, full = mean(acc[split][split]), mean(acc["simple"][split])
@@ -29,11 +30,11 @@ def against_control(acc: dict, control: dict, pooled: dict | None = None) -> str
         verdict, rests = versus_random(full - own, {label: full - v for label, v in controls.items()}, 10)
         parts.append(f"on {split} the {split} mask reaches {own:.1f}% against {full:.1f}% for the full-problem mask "
                      f"and {' and '.join(f'{v:.1f}% {label}' for label, v in controls.items())} for it with as many "
-                     f"random weights removed, "
+                     f"random {what} removed, "
                      + (f"so the weights it lacks are split-specific (against the costlier, {rests})" if verdict == "more"
                         else f"better than the control (even the cheaper, {rests}): it keeps what its split needs and "
                              f"lacks only weights the split can do without" if verdict == "less"
-                        else "so what it lacks matters no more than as many random weights of the full-problem mask"))
+                        else f"so what it lacks matters no more than as many random {what} of the full-problem mask"))
     return "Against the random control: " + "; ".join(parts) + "."
 
 
@@ -97,7 +98,8 @@ def write_report(out: Path, summary: dict) -> Path:
             f"Measured: on the jump test set the full-problem mask reaches {full:.1f}% and the jump mask {own:.1f}%; "
             f"the jump mask removes {mean(removed['I_JUMP']):.1f}% of I_JUMP's output weights "
             f"(the other tokens: {', '.join(f'{t} {mean(v):.1f}%' for t, v in removed.items() if t != 'I_JUMP')}).", "",
-            *([against_control(acc, control, agg.get("control_pooled")), ""] if control else []),
+            *([against_control(acc, control, agg.get("control_pooled"), "units" if agg.get("units") else "weights"), ""]
+              if control else []),
             *([curves_gap(agg["curves"]), ""] if "curves" in agg else []),
             "## Test accuracy of every mask on every split [%]", "",
             table(["mask", *SPLITS], rows), "", "![accuracy](figures/accuracy.png)", "",
