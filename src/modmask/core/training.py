@@ -357,8 +357,10 @@ class MaskTrainer:
                     gate_means[module] = self._mean_rows(self.masks * (hi - lo)).uses[self.gate_means[module]].mean
             else:
                 for name, kept in unit.expand(sample).items():
-                    weights = self.others[name]
-                    masked[name] = weights * kept.to(low or weights.dtype)
+                    # the forward's copy of W (bf16 under bf16), so the masked copy is made in that type
+                    # as the weights' are (an fp32 copy would be cast by autocast, and both kept)
+                    weights = self.forward_others[name]
+                    masked[name] = weights * kept.to(weights.dtype)
         return masked, ({"gates": gates, "gate_means": gate_means} if gates else {})
 
     def _share_loss(self, m: int, outputs, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:
