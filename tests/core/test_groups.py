@@ -146,6 +146,58 @@ def test_memory_plan_parts_follow_the_formula():
         memory_plan(model, dtype="fp16")
 
 
+_UNIT_TENSORS = ["attention.query.weight", "attention.key.weight", "attention.value.weight",
+                 "attention.merge.weight", "ff1.weight", "ff2.weight"]
+
+
+@pytest.mark.parametrize("path", ["vmap", "sequential"])
+def test_the_memory_plan_of_heads_and_neurons_counts_units_and_gates_not_copies(path):
+    torch.manual_seed(0)
+    model, x = EncoderLayer(16, 4, 32).eval(), torch.randn(8, 5, 16)  # 4 heads of 4 features, 32 neurons
+    plan = memory_plan(model, k=4, batch=(x, None), parameters=_UNIT_TENSORS, granularity="attention.*=head,neuron",
+                       path=path)
+    weights = memory_plan(model, k=4, batch=(x, None), parameters=_UNIT_TENSORS, path=path)
+    parts = plan.parts
+    # one logit per head and per neuron (4 + 32), against one per weight (4 x 256 + 2 x 512)
+    assert (plan.masked, plan.units, weights.masked, weights.units) == (0, 36, 2048, 0)
+    assert (parts["logits"], parts["optimizer"], parts["logit gradients"]) == (4 * 36, 8 * 36, 4 * 36)
+    assert parts["noise"] == 4 * 2 * 36 and weights.parts["logits"] == 4 * 2048
+    # the samples gate the inputs of merge (16 features) and ff2 (32): no weight is copied
+    assert parts["masked copies"] == parts["copy gradients"] == parts["weight copies"] == 0
+    assert parts["backward buffers"] == parts["thresholds"] == 0
+    assert plan.gated == 16 + 32 and parts["gates"] == 8 * 4 * 48
+    # the probe runs with the gates in place: after the first gate (merge's input, the attention output
+    # 2x5x16, which it saves) everything wants a gradient: norm1's input (2x5x16) and statistics (2x
+    # 2x5), ReLU's output 2x5x32 (which ff2's gate saves too), norm2's as norm1's, and the output 2x5x16;
+    # the frozen projections after a gate save nothing
+    assert plan.activations_per_sample == 4 * (160 + 160 + 20 + 320 + 160 + 20 + 160)
+    assert plan.total < weights.total / 3 and "36 units" in plan.summary()
+
+
+def test_the_memory_plan_of_row_masks_keeps_the_copies_with_a_logit_per_row():
+    model, x = MLP(10, [20], 5), torch.randn(8, 10)  # 20x10 and 5x20 weights: 25 rows
+    rows = memory_plan(model, k=4, batch=(x, None), samples_per_pass=2, granularity="row")
+    weights = memory_plan(model, k=4, batch=(x, None), samples_per_pass=2)
+    parts, same = rows.parts, weights.parts
+    assert (rows.masked, rows.units, rows.broadcast) == (0, 25, 300)
+    assert parts["logits"] == 4 * 25 and parts["optimizer"] == 8 * 25 and parts["noise"] == 2 * 2 * 25
+    # the samples multiply the weights: the copies and their gradients as for weight masks
+    assert parts["masked copies"] == same["masked copies"] == 2 * 4 * 300
+    assert parts["copy gradients"] == same["copy gradients"]
+    assert rows.activations_per_sample == weights.activations_per_sample
+    # no layout copies, keep thresholds or per-weight constants of the straight-through node
+    assert parts["weight copies"] == parts["thresholds"] == 0 and same["thresholds"] == 2 * 300
+    assert parts["backward buffers"] == 2 * 8 * 200 and same["backward buffers"] == (16 + 2 * 8) * 200
+
+
+def test_the_trainer_plans_its_unit_masks():
+    torch.manual_seed(0)
+    model, x = EncoderLayer(16, 4, 32).eval(), torch.randn(8, 5, 16)
+    settings = {"parameters": _UNIT_TENSORS, "granularity": "attention.*=head,neuron"}
+    trainer = make_trainer(model, lambda out, y: out.pow(2).mean(), (x, None), k=4, **settings)
+    assert trainer.plan == memory_plan(model, k=4, batch=(x, None), **settings)
+
+
 def test_the_activations_probe_keeps_nothing_alive():
     import gc
 

@@ -124,3 +124,22 @@ def test_a_model_vmap_runs_differently_falls_back_to_sequential_with_a_warning(c
         caplog.clear()
         assert make_trainer(MLP(4, [8], 3), F.cross_entropy, batch, k=4).path == "vmap"  # no reason to fall back
     assert not caplog.text
+
+
+def test_flattening_an_output_makes_no_reference_cycle():
+    # a cycle would keep every step's outputs (a language model's logits) alive until the gc runs
+    import gc
+    import weakref
+
+    from modmask.core.batches import flatten_output
+
+    logits = torch.randn(4, 3)
+    gone = weakref.ref(logits)
+    gc.disable()
+    try:
+        tensors, rebuild = flatten_output({"logits": logits, "past": (logits, object())})
+        assert rebuild([t + 1 for t in tensors])["past"][1] is None
+        del tensors, rebuild, logits
+        assert gone() is None
+    finally:
+        gc.enable()

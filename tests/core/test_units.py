@@ -208,3 +208,18 @@ def test_head_granularity_where_there_are_no_heads_is_refused():
     with pytest.raises(ValueError, match=r"\['transformer.h.0.attn.c_proj.weight'\] are selected with another granularity"):
         plan_units(gpt, ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight"],
                    "*.c_attn.*=head,weight")
+
+
+@pytest.mark.parametrize("path", ["vmap", "sequential"])
+def test_row_copies_are_made_in_the_forwards_float_type(path):
+    # as the weights' copies: an fp32 copy would be cast again by autocast, and both kept for the backward
+    from modmask import Execution
+
+    model, x, y = _toy()
+    trainer = MaskTrainer(model, F.cross_entropy, MaskConfig(k=4, granularity="0.weight=row,weight"),
+                          Execution(precision="bf16", path=path)).prepare([(x[:64], y[:64])])
+    noise = [source.reserve(4, [l.shape[1:] for l in trainer.logits.values()]) for source in trainer.sources]
+    masked, _ = trainer._masked(noise, {}, 0, 4, torch.bfloat16)
+    assert masked["0.weight"].dtype == torch.bfloat16 and masked["0.weight"].shape == (4, 32, 12)
+    trainer.step([(x[:64], y[:64])])
+    assert trainer.logits["0.weight"].grad.dtype == torch.float32 and trainer.logits["0.weight"].grad.abs().sum() > 0

@@ -116,7 +116,9 @@ def flatten_output(value: Any) -> tuple[list[torch.Tensor], Callable[[list[torch
         kept = v if isinstance(v, _CONSTANTS) else None
         return lambda ts: kept
 
-    return tensors, walk(value)
+    rebuild = walk(value)
+    del walk  # it refers to itself through its cell: a cycle that would keep `tensors` alive until the gc runs
+    return tensors, rebuild
 
 
 def describe_output(value: Any) -> str:

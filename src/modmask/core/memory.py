@@ -16,25 +16,37 @@ once: the step has two phases, and its peak is the larger of them.
   gradients and noise wait for their node, the logits' gradients fill, and the node of the largest
   tensor holds its buffers.
 
+Unit masks (core/units.py) train a logit per unit instead: U logits, each with its Adam moments,
+gradient and noise. Rows and columns multiply their weights by the unit's sample, so their tensors
+(|B| weights) get masked copies and copy gradients as |W| does, but no keep thresholds, layout
+copies or per-weight constants. Heads and neurons multiply their projection's input instead (a gate
+[s, F], fp32, and its gradient) and copy no weight at all; a gate saves the input it multiplies for
+its gradient, and the frozen projection after it then saves none, so the probe below runs with the
+gates in place.
+
 The activations are measured, not guessed: one probe forward of one sample's slice of the batch,
 on the path the step takes (vmap over one sample: batching rules save other tensors than a plain
 call, e.g. convolutions), counts the bytes autograd saves (`torch.autograd.graph.saved_tensors_hooks`),
 scaled by the samples per pass.
 
-    held     = model + copies + |W| (4 logits + 8 Adam)           [+ 2 x unmasked params in bf16]
-    forward  = s |W| (c + 2) + s c n_max + s (A_1 + 2 a_1)        [+ 2 |W| when s < K]
-    straight = 4 |W| + s |W| (c + 2) + n_max (16 + g s)           [+ 2 |W| when s < K]
-    bytes    = held + max(forward, straight)                      on a GPU (allocated tensors)
-    bytes    = held + forward + straight + s (A_1 + 2 a_1)        on the CPU (resident memory)
+    held     = model + copies + 12 (|W| + U)                                 [+ 2 x unmasked params in bf16]
+    forward  = s c |C| + 2 s (|W| + U) + 8 s F + s c n_max + s (A_1 + 2 a_1)  [+ 2 |W| when s < K]
+    straight = 4 (|W| + U) + s c |C| + 2 s (|W| + U) + 8 s F + buffers        [+ 2 |W| when s < K]
+    buffers  = max(n_W (16 + g s), n_max g s)
+    bytes    = held + max(forward, straight)                                 on a GPU (allocated tensors)
+    bytes    = held + forward + straight + s (A_1 + 2 a_1)                   on the CPU (resident memory)
 
-with s the samples per pass, c the bytes of the forward's float type (4 fp32, 2 bf16; a copy and
-its gradient), A_1 one sample's saved activations, a_1 the largest of them, n_max the largest
-masked tensor, g the straight-through backward's bytes per weight and sample (8 in fp32: the soft
-samples' numerator and sigmoid's gradient; 12 in bf16: also the gradient's fp32 cast) besides 16
-per weight (the soft samples' four per-weight constants), and `copies` the trainer's transposed
-copies of masked matrices (kept so their gradients arrive without a copy; see docs/performance.md).
-The 2 |W| are the keep thresholds the groups of a step share. With M masks trained together the
-per-weight parts count M times (s counts the samples of all of them).
+with |W| the weights masked one by one, U the units, |C| = |W| + |B| the weights copied per sample,
+F the gated features, s the samples per pass, c the bytes of the forward's float type (4 fp32, 2
+bf16; a copy and its gradient), A_1 one sample's saved activations, a_1 the largest of them, n_max
+the largest copied tensor and n_W the largest masked weight by weight, g the straight-through
+backward's bytes per weight and sample (8 in fp32: the soft samples' numerator and sigmoid's
+gradient; 12 in bf16: also the gradient's fp32 cast) besides 16 per weight (the soft samples' four
+per-weight constants), and `copies` the trainer's transposed copies of the matrices masked weight by
+weight (kept so their gradients arrive without a copy; see docs/performance.md). Each logit costs
+4 + 8 + 4 bytes (logit, Adam, gradient) and 2 per sample (noise), the 2 |W| are the keep thresholds
+the groups of a step share. With M masks trained together the per-logit parts count M times (s
+counts the samples of all of them). Plain weight masks have U = |B| = F = 0 and n_W = n_max.
 
 The CPU and a GPU differ in what their peak counts. A GPU's caching allocator hands a freed block
 to the next request that fits in it, and `torch.cuda.max_memory_allocated` counts live tensors:
@@ -62,7 +74,9 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from .batches import as_arguments, split_batch, unpack_batch, without_cache
 from .masking import call_vmap, call_with_tensors, frozen_parameters, parameter_slots
+from .removal import shifted
 from .selection import ParameterFilter, select_parameters
+from .units import broadcast_names, gate_features, plan_units
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SAFETY = 0.9  # the share of free memory a plan may use (fragmentation, the allocator's blocks)
@@ -80,8 +94,8 @@ class MemoryPlan:
 
     model: int                 # bytes of the model's parameters and buffers
     copies: int                # bytes of the trainer's transposed copies of masked matrices
-    masked: int                # |W|: number of masked weights
-    largest: int               # elements of the largest masked tensor
+    masked: int                # |W|: number of weights masked one by one (a logit each)
+    largest: int               # elements of the largest tensor copied per sample (weight, row or column masks)
     activations_per_sample: int | None  # bytes one sample's forward saves; None: not probed
     k: int
     samples_per_pass: int
@@ -90,31 +104,42 @@ class MemoryPlan:
     unmasked: int = 0            # elements of the unmasked float parameters (bf16 copies)
     masks: int = 1               # masks trained together (a joint stage: k counts all their samples)
     device: str = "cpu"          # the device type: the CPU's peak also counts heap retention
+    units: int = 0               # U: logits of unit masks, one per row, column, head or neuron
+    broadcast: int = 0           # |B|: weights of the tensors masked by rows or columns (copied, no logit each)
+    gated: int = 0               # F: input features the samples of heads and neurons multiply (a gate)
+    largest_weight: int | None = None  # elements of the largest tensor masked weight by weight; None: `largest`
 
     @property
     def parts(self) -> dict[str, int]:
         """Bytes of each part; the phases say which of them exist at the same time."""
         s, c = self.samples_per_pass, torch.finfo(self.dtype).bits // 8
         g = 8 if c == 4 else 12  # bf16: the straight-through backward also casts the gradient to fp32
+        logits = self.masks * (self.masked + self.units)  # per mask: a logit per weight or per unit
+        copied = self.masked + self.broadcast  # heads and neurons gate an input: no copy of their weights
+        largest_weight = self.largest if self.largest_weight is None else self.largest_weight
         parts = {
             "frozen weights": self.model,
             "weight copies": self.copies,
-            "logits": 4 * self.masks * self.masked,
-            "optimizer": 8 * self.masks * self.masked,  # Adam's two moments
+            "logits": 4 * logits,
+            "optimizer": 8 * logits,  # Adam's two moments
             "unmasked bf16 copies": 2 * self.unmasked if self.dtype == torch.bfloat16 else 0,
-            "logit gradients": 4 * self.masks * self.masked,
-            "masked copies": s * c * self.masked,
+            "logit gradients": 4 * logits,
+            "masked copies": s * c * copied,
             # all held at the end of the backward, until the straight-through nodes run
-            "copy gradients": s * c * self.masked,
-            "noise": s * 2 * self.masked,  # int16 codes, saved for the backward
+            "copy gradients": s * c * copied,
+            "noise": s * 2 * (self.masked + self.units),  # int16 codes, saved for the backward
             "thresholds": 2 * self.masks * self.masked if s < self.k else 0,  # int16, shared by the groups of a step
+            # heads' and neurons' samples repeated over the features they gate ([s, F] fp32) and their gradients
+            "gates": 8 * s * self.gated,
             "activations": s * (self.activations_per_sample or 0),
             # the backward's gradients of activations: about two of the widest at a time
             "activation gradients": 2 * s * self.largest_activation,
             # the largest tensor's straight-through node (gumbel._StraightThroughMask.backward): the soft
             # samples' four fp32 constants per weight and mask, and per sample the soft samples' numerator
-            # and sigmoid's gradient (fp32; in bf16 also the gradient's fp32 cast)
-            "backward buffers": (16 * self.masks + g * s) * self.largest,
+            # and sigmoid's gradient (fp32; in bf16 also the gradient's fp32 cast); a row or column mask's
+            # node has no per-weight constants and about as many per-sample buffers (the copy's gradient
+            # times W, cast to fp32 and copied by the slice assignment's backward)
+            "backward buffers": max((16 * self.masks + g * s) * largest_weight, g * s * self.largest),
         }
         phases = self.phases(parts)
         # glibc's heap keeps a phase's freed blocks as holes between blocks that live on (the copies'
@@ -131,10 +156,11 @@ class MemoryPlan:
         return {
             # a node frees its saved copy once it has made that copy's gradient: copies and their
             # gradients together are at most all copies and the largest one's gradient
-            "forward and backward": sum(parts[n] for n in ("masked copies", "noise", "thresholds", "activations",
-                                                          "activation gradients")) + s * c * self.largest,
+            "forward and backward": sum(parts[n] for n in ("masked copies", "noise", "thresholds", "gates",
+                                                          "activations", "activation gradients"))
+                                    + s * c * self.largest,
             "straight-through backward": sum(parts[n] for n in ("logit gradients", "copy gradients", "noise",
-                                                               "thresholds", "backward buffers")),
+                                                               "thresholds", "gates", "backward buffers")),
         }
 
     @property
@@ -174,9 +200,10 @@ class MemoryPlan:
         parts += "; peak of " + " or ".join(f"{name} {_megabytes(n)}" for name, n in self.phases(self.parts).items())
         probed = "" if self.activations_per_sample is not None else " (activations not probed: no batch)"
         masks = f"{self.masks} masks, " if self.masks > 1 else ""
+        units = f", {self.units:,} units" if self.units else ""
         return (f"memory plan: {_megabytes(self.total)} on {self.device} = {parts}; {masks}k={self.k}, "
                 f"samples_per_pass={self.samples_per_pass}, {str(self.dtype).replace('torch.', '')}, "
-                f"{self.masked:,} masked weights{probed}")
+                f"{self.masked:,} masked weights{units}{probed}")
 
     __str__ = summary
 
@@ -260,10 +287,12 @@ def saved_bytes(forward, exclude: set[int], leaves: set[int]):
 
 
 def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: torch.dtype = torch.float32,
-                      kwargs: dict | None = None, batched: bool = True) -> tuple[int, int]:
+                      kwargs: dict | None = None, batched: bool = True, gates: dict[str, int] | None = None
+                      ) -> tuple[int, int]:
     """(bytes, largest tensor's bytes) one sample's forward on `args` and `kwargs` (one sample's
     slice of the batch, [1, B/k, ...] when `batched`, else [B/k, ...]) saves for the backward, with
-    gradients to the tensors `names` as in mask training, plus its outputs.
+    gradients to the tensors `names` and to the gates of heads and neurons (`gates`: module path ->
+    input features, as units.gate_features gives them) as in mask training, plus its outputs.
 
     batched: run it as the vmap path does, vmap over one sample with the masked tensors [1, *shape]
     (batching rules save other tensors than a plain call: a convolution's input in another layout);
@@ -271,22 +300,30 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
     params = frozen_parameters(model)
     for name in names:  # detached leaves: the model gets nothing; [1, *shape] views of the weights under vmap
         params[name] = (params[name].unsqueeze(0) if batched else params[name]).requires_grad_(True)
-    # weights and the batch exist before the step: not activations
-    kwargs = without_cache(model, kwargs or {})
-    exclude = {t.untyped_storage().data_ptr() for t in [*params.values(), *model.buffers(), *tree_leaves(args),
-                                                         *tree_leaves(kwargs)] if isinstance(t, torch.Tensor)}
-    leaves = {id(params[name]) for name in names}
     device = next(iter(params.values())).device
+    # a gate multiplies its module's input and wants a gradient, so that input is saved (the
+    # module's own input then is not, where its weight is frozen): [1, F] under vmap, [F] otherwise
+    ones = {path: torch.ones((1, features) if batched else (features,), device=device, requires_grad=True)
+            for path, features in (gates or {}).items()}
+    # weights, gates and the batch exist before the step: not activations
+    kwargs = without_cache(model, kwargs or {})
+    exclude = {t.untyped_storage().data_ptr() for t in [*params.values(), *ones.values(), *model.buffers(),
+                                                         *tree_leaves(args), *tree_leaves(kwargs)]
+               if isinstance(t, torch.Tensor)}
+    leaves = {id(params[name]) for name in names}
     # the model's own randomness (dropout, teacher forcing) must not see the probe
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, dtype):
         if batched:
             masked = {name: params.pop(name) for name in names}
             # under bf16 the step passes bf16 copies of the unmasked tensors (low_precision), so does the probe
             others = low_precision(params, dtype, "vmap") if dtype != torch.float32 else params
-            forward = lambda: call_vmap(model, masked, others, (args, kwargs))  # noqa: E731
+            forward = lambda: call_vmap(model, masked, others, (args, kwargs), {"gates": ones})  # noqa: E731
         else:
             slots = parameter_slots(model)  # tied weights set once each (as in masked calls)
-            forward = lambda: call_with_tensors(model, slots, params, args, kwargs)  # noqa: E731
+
+            def forward():
+                with shifted(model, {"gates": ones}, None):
+                    return call_with_tensors(model, slots, params, args, kwargs)
         saved, largest, outputs = saved_bytes(forward, exclude, leaves)
     outputs = [t.nbytes for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)]
     return saved + sum(outputs), max([largest, *outputs])
@@ -294,7 +331,8 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
 
 def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: ParameterFilter = None,
                 biases: bool = False, norms: bool = True, samples_per_pass: int | None = None,
-                dtype: torch.dtype | str = torch.float32, chunks=None, path: str = "auto") -> MemoryPlan:
+                dtype: torch.dtype | str = torch.float32, chunks=None, path: str = "auto",
+                granularity="weight", heads: int | None = None) -> MemoryPlan:
     """The memory one mask-training step of `model` needs, by part (see the module docstring), on the
     device of the model's parameters.
 
@@ -302,15 +340,18 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
         tuple or a dict of keyword arguments); one sample's slice (B/k examples) runs one probe
         forward to measure the activations. Without it the activations are left out of the plan.
         chunks: instead of batch, its inputs already split (split_batch).
-    parameters / biases / norms: the masked tensors, as in train_mask. samples_per_pass: samples
+    parameters / biases / norms / granularity / heads: the masked tensors and what one logit stands
+        for, as in train_mask (MaskConfig; core/units.py). samples_per_pass: samples
         run together (default k). dtype: the forward's float type, torch.float32 or
         torch.bfloat16 (or 'fp32' / 'bf16'). path: the step's path ('auto' and 'vmap': the probe runs
         under vmap, and as one plain call where vmap fails on the model; 'sequential': a plain call).
     """
     dtype = as_dtype(dtype)
     names = select_parameters(model, parameters, biases=biases, norms=norms)
+    weight_names, units = plan_units(model, names, granularity, heads)
+    copied = [*weight_names, *broadcast_names(units)]  # the tensors a step copies per sample
+    gates = gate_features(units)
     params = dict(model.named_parameters())
-    masked = [params[n] for n in names]
     activations, largest = None, 0
     if batch is not None and chunks is None:
         chunks, _ = split_batch(as_arguments(unpack_batch(batch)[0]), k)
@@ -322,20 +363,24 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
                 return (a[:1] if batched else a[0]) if isinstance(a, torch.Tensor) and a.dim() else a
 
             try:
-                activations, largest = probe_activations(model, names, tuple(first(a) for a in args), dtype,
-                                                         {n: first(a) for n, a in kwargs.items()}, batched)
+                activations, largest = probe_activations(model, copied, tuple(first(a) for a in args), dtype,
+                                                         {n: first(a) for n, a in kwargs.items()}, batched, gates)
                 break
             except Exception:  # noqa: BLE001 (vmap fails on this model: the step takes the sequential path)
                 if not batched:
                     raise
     return MemoryPlan(
         model=sum(t.nbytes for t in [*model.parameters(), *model.buffers()]),
-        copies=sum(p.nbytes for p in masked if p.dim() == 2),
-        masked=sum(p.numel() for p in masked), largest=max(p.numel() for p in masked),
+        copies=sum(params[n].nbytes for n in weight_names if params[n].dim() == 2),
+        masked=sum(params[n].numel() for n in weight_names),
+        largest=max((params[n].numel() for n in copied), default=0),
+        largest_weight=max((params[n].numel() for n in weight_names), default=0),
         activations_per_sample=activations, k=k, samples_per_pass=samples_per_pass or k, dtype=dtype,
         largest_activation=largest,
-        unmasked=sum(p.numel() for n, p in params.items() if n not in names and p.is_floating_point()),
-        device=masked[0].device.type)
+        # the step's bf16 copies (low_precision) are of every float tensor not masked weight by weight
+        unmasked=sum(p.numel() for n, p in params.items() if n not in weight_names and p.is_floating_point()),
+        device=params[names[0]].device.type, units=sum(u.count for u in units),
+        broadcast=sum(params[n].numel() for n in broadcast_names(units)), gated=sum(gates.values()))
 
 
 def free_memory(device: torch.device) -> int | None:

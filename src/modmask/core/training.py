@@ -47,7 +47,7 @@ from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_sample
 from .optim import adam
 from .selection import owners, select_parameters
 from .trained import TrainedMask
-from .units import plan_units
+from .units import broadcast_names, plan_units
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 log = logging.getLogger(__name__)
@@ -83,8 +83,9 @@ class MaskTrainer:
                              ("init_logits", init_logits or {})):
             check_fits(given, model, source=label, fix=f"give {label} by parameter name, each in its parameter's "
                                                        f"shape as the model holds it")
-        names = [n for n in select_parameters(model, first.parameters, biases=first.biases, norms=first.norms)
-                 if n not in fixed_masks]
+        # the tensors trained here (weight by weight or by unit); the memory plan reads them again
+        self.names = names = [n for n in select_parameters(model, first.parameters, biases=first.biases,
+                                                           norms=first.norms) if n not in fixed_masks]
         if not names:
             raise ValueError("every selected parameter has a fixed mask: there is nothing to train")
         params = frozen_parameters(model)
@@ -94,7 +95,7 @@ class MaskTrainer:
                              "original_clipping or init_logits")
         # heads and neurons multiply their projection's input ("gates"), so their tensors are never copied
         gated = {s.name for u in self.units if u.gate for s in u.spans}
-        self.broadcast = {s.name for u in self.units if not u.gate for s in u.spans}
+        self.broadcast = broadcast_names(self.units)
         modes = removal_modes(first.removal, [*names, *fixed_masks])
         self.mean_removed = [n for n in (*names, *fixed_masks) if modes[n] == "mean" and n not in gated]
         self.gate_means = {u.gate[0]: f"{u.gate[0]}.weight" for u in self.units
@@ -171,10 +172,11 @@ class MaskTrainer:
         chunks = joined([p[0] for p in parts], 0, self.k, self.k)
         groups = self.execution.samples_per_pass
         fixed = self.k if groups in (None, "auto") else groups
-        copied = [*self.weights, *sorted(self.broadcast)] or [f"{u.gate[0]}.weight" for u in self.units[:1]]
+        first = self.configs[0]
         plan = dataclasses.replace(memory_plan(self.model, k=self.masks * self.k, chunks=chunks, dtype=self.dtype,
-                                               path=self.execution.path,
-                                               parameters=copied, samples_per_pass=self.masks * fixed),
+                                               path=self.execution.path, parameters=self.names,
+                                               granularity=first.granularity, heads=first.heads,
+                                               samples_per_pass=self.masks * fixed),
                                    masks=self.masks)
         free = free_memory(self.device)
         self.samples_per_pass = fit_samples_per_pass(plan, free) if groups == "auto" else fixed
@@ -224,7 +226,7 @@ class MaskTrainer:
         weights' and the rows' and columns'; with heads and neurons only, one tensor, since a call
         needs one with a sample dim."""
         tensors = {**{n: self._model_layout(n, w) for n, w in self.weights.items()},  # (trainable: their values now)
-                   **{n: self.others[n] for n in sorted(self.broadcast)}}
+                   **{n: self.others[n] for n in self.broadcast}}
         if not tensors:
             name = next(iter(self.others))
             tensors = {name: self.others[name]}
@@ -355,8 +357,10 @@ class MaskTrainer:
                     gate_means[module] = self._mean_rows(self.masks * (hi - lo)).uses[self.gate_means[module]].mean
             else:
                 for name, kept in unit.expand(sample).items():
-                    weights = self.others[name]
-                    masked[name] = weights * kept.to(low or weights.dtype)
+                    # the forward's copy of W (bf16 under bf16), so the masked copy is made in that type
+                    # as the weights' are (an fp32 copy would be cast by autocast, and both kept)
+                    weights = self.forward_others[name]
+                    masked[name] = weights * kept.to(weights.dtype)
         return masked, ({"gates": gates, "gate_means": gate_means} if gates else {})
 
     def _share_loss(self, m: int, outputs, targets, batch_size: int, lo: int, hi: int) -> torch.Tensor:

@@ -168,6 +168,19 @@ def plan_units(model: nn.Module, names: Sequence[str], granularity, heads: int |
     return weights, units
 
 
+def broadcast_names(units: Sequence[Units]) -> list[str]:
+    """The parameters of row and column masks, whose samples multiply the weights: each gets masked
+    copies [K, *shape] as a weight-masked tensor does. (Heads and neurons gate an input instead and
+    copy no weight.)"""
+    return sorted({s.name for u in units if not u.gate for s in u.spans})
+
+
+def gate_features(units: Sequence[Units]) -> dict[str, int]:
+    """module path -> the input features that the samples of its heads or neurons multiply (one
+    sample per `size` features, so the gate is [K, count size])."""
+    return {u.gate[0]: u.count * u.gate[1] for u in units if u.gate}
+
+
 def units_to_json(units: Sequence[Units]) -> str:
     return json.dumps([u.to_json() for u in units])
 
