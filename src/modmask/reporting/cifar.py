@@ -143,7 +143,8 @@ def write_report(out: Path, summary: dict) -> Path:
             "![reference](figures/reference_confusion.png)", "",
             *(["## Overlap of the class-removed masks", "", matrix_section(agg["overlap"], figures, out), ""]
               if agg.get("overlap") else []),
-            *(["## Units of the class-removed masks", "", units_section(agg["units"], figures, out), ""]
+            *(["## Units of the class-removed masks", "", units_section(agg["units"], figures, out,
+                                                                  seeds=[s["units"] for s in summary["per_seed"]]), ""]
               if agg.get("units") else []),
             "## Mask stability", "",
             f"IoU of two masks trained with different seeds on {' and '.join(agg['stability_classes'])}: "

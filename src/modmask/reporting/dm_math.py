@@ -91,7 +91,8 @@ def write_report(out: Path, summary: dict) -> Path:
                                                     name=f"curves_{m.split('__', 1)[-1]}", labels=CURVE_LABELS), ""))]
     for m in (m for m in names if modules[m].get("units")):
         text += [f"## Units, {m}", "", units_section(modules[m]["units"], out / "figures", out,
-                                                    name=f"{m.split('__', 1)[-1]}_"), ""]
+                                                    name=f"{m.split('__', 1)[-1]}_",
+                                                    seeds=[s["modules"][m]["units"] for s in summary["per_seed"]]), ""]
     for m in names:
         text += timings_section(modules[m]["timings"], f"# Timings, {m} (seconds per seed)")
     return save_report(out, text)

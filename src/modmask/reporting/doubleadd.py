@@ -111,7 +111,7 @@ def write_report(out: Path, summary: dict) -> Path:
            "kept as the Full mask keeps them:", "",
            curves_section(agg["curves_io_from_full"], CURVE_TITLES, figures, name="curves_io_from_full",
                           labels=CURVE_LABELS), ""] if "curves_io_from_full" in agg else []),
-        "## Overlap of the Pair 1 and Pair 2 masks", "", overlap_section(agg["masks"], figures), "",
+        "## Overlap of the Pair 1 and Pair 2 masks", "", overlap_section(agg["masks"], figures, seeds=[s["masks"] for s in summary["per_seed"]]), "",
     ]
     if "control" in agg:
         control_dir = figures / "control"

@@ -128,6 +128,6 @@ def write_report(out: Path, summary: dict) -> Path:
     if agg.get("units"):
         text += ["## Units", "", "With unit masks the random controls above draw units, not weights: as many of "
                  "the full-problem mask's units (per unit set, or pooled) as the split mask lacks of it.", "",
-                 units_section(agg["units"], figures, out), ""]
+                 units_section(agg["units"], figures, out, seeds=[s["units"] for s in summary["per_seed"]]), ""]
     text += [*timings_section(agg["timings"])]
     return save_report(out, text)

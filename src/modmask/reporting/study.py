@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.curves import BASELINE_METHODS, RANDOM, RANDOM_PER_TENSOR
+from ..core.stats import summarize
 from ..runs import write_text
 from . import plots
 from .training import training_section
@@ -123,10 +124,12 @@ def removal_finding(metric: dict, controls: dict, titles: dict, margin: float = 
     return " ".join(parts)
 
 
-def overlap_section(masks: dict, figures: Path | None = None, report_dir: Path | None = None) -> str:
+def overlap_section(masks: dict, figures: Path | None = None, report_dir: Path | None = None,
+                    seeds: list[dict] | None = None) -> str:
     """Per-layer weights, IoU and IoMin of every compared pair, each beside its chance level where
     the results have it (random masks of the same per-layer counts, docs/controls.md); shared
-    fractions; the overlap matrix of three or more masks; for unit masks, units_section. Figures go to `figures`, linked relative
+    fractions; the overlap matrix of three or more masks; for unit masks, units_section (seeds: each
+    seed's statistics, for what is read per network). Figures go to `figures`, linked relative
     to `report_dir` (default: its parent)."""
     parts = []
     base = report_dir or (figures.parent if figures else None)
@@ -167,7 +170,8 @@ def overlap_section(masks: dict, figures: Path | None = None, report_dir: Path |
     if masks.get("matrix") and len(masks["matrix"]["labels"]) > 2:
         parts.append(matrix_section(masks["matrix"], figures, base))
     if masks.get("units"):  # unit masks: the same read by unit
-        parts.append("**By unit**\n\n" + units_section(masks["units"], figures, base))
+        parts.append("**By unit**\n\n" + units_section(masks["units"], figures, base,
+                                                       seeds=[seed["units"] for seed in seeds] if seeds else None))
     return "\n\n".join(parts)
 
 
@@ -192,45 +196,57 @@ UNITS_INTRO = ("The masks read by unit (`mask.granularity`): a unit is one head 
                "order. Chance levels here are those of random *units*: the same number of units in every unit set.")
 
 
-def units_section(units: dict, figures: Path | None = None, report_dir: Path | None = None, name: str = "") -> str:
-    """The masks read by unit (runs.study.unit_statistics; over seeds, each unit kept by a fraction of
-    the seeds): per unit set the units each mask keeps, by index (fractions of seeds in brackets), a
-    heat map of the heads (attention modules x heads, a panel per mask), the fraction of each layer's
-    neurons kept, and the overlap of the masks' units against random units, pooled and per set. name: a
-    prefix of the figures' file names (several unit sections in one report)."""
-    sets, kept = units["sets"], units["kept"]
-    names = list(kept)
+def units_section(units: dict, figures: Path | None = None, report_dir: Path | None = None, name: str = "",
+                  seeds: list[dict] | None = None) -> str:
+    """The masks read by unit (runs.study.unit_statistics, possibly aggregated over seeds): per unit
+    set the units each mask keeps, by index; a heat map of the heads (attention modules x heads, a
+    panel per mask); the fraction of each set's units kept; and the overlap of the masks' units
+    against random units, pooled and per set. seeds: each seed's unit_statistics, for the indices
+    and heat maps per seed (seeds usually pretrain different networks, whose head 3 is not the same
+    head: only counts and overlaps average over seeds). name: a prefix of the figures' file names
+    (several unit sections in one report)."""
+    sets = units["sets"]
+    runs = [seed["kept"] for seed in seeds] if seeds else [units["kept"]]  # one network each
+    names = list(runs[0])
     base = report_dir or (figures.parent if figures else None)
 
     def title(unit_set: str) -> str:
         v = sets[unit_set]
         return v["label"] if v["label"] == v["module"] else f"{v['label']} ({v['module']})"
 
-    def fractions(mask: str, unit_set: str) -> list[float]:
-        return [mean(v) for v in kept[mask][unit_set]]
+    def kept(run: dict, mask: str, unit_set: str) -> list[float]:
+        return [mean(v) for v in run[mask][unit_set]]  # 0/1 (a fraction of seeds where aggregated)
 
-    def listed(values: list[float], kind: str) -> str:
-        shown = [f"{i}" + ("" if v == 1 else f" ({v:.2g})") for i, v in enumerate(values) if v > 0]
-        return f"{sum(values):.3g}" + (f": {kind}s {', '.join(shown)}" if 0 < len(shown) <= 16 else "")
+    def cell(mask: str, unit_set: str) -> str:
+        counts = [sum(kept(run, mask, unit_set)) for run in runs]
+        text = fmt(summarize(counts) if len(counts) > 1 else counts[0], 1 if len(counts) > 1 else 3)
+        listed = [", ".join(f"{i}" + ("" if v == 1 else f" ({v:.2g})") for i, v in enumerate(kept(run, mask, unit_set))
+                            if v > 0) or "none" for run in runs]
+        if sum(len(units) for units in listed) > 60:  # many units: the count alone
+            return text
+        return text + (f": {listed[0]}" if len(runs) == 1 else
+                       " (" + "; ".join(f"seed {i}: {units}" for i, units in enumerate(listed)) + ")")
 
-    rows = [[title(s), v["kind"], fmt(v["count"], 0),
-             *[listed(fractions(n, s), v["kind"]) for n in names]] for s, v in sets.items()]
+    rows = [[title(s), v["kind"], fmt(v["count"], 0), *[cell(n, s) for n in names]] for s, v in sets.items()]
     parts = [UNITS_INTRO, table(["unit set", "kind", "units", *[f"kept by {n}" for n in names]], rows)]
     heads = [s for s, v in sets.items() if v["kind"] == "head"]
     if figures and heads:
-        width = max(len(kept[names[0]][s]) for s in heads)
-        grids = {n: np.array([fractions(n, s) + [np.nan] * (width - len(kept[n][s])) for s in heads]) for n in names}
-        path = figures / f"{name}heads.png"
-        whole = all(v in (0, 1) for g in grids.values() for v in g[~np.isnan(g)])
-        plots.unit_heatmap(path, grids, [title(s) for s in heads],
-                           [str(h) for h in range(width)],
-                           title="Heads each mask keeps (1: kept" + ("" if whole else "; fraction of seeds") + ")")
-        parts.append(f"![heads]({path.relative_to(base)})")
+        width = max(len(runs[0][names[0]][s]) for s in heads)
+        for index, run in enumerate(runs):
+            grids = {n: np.array([kept(run, n, s) + [np.nan] * (width - len(run[n][s])) for s in heads])
+                     for n in names}
+            path = figures / (f"{name}heads.png" if len(runs) == 1 else f"{name}heads_seed{index}.png")
+            whole = all(v in (0, 1) for g in grids.values() for v in g[~np.isnan(g)])
+            plots.unit_heatmap(path, grids, [title(s) for s in heads], [str(h) for h in range(width)],
+                               title="Heads each mask keeps" + (f", seed {index}" if len(runs) > 1 else "")
+                               + (" (1: kept)" if whole else " (fraction of seeds)"))
+            parts.append(f"![heads]({path.relative_to(base)})")
     neurons = [s for s, v in sets.items() if v["kind"] != "head"]
     if figures and neurons:
         path = figures / f"{name}units_per_layer.png"
         plots.bar_groups(path, [f"{title(s)} {sets[s]['kind']}s" for s in neurons],
-                         {n: [float(np.mean(fractions(n, s))) for s in neurons] for n in names},
+                         {n: [float(np.mean([np.mean(kept(run, n, s)) for run in runs])) for s in neurons]
+                          for n in names},
                          ylabel="fraction of units kept", title="Units kept per unit set", ylim=(0, 1))
         parts.append(f"![units per layer]({path.relative_to(base)})")
     matrix = units.get("matrix")
