@@ -169,3 +169,26 @@ def test_aggregate_keeps_lists_that_differ_between_seeds():
     assert result["acc"]["mean"] == 2.0
     assert result["messages"] == [["not settled"], ["not settled", "lost"]]
     assert aggregate([{"x": [1.0, 2.0]}, {"x": [3.0, 4.0]}])["x"][1]["mean"] == 3.0
+
+
+def test_units_section_reads_each_seed_as_its_own_network(tmp_path):
+    """Head indices per seed and one heat map per seed (head 3 of one seed's network is not head 3 of
+    another's); counts over seeds; a single seed lists its units alone."""
+    from modmask.core.stats import summarize
+    from modmask.reporting.study import units_section
+
+    sets = {"enc.0.attention.out:heads": {"kind": "head", "label": "layer 0", "module": "enc.0.attention", "count": 4},
+            "enc.0.ff2:neurons": {"kind": "neuron", "label": "layer 0", "module": "enc.0", "count": 3}}
+    seeds = [{"sets": sets, "kept": {"a": {"enc.0.attention.out:heads": [1, 0, 0, 1], "enc.0.ff2:neurons": [1, 1, 0]},
+                                     "b": {"enc.0.attention.out:heads": [1, 0, 0, 0], "enc.0.ff2:neurons": [0, 1, 0]}}},
+             {"sets": sets, "kept": {"a": {"enc.0.attention.out:heads": [0, 1, 1, 1], "enc.0.ff2:neurons": [1, 1, 1]},
+                                     "b": {"enc.0.attention.out:heads": [0, 1, 0, 0], "enc.0.ff2:neurons": [1, 0, 0]}}}]
+    aggregated = {"sets": sets, "kept": {m: {s: [summarize([float(seed["kept"][m][s][i]) for seed in seeds])
+                                                 for i in range(len(seeds[0]["kept"][m][s]))] for s in sets}
+                                         for m in ("a", "b")}, "matrix": None}
+    text = units_section(aggregated, tmp_path / "figures", tmp_path, seeds=seeds)
+    assert "| layer 0 (enc.0.attention) | head | 4 | 2.5 ± 0.7 (seed 0: 0, 3; seed 1: 1, 2, 3) |" in text
+    assert (tmp_path / "figures" / "heads_seed0.png").exists() and (tmp_path / "figures" / "heads_seed1.png").exists()
+    assert (tmp_path / "figures" / "units_per_layer.png").exists()
+    single = units_section(seeds[0], tmp_path / "one", tmp_path)
+    assert "| 2: 0, 3 |" in single and (tmp_path / "one" / "heads.png").exists()

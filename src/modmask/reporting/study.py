@@ -219,7 +219,7 @@ def units_section(units: dict, figures: Path | None = None, report_dir: Path | N
 
     def cell(mask: str, unit_set: str) -> str:
         counts = [sum(kept(run, mask, unit_set)) for run in runs]
-        text = fmt(summarize(counts) if len(counts) > 1 else counts[0], 1 if len(counts) > 1 else 3)
+        text = fmt(summarize(counts), 1) if len(counts) > 1 else f"{counts[0]:.3g}"
         listed = [", ".join(f"{i}" + ("" if v == 1 else f" ({v:.2g})") for i, v in enumerate(kept(run, mask, unit_set))
                             if v > 0) or "none" for run in runs]
         if sum(len(units) for units in listed) > 60:  # many units: the count alone
