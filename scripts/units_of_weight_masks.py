@@ -7,7 +7,7 @@ keep fewer of the weights of the heads (neurons) that a unit mask removes?
 For every seed (the two runs must share their pretrained networks, seed by seed) and mask, the
 unit masks' decisions (masks/<name>.safetensors of --units, whose file holds its unit sets) and
 the fraction of each unit's weights the weight mask of --weights keeps (core.units.unit_scores of
-the mask read as 0/1). Prints one line per unit and, per mask, the weight masks' mean kept
+the mask read as 0/1). Prints (with --lines) one line per unit, (with --sets) one per unit set, and per mask the weight masks' mean kept
 fraction over the units the unit mask keeps and over those it removes, with the rank-biserial
 correlation (the chance that a kept unit's fraction exceeds a removed one's, minus the reverse:
 0 where the two readings are unrelated, 1 where they agree on every pair).
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--masks", default="simple,jump")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--lines", action="store_true", help="also one line per unit")
+    parser.add_argument("--sets", action="store_true", help="also one line per unit set (layer)")
     args = parser.parse_args()
     for seed in args.seeds.split(","):
         for name in args.masks.split(","):
@@ -48,6 +49,9 @@ def main() -> None:
             groups = {True: [], False: []}
             for unit in unit_mask.units:
                 decisions, kept = unit_mask.unit_masks[unit.name], fractions[unit.name]
+                if args.sets:
+                    print(f"seed {seed} {name} {unit.name}: unit mask keeps {int(decisions.sum())}/{unit.count}, "
+                          f"weight mask keeps {float(kept.mean()):.3f} of the weights")
                 for index, (decision, fraction) in enumerate(zip(decisions.tolist(), kept.tolist())):
                     groups[decision].append(fraction)
                     if args.lines:
