@@ -146,6 +146,25 @@ def test_memory_plan_parts_follow_the_formula():
         memory_plan(model, dtype="fp16")
 
 
+class Conv1D(nn.Module):
+    """Hugging Face's Conv1D (GPT-2) in miniature: the weight stored [in, out], y = x @ W + b."""
+
+    def __init__(self, inputs: int, outputs: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.randn(inputs, outputs)), nn.Parameter(torch.zeros(outputs))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+def test_the_memory_plan_counts_the_layout_copies_the_trainer_makes():
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), Conv1D(8, 4)), torch.randn(8, 6)
+    trainer = make_trainer(model, lambda out, y: out.pow(2).mean(), (x, None), k=4)
+    # nn.Linear's weight [8, 6] gets a transposed copy; Conv1D's, already [in, out], none
+    assert trainer.transposed == {"0.weight"} and trainer.plan.masked == 6 * 8 + 8 * 4
+    assert trainer.plan.parts["weight copies"] == trainer.plan.copies == 4 * 6 * 8
+
+
 _UNIT_TENSORS = ["attention.query.weight", "attention.key.weight", "attention.value.weight",
                  "attention.merge.weight", "ff1.weight", "ff2.weight"]
 

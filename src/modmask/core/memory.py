@@ -75,7 +75,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from .batches import as_arguments, split_batch, unpack_batch, without_cache
 from .masking import call_vmap, call_with_tensors, frozen_parameters, parameter_slots
 from .removal import shifted
-from .selection import ParameterFilter, select_parameters
+from .selection import ParameterFilter, owners, select_parameters
 from .units import broadcast_names, gate_features, plan_units
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -329,6 +329,15 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
     return saved + sum(outputs), max([largest, *outputs])
 
 
+def transposed_matrices(model: nn.Module, names) -> set[str]:
+    """The matrices among `names` that the trainer keeps transposed ([in, out] in memory, a layout
+    copy each): the gradient of a matrix used as `x @ W.t()` then arrives in that layout, so the
+    backward reads it without a copy. Hugging Face's Conv1D (GPT-2) already stores [in, out] and
+    computes `x @ W`: its weights stay as they are, with no copy."""
+    params, holders = dict(model.named_parameters()), owners(model)
+    return {n for n in names if params[n].dim() == 2 and type(holders.get(n)).__name__ != "Conv1D"}
+
+
 def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: ParameterFilter = None,
                 biases: bool = False, norms: bool = True, samples_per_pass: int | None = None,
                 dtype: torch.dtype | str = torch.float32, chunks=None, path: str = "auto",
@@ -371,7 +380,7 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
                     raise
     return MemoryPlan(
         model=sum(t.nbytes for t in [*model.parameters(), *model.buffers()]),
-        copies=sum(params[n].nbytes for n in weight_names if params[n].dim() == 2),
+        copies=sum(params[n].nbytes for n in transposed_matrices(model, weight_names)),
         masked=sum(params[n].numel() for n in weight_names),
         largest=max((params[n].numel() for n in copied), default=0),
         largest_weight=max((params[n].numel() for n in weight_names), default=0),
