@@ -133,8 +133,9 @@ def test_memory_plan_parts_follow_the_formula():
     assert plan.phases(parts) == {"forward and backward": forward, "straight-through backward": straight}
     gpu = dataclasses.replace(plan, device="cuda")
     assert gpu.parts["heap retention"] == 0 and gpu.total == held + max(forward, straight)
-    # the CPU's resident memory: both phases, and the activations and their gradients again
-    assert plan.device == "cpu" and plan.total == held + forward + straight + 400 + 640
+    # the CPU's resident memory: glibc's heap holes besides, half the live peak
+    assert plan.device == "cpu" and plan.parts["heap retention"] == (held + max(forward, straight)) // 2
+    assert plan.total == held + max(forward, straight) + (held + max(forward, straight)) // 2
     half = plan.with_settings(samples_per_pass=1, dtype=torch.bfloat16)
     assert half.parts["masked copies"] == half.parts["copy gradients"] == 2 * 300 and half.parts["logits"] == 1200
     assert half.parts["backward buffers"] == (16 + 12) * 200  # and the gradient's fp32 cast

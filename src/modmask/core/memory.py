@@ -34,7 +34,7 @@ scaled by the samples per pass.
     straight = 4 (|W| + U) + s c |C| + 2 s (|W| + U) + 8 s F + buffers        [+ 2 |W| when s < K]
     buffers  = max(n_W (16 + g s), n_max g s)
     bytes    = held + max(forward, straight)                                 on a GPU (allocated tensors)
-    bytes    = held + forward + straight + s (A_1 + 2 a_1)                   on the CPU (resident memory)
+    bytes    = 3/2 (held + max(forward, straight))                           on the CPU (resident memory)
 
 with |W| the weights masked one by one, U the units, |C| = |W| + |B| the weights copied per sample,
 F the gated features, s the samples per pass, c the bytes of the forward's float type (4 fp32, 2
@@ -50,15 +50,19 @@ counts the samples of all of them). Plain weight masks have U = |B| = F = 0 and 
 
 The CPU and a GPU differ in what their peak counts. A GPU's caching allocator hands a freed block
 to the next request that fits in it, and `torch.cuda.max_memory_allocated` counts live tensors:
-the larger phase. On the CPU the peak is the process's resident memory, and glibc's heap (with the
-settings of modmask.allocator.keep_freed_memory; much the same with the defaults) keeps what a
-phase frees as holes between blocks that live on, the copies' gradients among the activations,
-which the next blocks, of other sizes, mostly do not fit: measured with mallinfo2 and the
-profiler's allocation events, the straight-through buffers take new memory (the phases add up),
-and so do the backward's activation gradients and temporaries beside the activations (these
-count twice). This `heap retention` part is an observed property of the allocator, not of the
-tensors; docs/performance.md gives the measured errors. docs/scaling.md applies the formula to
-large models.
+the larger phase. On the CPU the peak is the process's resident memory, and glibc's heap (best
+fit; with modmask.allocator.keep_freed_memory never trimmed and no block below 1 GB mapped on its
+own) only grows: blocks freed between requests of other sizes leave holes that later blocks fill
+only in part. prepare's forwards and the first step leave such holes, the first step's end puts
+Adam's moments and the logits' gradients into them, the second step grows the heap again, and then
+it stays (mlp-800x4 over 40 steps, gpt-512x4 over 15; the CNN's crept 5% over 30). Traced call by
+call (every malloc and free, and mallinfo2) on the 17 memory lines of benchmarks/mask_step.py, the
+heap ended at 1.3 to 1.5 times the plan's live peak (held + the larger phase; the LSTM's at 2.2: its
+step holds more than the plan counts); the resident memory, which also counts the code of the
+kernels the step first runs, at 1.3 to 1.9 times, 1.47 in the median. The CPU plan adds half the live peak for these
+holes (`heap retention`): a ratio of the allocator, measured, not a count of tensors, so the CPU plan
+is the less certain one. docs/performance.md gives the errors, docs/scaling.md applies the formula
+to large models.
 """
 
 from __future__ import annotations
@@ -141,11 +145,10 @@ class MemoryPlan:
             # times W, cast to fp32 and copied by the slice assignment's backward)
             "backward buffers": max((16 * self.masks + g * s) * largest_weight, g * s * self.largest),
         }
-        phases = self.phases(parts)
-        # glibc's heap keeps a phase's freed blocks as holes between blocks that live on (the copies'
-        # gradients), which the next phase's blocks mostly do not fit (see the module docstring)
-        parts["heap retention"] = (phases["straight-through backward"] + parts["activations"]
-                                   + parts["activation gradients"]) if self.device == "cpu" else 0
+        # glibc's heap ends about half as large again as the most the tensors hold at once: the holes
+        # that blocks freed between requests of other sizes leave (see the module docstring)
+        live = sum(parts[name] for name in self.HELD) + max(self.phases(parts).values())
+        parts["heap retention"] = live // 2 if self.device == "cpu" else 0
         return parts
 
     HELD = ("frozen weights", "weight copies", "logits", "optimizer", "unmasked bf16 copies")
@@ -165,13 +168,10 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        """The step's peak: what is held between steps and the larger phase; on the CPU both phases
-        and the activations again (heap retention; see the module docstring)."""
+        """The step's peak: what is held between steps and the larger phase; on the CPU also the
+        heap's holes (heap retention; see the module docstring)."""
         parts = self.parts
-        phases = self.phases(parts)
-        if self.device == "cpu":  # the phases add up, and the activations count twice (heap retention)
-            return sum(parts[name] for name in self.HELD) + phases["forward and backward"] + parts["heap retention"]
-        return sum(parts[name] for name in self.HELD) + max(phases.values())
+        return sum(parts[name] for name in self.HELD) + max(self.phases(parts).values()) + parts["heap retention"]
 
     @property
     def resident(self) -> int:
