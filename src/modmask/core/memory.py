@@ -49,20 +49,20 @@ the groups of a step share. With M masks trained together the per-logit parts co
 counts the samples of all of them). Plain weight masks have U = |B| = F = 0 and n_W = n_max.
 
 The CPU and a GPU differ in what their peak counts. A GPU's caching allocator hands a freed block
-to the next request that fits in it, and `torch.cuda.max_memory_allocated` counts live tensors:
-the larger phase. On the CPU the peak is the process's resident memory, and glibc's heap (best
-fit; with modmask.allocator.keep_freed_memory never trimmed and no block below 1 GB mapped on its
-own) only grows: blocks freed between requests of other sizes leave holes that later blocks fill
-only in part. prepare's forwards and the first step leave such holes, the first step's end puts
-Adam's moments and the logits' gradients into them, the second step grows the heap again, and then
-it stays (mlp-800x4 over 40 steps, gpt-512x4 over 15; the CNN's crept 5% over 30). Traced call by
-call (every malloc and free, and mallinfo2) on the 17 memory lines of benchmarks/mask_step.py, the
-heap ended at 1.3 to 1.5 times the plan's live peak (held + the larger phase; the LSTM's at 2.2: its
-step holds more than the plan counts); the resident memory, which also counts the code of the
-kernels the step first runs, at 1.3 to 1.9 times, 1.47 in the median. The CPU plan adds half the live peak for these
-holes (`heap retention`): a ratio of the allocator, measured, not a count of tensors, so the CPU plan
-is the less certain one. docs/performance.md gives the errors, docs/scaling.md applies the formula
-to large models.
+to the next request that fits in it, and `torch.cuda.max_memory_allocated` counts live tensors: the
+larger phase. On the CPU the peak is the process's resident memory, and glibc's heap (best fit;
+with modmask.allocator.keep_freed_memory never trimmed and no block below 1 GB mapped on its own)
+only grows: blocks freed between requests of other sizes leave holes that later blocks fill only in
+part. prepare's forwards and the first step leave such holes, the first step's end puts Adam's
+moments and the logits' gradients into them, the second step grows the heap again, and then it
+stays (mlp-800x4 over 40 steps, gpt-512x4 over 15; the CNN's crept 5% from step 5 to 30). Traced
+call by call (every malloc and free, and mallinfo2) on the 17 memory lines of
+benchmarks/mask_step.py, the heap ended at 1.31 to 1.51 times the plan's live peak (held + the
+larger phase; the LSTM's at 2.2: its step holds more than the plan counts); the resident memory,
+which also counts the code of the kernels the step first runs, at 1.34 to 1.89 times, 1.46 in the
+median. The CPU plan adds half the live peak for these holes (`heap retention`): a ratio of the
+allocator, measured, not a count of tensors, so the CPU plan is the less certain one.
+docs/performance.md gives the errors, docs/scaling.md applies the formula to large models.
 """
 
 from __future__ import annotations
