@@ -34,7 +34,7 @@ scaled by the samples per pass.
     straight = 4 (|W| + U) + s c |C| + 2 s (|W| + U) + 8 s F + buffers        [+ 2 |W| when s < K]
     buffers  = max(n_W (16 + g s), n_max g s)
     bytes    = held + max(forward, straight)                                 on a GPU (allocated tensors)
-    bytes    = held + forward + straight + s (A_1 + 2 a_1)                   on the CPU (resident memory)
+    bytes    = 3/2 (held + max(forward, straight))                           on the CPU (resident memory)
 
 with |W| the weights masked one by one, U the units, |C| = |W| + |B| the weights copied per sample,
 F the gated features, s the samples per pass, c the bytes of the forward's float type (4 fp32, 2
@@ -49,16 +49,20 @@ the groups of a step share. With M masks trained together the per-logit parts co
 counts the samples of all of them). Plain weight masks have U = |B| = F = 0 and n_W = n_max.
 
 The CPU and a GPU differ in what their peak counts. A GPU's caching allocator hands a freed block
-to the next request that fits in it, and `torch.cuda.max_memory_allocated` counts live tensors:
-the larger phase. On the CPU the peak is the process's resident memory, and glibc's heap (with the
-settings of modmask.allocator.keep_freed_memory; much the same with the defaults) keeps what a
-phase frees as holes between blocks that live on, the copies' gradients among the activations,
-which the next blocks, of other sizes, mostly do not fit: measured with mallinfo2 and the
-profiler's allocation events, the straight-through buffers take new memory (the phases add up),
-and so do the backward's activation gradients and temporaries beside the activations (these
-count twice). This `heap retention` part is an observed property of the allocator, not of the
-tensors; docs/performance.md gives the measured errors. docs/scaling.md applies the formula to
-large models.
+to the next request that fits in it, and `torch.cuda.max_memory_allocated` counts live tensors: the
+larger phase. On the CPU the peak is the process's resident memory, and glibc's heap (best fit;
+with modmask.allocator.keep_freed_memory never trimmed and no block below 1 GB mapped on its own)
+only grows: blocks freed between requests of other sizes leave holes that later blocks fill only in
+part. prepare's forwards and the first step leave such holes, the first step's end puts Adam's
+moments and the logits' gradients into them, the second step grows the heap again, and then it
+stays (mlp-800x4 over 40 steps, gpt-512x4 over 15; the CNN's crept 5% from step 5 to 30). Traced
+call by call (every malloc and free, and mallinfo2) on the 17 memory lines of
+benchmarks/mask_step.py, the heap ended at 1.31 to 1.51 times the plan's live peak (held + the
+larger phase; the LSTM's at 2.2: its step holds more than the plan counts); the resident memory,
+which also counts the code of the kernels the step first runs, at 1.34 to 1.89 times, 1.46 in the
+median. The CPU plan adds half the live peak for these holes (`heap retention`): a ratio of the
+allocator, measured, not a count of tensors, so the CPU plan is the less certain one.
+docs/performance.md gives the errors, docs/scaling.md applies the formula to large models.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from .batches import as_arguments, split_batch, unpack_batch, without_cache
 from .masking import call_vmap, call_with_tensors, frozen_parameters, parameter_slots
 from .removal import shifted
-from .selection import ParameterFilter, select_parameters
+from .selection import ParameterFilter, owners, select_parameters
 from .units import broadcast_names, gate_features, plan_units
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -141,11 +145,10 @@ class MemoryPlan:
             # times W, cast to fp32 and copied by the slice assignment's backward)
             "backward buffers": max((16 * self.masks + g * s) * largest_weight, g * s * self.largest),
         }
-        phases = self.phases(parts)
-        # glibc's heap keeps a phase's freed blocks as holes between blocks that live on (the copies'
-        # gradients), which the next phase's blocks mostly do not fit (see the module docstring)
-        parts["heap retention"] = (phases["straight-through backward"] + parts["activations"]
-                                   + parts["activation gradients"]) if self.device == "cpu" else 0
+        # glibc's heap ends about half as large again as the most the tensors hold at once: the holes
+        # that blocks freed between requests of other sizes leave (see the module docstring)
+        live = sum(parts[name] for name in self.HELD) + max(self.phases(parts).values())
+        parts["heap retention"] = live // 2 if self.device == "cpu" else 0
         return parts
 
     HELD = ("frozen weights", "weight copies", "logits", "optimizer", "unmasked bf16 copies")
@@ -165,13 +168,10 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        """The step's peak: what is held between steps and the larger phase; on the CPU both phases
-        and the activations again (heap retention; see the module docstring)."""
+        """The step's peak: what is held between steps and the larger phase; on the CPU also the
+        heap's holes (heap retention; see the module docstring)."""
         parts = self.parts
-        phases = self.phases(parts)
-        if self.device == "cpu":  # the phases add up, and the activations count twice (heap retention)
-            return sum(parts[name] for name in self.HELD) + phases["forward and backward"] + parts["heap retention"]
-        return sum(parts[name] for name in self.HELD) + max(phases.values())
+        return sum(parts[name] for name in self.HELD) + max(self.phases(parts).values()) + parts["heap retention"]
 
     @property
     def resident(self) -> int:
@@ -329,6 +329,15 @@ def probe_activations(model: nn.Module, names: list[str], args: tuple, dtype: to
     return saved + sum(outputs), max([largest, *outputs])
 
 
+def transposed_matrices(model: nn.Module, names) -> set[str]:
+    """The matrices among `names` that the trainer keeps transposed ([in, out] in memory, a layout
+    copy each): the gradient of a matrix used as `x @ W.t()` then arrives in that layout, so the
+    backward reads it without a copy. Hugging Face's Conv1D (GPT-2) already stores [in, out] and
+    computes `x @ W`: its weights stay as they are, with no copy."""
+    params, holders = dict(model.named_parameters()), owners(model)
+    return {n for n in names if params[n].dim() == 2 and type(holders.get(n)).__name__ != "Conv1D"}
+
+
 def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: ParameterFilter = None,
                 biases: bool = False, norms: bool = True, samples_per_pass: int | None = None,
                 dtype: torch.dtype | str = torch.float32, chunks=None, path: str = "auto",
@@ -371,7 +380,7 @@ def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: Paramet
                     raise
     return MemoryPlan(
         model=sum(t.nbytes for t in [*model.parameters(), *model.buffers()]),
-        copies=sum(params[n].nbytes for n in weight_names if params[n].dim() == 2),
+        copies=sum(params[n].nbytes for n in transposed_matrices(model, weight_names)),
         masked=sum(params[n].numel() for n in weight_names),
         largest=max((params[n].numel() for n in copied), default=0),
         largest_weight=max((params[n].numel() for n in weight_names), default=0),

@@ -43,9 +43,9 @@ from .masking import call_sequential, call_vmap, choose_path, frozen_parameters,
 from .masks import check_fits
 from .removal import Reference, as_reference, channel_first, offsets, removal_modes
 from .memory import (as_dtype, autocast, check_fits_device, divisors, fit_samples_per_pass, fp32_outputs, free_memory,
-                     low_precision, memory_plan)
+                     low_precision, memory_plan, transposed_matrices)
 from .optim import adam
-from .selection import owners, select_parameters
+from .selection import select_parameters
 from .trained import TrainedMask
 from .units import broadcast_names, plan_units
 
@@ -107,12 +107,8 @@ class MaskTrainer:
         for name, mask in fixed_masks.items():  # e.g. CIFAR's output layer kept from the reference mask
             params[name] = params[name] * mask.to(params[name].device)
         self.device = params[names[0]].device
-        # Matrices are kept transposed ([in, out] in memory): the gradient of a matrix used as
-        # `x @ W.t()` arrives in that layout, so the backward reads it without a copy. Hugging Face's
-        # Conv1D (GPT-2) already stores [in, out] and computes `x @ W`: its weights stay as they are.
-        holders = owners(model)
-        self.transposed = {n for n in weight_names if params[n].dim() == 2
-                           and type(holders.get(n)).__name__ != "Conv1D"}
+        # matrices kept transposed (not Hugging Face's Conv1D, already [in, out]); memory_plan counts the same
+        self.transposed = transposed_matrices(model, weight_names)
         self.weights = {n: self._physical(n, params[n]) for n in weight_names}
         self.others = {n: p for n, p in params.items() if n not in self.weights}
         self.logits = {n: torch.stack([self._physical(n, init_logits[n]).to(w) if init_logits and n in init_logits
