@@ -226,8 +226,8 @@ def density_curves(model: nn.Module, rankings: Mapping[str, Mapping[str, torch.T
         # unit draws need all of a unit set's tensors; weight draws stay over the subset, as before units
         draws = [restricted(importance(model, RANDOM, names if units else subset, seed=seed + r, units=units))
                  for r in range(config.random_draws)]
-        for method, per_tensor in ((RANDOM, False), (RANDOM_PER_TENSOR, True)):
-            curves = [curve(top_masks_ladder(scores, densities, per_tensor)) for scores in draws]
+        for method, by_tensor in ((RANDOM, False), (RANDOM_PER_TENSOR, True)):
+            curves = [curve(top_masks_ladder(scores, densities, by_tensor)) for scores in draws]
             methods[method] = _mean_curve(curves)
     for values in methods.values():
         for side in ("sufficiency", "necessity"):

@@ -71,6 +71,7 @@ import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
