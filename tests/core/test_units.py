@@ -135,6 +135,29 @@ def test_random_controls_of_a_unit_mask_draw_units(monkeypatch):
     assert not all(torch.equal(seen[0]["0.weight"], m["0.weight"]) for m in seen[1:3])  # the draws differ
 
 
+def test_head_masks_of_torch_multihead_attention_learn_which_heads_a_function_needs():
+    """nn.MultiheadAttention reads its out_proj weight without calling it, so no gate could act there:
+    its heads multiply their weights. Trained (beta 0) to match the model with heads 1 and 3 of every
+    layer removed, the mask removes exactly those (a head logit the loss never reached would stay kept)."""
+    from modmask import masked_call
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 48, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)).eval()
+    names = [n for n, p in model.named_parameters() if p.dim() == 2]
+    _, units = plan_units(model, names, "*self_attn*=head,weight")
+    assert [u.gate for u in units] == [None, None] and units[0].module == "0.layers.0.self_attn"
+    removed = torch.tensor([True, False, True, False])
+    target = {}
+    for u in units:
+        target.update(u.expand(removed))
+    x = torch.randn(64, 5, 32)
+    y = masked_call(model, target, x).detach()
+    trained = train_mask(model, [(x, y)], F.mse_loss, steps=150, lr=0.1, beta=0.0, granularity="*self_attn*=head,weight",
+                         parameters="*self_attn*weight", progress=False)
+    assert all(torch.equal(trained.unit_masks[u.name], removed) for u in units)
+
+
 transformers = pytest.importorskip("transformers")
 
 

@@ -60,7 +60,8 @@ class Units:
     """One unit mask: `count` logits, each standing for the weights its spans cover.
 
     gate: (module path, input features per unit) where the sample multiplies that module's input
-    instead of the weights (heads and neurons), or None (rows and columns: the weights)."""
+    instead of the weights (heads and neurons), or None (rows and columns, and the heads of
+    nn.MultiheadAttention, whose projection is not called as a module: the weights)."""
     name: str                     # the logits' key: the parameter's name (rows, columns) or the unit set's
     kind: str                     # row | column | head | neuron
     count: int
@@ -87,6 +88,11 @@ class Units:
             moved[..., span.start:span.start + along.shape[-1]] = along.view(view)
             out[span.name] = full
         return out
+
+    @property
+    def module(self) -> str:
+        """The module the units belong to: the attention module or MLP block (heads, neurons), else the parameter."""
+        return self.name.split(":")[0].rsplit(".", 1)[0] if self.kind in ("head", "neuron") else self.name
 
     def unit_names(self) -> list[str]:
         """A reader's name of every unit: 'layer 3 head 5', 'layer 2 neuron 1042', '<param> row 7'."""
@@ -156,10 +162,13 @@ def plan_units(model: nn.Module, names: Sequence[str], granularity, heads: int |
                                  + f"; give every selected tensor of the {kind}s granularity '{kind}' "
                                    f"(e.g. granularity='*attn*={kind},weight')")
             claimed.update(s.name for s in members)
+            # nn.MultiheadAttention reads its out_proj's weight without calling the module, so no hook
+            # could gate its input: its heads multiply their weights instead (as rows and columns do)
+            called = not isinstance(model.get_submodule(unit_set.module.rsplit(".", 1)[0]), nn.MultiheadAttention)
             units.append(Units(unit_set.name, kind, unit_set.count,
                                tuple(Span(s.name, s.dim, s.start, s.size, tuple(params[s.name].shape))
                                      for s in members),
-                               (unit_set.module, unit_set.size), unit_set.layer))
+                               (unit_set.module, unit_set.size) if called else None, unit_set.layer))
         stray = [n for n in wanted if n not in claimed]
         if stray:
             what = "an attention projection" if kind == "head" else "an MLP projection"

@@ -179,7 +179,7 @@ def unit_statistics(trained: Mapping[str, TrainedMask]) -> dict | None:
         return None
     units = {name: t.unit_masks for name, t in trained.items()}
     return {"sets": {u.name: {"kind": u.kind, "label": f"layer {u.layer}" if u.layer is not None else u.name,
-                              "module": u.gate[0].rsplit(".", 1)[0] if u.gate else u.name, "count": u.count}
+                              "module": u.module, "count": u.count}
                      for u in first.units},
             "kept": {name: {s: m[s].int().tolist() for s in m} for name, m in units.items()},
             "matrix": overlap_matrix(units, per_layer=True) if len(units) > 1 else None}
