@@ -123,6 +123,14 @@ def soft_samples(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return _soft_from_codes(*_soft_coefficients(logits.detach()), uniforms)
 
 
+def straight_through_samples(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """float [..., n], differentiable: the hard sample (s > 0.5) forward, the soft sample's gradient
+    backward, s = sigmoid(l + logit(U)); for a few logits (unit masks), where the weights' fused
+    kernel (sample_masked_weights) has nothing to save. uniforms: int16 codes of logits' shape."""
+    soft = torch.sigmoid(logits + torch.logit(uniform_values(uniforms)))
+    return (soft > 0.5).to(soft.dtype) - soft.detach() + soft
+
+
 def _soft_coefficients(logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-weight constants (a, b, c, d) with s = (a v + b) / (c v + d) for the int16 code v.
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from .batches import as_arguments, to_device, unpack_batch, without_cache
-from .selection import is_norm, owners
+from .selection import is_conv1d, is_norm, owners
 
 KINDS = ("nn.Linear", "Hugging Face Conv1D", "nn.Conv1d/2d/3d", "nn.Embedding",
          "normalisation layers (LayerNorm, BatchNorm, GroupNorm, RMSNorm, any class named *Norm)",
@@ -92,7 +92,7 @@ def kind_of(owner: nn.Module | None) -> str | None:
     """How the inputs of this module's parameters are read, or None (unsupported)."""
     if isinstance(owner, nn.Linear):
         return "linear"
-    if type(owner).__name__ == "Conv1D":  # Hugging Face's (GPT-2): weight [in, out], x @ W
+    if is_conv1d(owner):  # Hugging Face's (GPT-2): weight [in, out], x @ W
         return "conv1d_hf"
     if isinstance(owner, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return "conv"

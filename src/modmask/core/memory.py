@@ -80,7 +80,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from .batches import as_arguments, split_batch, unpack_batch, without_cache
 from .masking import call_vmap, call_with_tensors, frozen_parameters, parameter_slots
 from .removal import shifted
-from .selection import ParameterFilter, owners, select_parameters
+from .selection import ParameterFilter, is_conv1d, owners, select_parameters
 from .units import broadcast_names, gate_features, plan_units
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -336,7 +336,7 @@ def transposed_matrices(model: nn.Module, names) -> set[str]:
     backward reads it without a copy. Hugging Face's Conv1D (GPT-2) already stores [in, out] and
     computes `x @ W`: its weights stay as they are, with no copy."""
     params, holders = dict(model.named_parameters()), owners(model)
-    return {n for n in names if params[n].dim() == 2 and type(holders.get(n)).__name__ != "Conv1D"}
+    return {n for n in names if params[n].dim() == 2 and not is_conv1d(holders.get(n))}
 
 
 def memory_plan(model: nn.Module, *, k: int = 4, batch=None, parameters: ParameterFilter = None,

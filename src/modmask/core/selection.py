@@ -26,6 +26,11 @@ ParameterFilter = Union[str, Iterable[str], Callable[[str, nn.Parameter], bool],
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
+def is_conv1d(module) -> bool:
+    """Hugging Face's Conv1D (GPT-2): weight [in, out], y = x @ W + b (a Linear stores [out, in])."""
+    return type(module).__name__ == "Conv1D"
+
+
 def is_norm(module: nn.Module | None) -> bool:
     """A normalisation layer: one of PyTorch's (batch, instance, layer, group, RMS) or any module whose
     class name ends in `Norm` (`LlamaRMSNorm`, `T5LayerNorm`)."""

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .selection import is_conv1d
+
 
 @dataclass(frozen=True)
 class Slice:
@@ -85,19 +87,14 @@ _MLP = (
 _HEAD_ATTRIBUTES = ("num_heads", "num_attention_heads", "heads", "n_head", "n_heads")
 
 
-def _is_conv1d(module) -> bool:
-    """Hugging Face's Conv1D (GPT-2): weight [in, out], y = x @ W + b."""
-    return type(module).__name__ == "Conv1D"
-
-
 def _is_projection(module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def _features(module) -> tuple[int, int]:
     """(in, out) features of a Linear ([out, in]) or Conv1D ([in, out])."""
     shape = module.weight.shape
-    return (shape[0], shape[1]) if _is_conv1d(module) else (shape[1], shape[0])
+    return (shape[0], shape[1]) if is_conv1d(module) else (shape[1], shape[0])
 
 
 def _find(module: nn.Module, path: str):
@@ -121,7 +118,7 @@ class _Names:
 
 def _rows(names: _Names, projection, start: int, size: int) -> list[Slice]:
     """The slices of a projection's output features [start + u size, ...): weight and bias."""
-    out_dim = 1 if _is_conv1d(projection) else 0
+    out_dim = 1 if is_conv1d(projection) else 0
     found = [Slice(names.of(projection, "weight"), out_dim, start, size)]
     if isinstance(projection._parameters.get("bias"), nn.Parameter):
         found.append(Slice(names.of(projection, "bias"), 0, start, size))
@@ -130,7 +127,7 @@ def _rows(names: _Names, projection, start: int, size: int) -> list[Slice]:
 
 def _columns(names: _Names, projection, size: int) -> Slice:
     """The slice of a projection's input features u size ... (the units' block of its input)."""
-    return Slice(names.of(projection, "weight"), 0 if _is_conv1d(projection) else 1, 0, size)
+    return Slice(names.of(projection, "weight"), 0 if is_conv1d(projection) else 1, 0, size)
 
 
 def _head_count(model: nn.Module, module: nn.Module, holders, path: str, heads: int | None) -> int:
@@ -165,12 +162,12 @@ def _packed_gpt2(model, path, module, names, heads) -> UnitSet | None:
     """GPT-2: c_attn (Conv1D [E, 3E], q|k|v column blocks; cross-attention: q_attn [E, E] and c_attn
     [E, 2E], k|v) and c_proj (Conv1D [E, E])."""
     packed, out, query = (getattr(module, n, None) for n in ("c_attn", "c_proj", "q_attn"))
-    if not (_is_conv1d(packed) and _is_conv1d(out)):
+    if not (is_conv1d(packed) and is_conv1d(out)):
         return None
     width = _features(out)[0]
     count = _head_count(model, module, [module], path, heads)
     head_dim = _check_heads(path, width, count)
-    if _is_conv1d(query):
+    if is_conv1d(query):
         parts = [(query, 0), (packed, 0), (packed, width)]
     else:
         parts = [(packed, 0), (packed, width), (packed, 2 * width)]

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .batches import (as_arguments, describe_output, joined, split_batch, split_outputs, target_rows, to_device,
                       unpack_batch)
 from .density import DensityControl, Decisions, diagnose, settled
-from .gumbel import UniformSource, keep_thresholds, sample_masked_weights, uniform_values
+from .gumbel import UniformSource, keep_thresholds, sample_masked_weights, straight_through_samples
 from .mask_config import Execution, MaskConfig, settings_from
 from .masking import call_sequential, call_vmap, choose_path, frozen_parameters, model_mode, parameters_restored
 from .masks import check_fits
@@ -344,8 +344,7 @@ class MaskTrainer:
         for index, unit in enumerate(self.units, len(self.weights)):
             uniforms = torch.cat([n.take(index, lo, hi) for n in noise])  # [M (hi - lo), count]
             logits = self.logits[unit.name].repeat_interleave(hi - lo, dim=0)
-            soft = torch.sigmoid(logits + torch.logit(uniform_values(uniforms)))
-            sample = (soft > 0.5).to(soft.dtype) - soft.detach() + soft  # straight-through, as the weights'
+            sample = straight_through_samples(logits, uniforms)
             if unit.gate:
                 module, size = unit.gate
                 gates[module] = sample.repeat_interleave(size, dim=-1)  # [M (hi - lo), features]

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from . import structure
-from .selection import owners, per_tensor
+from .selection import is_conv1d, owners, per_tensor
 
 GRANULARITIES = ("weight", "row", "column", "head", "neuron")
 
@@ -124,7 +124,7 @@ def _unit_dim(kind: str, owner: nn.Module | None, shape) -> int:
     if len(shape) < 2:
         raise ValueError(f"{kind} masks need a matrix or a convolution weight, not a tensor of shape {tuple(shape)}: "
                          f"give such tensors granularity 'weight'")
-    transposed = type(owner).__name__ == "Conv1D"  # Hugging Face's [in, out]
+    transposed = is_conv1d(owner)  # Hugging Face's [in, out]
     return (1 if transposed else 0) if kind == "row" else (0 if transposed else 1)
 
 
